@@ -1,0 +1,271 @@
+"""Typed configuration: one dataclass, one place that validates it, presets as named bundles.
+
+Every field is at once
+  * an attribute of `TrainConfig`,
+  * a YAML key of the same name (`--config run.yaml`), and
+  * a command-line flag, the name in kebab-case (`group_size` -> `--group-size`).
+
+Resolution order, later wins:
+  field defaults  <  preset  <  demo defaults (only when no --model is given)  <  YAML  <  flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # ----------------------------------------------------------------- run
+    preset: Literal["seed", "deepseekmath", "dr_grpo", "dapo"] = _f(
+        "seed", "Named bundle of algorithm settings (see docs/algorithm.md). `seed` is the article's system.")
+    model: Optional[str] = _f(
+        None, "Hugging Face causal-LM folder to train. Empty: the built-in demo model (warm-started by `grpo sft`).")
+    task: str = _f("arithmetic", "Built-in task supplying prompts, answers and the verifier reward.")
+    output_dir: Optional[str] = _f(None, "Where the run writes config.yaml, metrics.jsonl, summary.json, model/. Empty: runs/<time>.")
+    seed: int = _f(0, "Seed for sampling, data order and initialisation; same seed, same machine -> same metrics.")
+    device: str = _f("auto", "`auto`, `cpu`, `cuda`, `cuda:1`, ...")
+    max_steps: int = _f(100, "Training steps (one step = sample a batch, then `updates_per_batch` passes over it).", min=1)
+
+    # ------------------------------------------------------------ sampling
+    prompts_per_step: int = _f(8, "B: prompts sampled per step.", min=1)
+    group_size: int = _f(16, "G: completions sampled per prompt (>= 2; the article advises >= 4).", min=2)
+    max_new_tokens: int = _f(256, "Completion length limit; longer completions are cut and counted as truncated.", min=1)
+    min_new_tokens: int = _f(0, "EOS cannot be sampled before this many tokens.", min=0)
+    temperature: float = _f(1.0, "Sampling temperature; log-probs everywhere are those of logits / temperature.", gt=0.0)
+    top_p: float = _f(1.0, "Nucleus sampling mass (1 = off).", gt=0.0, max=1.0)
+    top_k: int = _f(0, "Sample among the k most likely tokens (0 = off).", min=0)
+
+    # ---------------------------------------------------------- advantages
+    reward_scaling: Literal["none", "group", "batch"] = _f(
+        "none", "Reward z-scoring before the baseline: per prompt group, over the batch, or none.")
+    baseline: Literal["group", "batch", "window"] = _f(
+        "group", "r-bar in A_i = r_i - r-bar: the prompt's group mean, the batch mean, or the mean over the last `baseline_window` batches.")
+    baseline_window: int = _f(4, "Batches averaged by `baseline=window` (the current one included).", min=1)
+    token_credit: Literal["uniform", "mean", "discounted", "discounted_over_length"] = _f(
+        "discounted", "How A_i reaches the tokens: A_i; A_i/T_i; gamma^(T_i-t) A_i / sum_k gamma^(T_i-k); gamma^(T_i-t) A_i / T_i.")
+    gamma: float = _f(0.99, "Discount of `token_credit=discounted*` (1.0 = equal shares).", gt=0.0, max=1.0)
+    token_norm: bool = _f(True, "Normalise token advantages to zero mean, unit std over all valid tokens of the batch.")
+    filter_zero_variance_groups: bool = _f(False, "Drop groups whose rewards are all equal from the loss (DAPO).")
+    overlong_penalty: bool = _f(False, "Add DAPO's soft overlong penalty to the reward.")
+    overlong_buffer: Optional[int] = _f(None, "Length of the penalty ramp before `max_new_tokens`. Empty: max_new_tokens // 4.", min=1)
+    overlong_penalty_factor: float = _f(1.0, "Penalty at (and past) `max_new_tokens`.", min=0.0)
+
+    # ---------------------------------------------------------------- loss
+    policy_loss: Literal["clip", "reinforce"] = _f(
+        "clip", "`clip`: -min(rho A, clip(rho) A); `reinforce`: -A log pi (the article's first form).")
+    ratio_vs: Literal["ref", "old"] = _f(
+        "ref", "Denominator of the ratio rho: the frozen reference (article) or the sampling policy (DeepSeekMath, TRL, verl).")
+    epsilon: float = _f(0.2, "Clip range below 1 (and above 1 unless `epsilon_high` is set).", gt=0.0, max=1.0)
+    epsilon_high: Optional[float] = _f(None, "Clip range above 1 (DAPO clip-higher). Empty: `epsilon`.", gt=0.0)
+    kl_estimator: Literal["k1", "k2", "k3", "full"] = _f(
+        "k1", "Per-token KL to the reference: k1 log-ratio, k2 half squared log-ratio, k3 (DeepSeekMath), full vocabulary sum.")
+    beta: float = _f(0.05, "KL weight (0 turns the KL term, and the reference forward unless ratio_vs=ref, off).", min=0.0)
+    kl_target: Optional[float] = _f(None, "Adaptive beta: steer the measured KL toward this value. Empty: beta is fixed.", gt=0.0)
+    kl_adapt_rate: float = _f(0.1, "Adaptive beta: at most this relative change of beta per step.", gt=0.0, max=1.0)
+    loss_aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = _f(
+        "seq_mean_token_mean", "Average tokens then sequences; average all tokens; token sums over N_seq * max_new_tokens (Dr. GRPO).")
+
+    # ---------------------------------------------------------- optimiser
+    lr: float = _f(5e-7, "AdamW learning rate (the article: 5e-7, about 100x below SFT).", gt=0.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
+    adam_beta1: float = _f(0.9, "AdamW beta1.", min=0.0, lt=1.0)
+    adam_beta2: float = _f(0.99, "AdamW beta2.", min=0.0, lt=1.0)
+    warmup_steps: int = _f(0, "Linear learning-rate warm-up, in optimizer steps.", min=0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping by global norm (0 = off).", min=0.0)
+    updates_per_batch: int = _f(1, "mu: passes over each sampled batch.", min=1)
+    minibatches: int = _f(1, "Optimizer steps per pass: the batch's groups are split into this many minibatches.", min=1)
+    grad_accum: int = _f(1, "Micro-batches per minibatch whose gradients are summed before the optimizer step.", min=1)
+    logprob_chunk: int = _f(1024, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
+
+    # -------------------------------------------------------- eval & logs
+    eval_size: int = _f(200, "Held-out problems scored before and after training (0 = no eval).", min=0)
+    eval_batch_size: int = _f(256, "Prompts decoded at once during evaluation.", min=1)
+    log_completions: int = _f(2, "Completions per step printed to completions.jsonl (0 = none).", min=0)
+    save_model: bool = _f(True, "Write the trained model with save_pretrained to <output_dir>/model.")
+
+
+# Each preset sets every algorithm field, so a preset alone fully defines the algorithm.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The article ("LLM training: GRPO explained").
+    "seed": dict(reward_scaling="none", baseline="group", token_credit="discounted", gamma=0.99,
+                 token_norm=True, ratio_vs="ref", policy_loss="clip", kl_estimator="k1", beta=0.05,
+                 loss_aggregation="seq_mean_token_mean", epsilon=0.2, epsilon_high=None,
+                 filter_zero_variance_groups=False, overlong_penalty=False),
+    # Shao et al. 2024, outcome supervision, as public trainers implement it.
+    "deepseekmath": dict(reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
+                         token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.04,
+                         loss_aggregation="seq_mean_token_mean", epsilon=0.2, epsilon_high=None,
+                         filter_zero_variance_groups=False, overlong_penalty=False),
+    # Liu et al. 2025 ("Understanding R1-Zero-like training"): no std scaling, no length normalisation.
+    "dr_grpo": dict(reward_scaling="none", baseline="group", token_credit="uniform", gamma=1.0,
+                    token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
+                    loss_aggregation="seq_mean_token_sum_norm", epsilon=0.2, epsilon_high=None,
+                    filter_zero_variance_groups=False, overlong_penalty=False),
+    # Yu et al. 2025: clip-higher, token-level loss, zero-variance group filter, soft overlong penalty.
+    "dapo": dict(reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
+                 token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
+                 loss_aggregation="token_mean", epsilon=0.2, epsilon_high=0.28,
+                 filter_zero_variance_groups=True, overlong_penalty=True),
+}
+
+# Applied when no --model is given: the sizes and learning rate the built-in demo needs
+# (the article's lr of 5e-7 is for billion-parameter models, not a 0.3M-parameter one).
+DEMO_DEFAULTS: dict[str, Any] = dict(
+    preset="seed", prompts_per_step=16, group_size=8, max_new_tokens=8, lr=3e-4,
+    max_steps=60, eval_size=500,
+)
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+ALGORITHM_FIELDS = sorted({k for p in PRESETS.values() for k in p})
+
+
+# --------------------------------------------------------------- typing helpers
+def field_type(name: str) -> tuple[type, tuple | None, bool]:
+    """(base type, allowed choices or None, optional?) of a field."""
+    hints = typing.get_type_hints(TrainConfig)
+    tp = hints[name]
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional, tp = True, args[0]
+    if typing.get_origin(tp) is Literal:
+        return str, typing.get_args(tp), optional
+    return tp, None, optional
+
+
+def coerce(name: str, value: Any, where: str = "") -> Any:
+    """Convert a YAML or flag value to the field's type, or raise ConfigError naming the field."""
+    tp, choices, optional = field_type(name)
+    src = f" (in {where})" if where else ""
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{name}{src}: a value is required, got nothing")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                out = value
+            elif isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                out = True
+            elif isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+                out = False
+            else:
+                raise ValueError
+        elif tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            out = int(value)
+        elif tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+        else:
+            out = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}{src}: expected {tp.__name__}, got {value!r}") from None
+    if choices and out not in choices:
+        raise ConfigError(f"{name}{src}: must be one of {', '.join(choices)}; got {out!r}")
+    return out
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every numeric bound declared in the field metadata, then cross-field rules."""
+    for name, f in FIELDS.items():
+        v = getattr(cfg, name)
+        setattr(cfg, name, coerce(name, v))
+        v = getattr(cfg, name)
+        if v is None or isinstance(v, (bool, str)):
+            continue
+        m = f.metadata
+        if not math.isfinite(v):
+            raise ConfigError(f"{name}: must be a finite number, got {v}")
+        if "min" in m and v < m["min"]:
+            raise ConfigError(f"{name}: must be >= {m['min']}, got {v}")
+        if "gt" in m and v <= m["gt"]:
+            raise ConfigError(f"{name}: must be > {m['gt']}, got {v}")
+        if "max" in m and v > m["max"]:
+            raise ConfigError(f"{name}: must be <= {m['max']}, got {v}")
+        if "lt" in m and v >= m["lt"]:
+            raise ConfigError(f"{name}: must be < {m['lt']}, got {v}")
+    if cfg.group_size < 4:
+        warnings.warn(f"group_size={cfg.group_size}: groups under 4 give unreliable relative advantages "
+                      "(the article advises G >= 4)", stacklevel=2)
+    if cfg.min_new_tokens > cfg.max_new_tokens:
+        raise ConfigError(f"min_new_tokens ({cfg.min_new_tokens}) must be <= max_new_tokens ({cfg.max_new_tokens})")
+    if cfg.minibatches > cfg.prompts_per_step:
+        raise ConfigError(f"minibatches ({cfg.minibatches}) must be <= prompts_per_step ({cfg.prompts_per_step}): "
+                          "each minibatch holds whole groups")
+    if cfg.epsilon >= 1.0:
+        raise ConfigError(f"epsilon: must be < 1, got {cfg.epsilon}")
+    return cfg
+
+
+# ------------------------------------------------------------------ resolution
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
+    for key in data:
+        check_known(key, where=path)
+    return data
+
+
+def check_known(key: str, where: str = "") -> None:
+    if key not in FIELDS:
+        near = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        src = f"{where}: " if where else ""
+        raise ConfigError(f"{src}unknown setting {key!r}{hint}")
+
+
+def resolve(yaml_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+            yaml_path: str = "") -> TrainConfig:
+    """Build the final config: defaults < preset < demo defaults < YAML < overrides (flags)."""
+    yaml_values = dict(yaml_values or {})
+    overrides = dict(overrides or {})
+    for k in overrides:
+        check_known(k)
+    explicit = {**yaml_values, **overrides}
+    demo = {} if explicit.get("model") else DEMO_DEFAULTS
+    preset = coerce("preset", explicit.get("preset", demo.get("preset", FIELDS["preset"].default)))
+    values: dict[str, Any] = dict(PRESETS[preset])
+    values.update({k: v for k, v in demo.items() if k != "preset"})
+    for k, v in yaml_values.items():
+        values[k] = coerce(k, v, where=yaml_path)
+    for k, v in overrides.items():
+        values[k] = coerce(k, v, where="command line")
+    values["preset"] = preset
+    return validate(TrainConfig(**values))
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(cfg: TrainConfig, path: str) -> None:
+    with open(path, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
