@@ -129,8 +129,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Applied when no --model is given: the sizes and learning rate the built-in demo needs
 # (the article's lr of 5e-7 is for billion-parameter models, not a 0.3M-parameter one).
 DEMO_DEFAULTS: dict[str, Any] = dict(
-    preset="seed", prompts_per_step=16, group_size=8, max_new_tokens=8, lr=3e-4,
-    max_steps=60, eval_size=500,
+    preset="dr_grpo", prompts_per_step=16, group_size=8, max_new_tokens=8, lr=1e-4,
+    max_steps=150, eval_size=500,
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -14,15 +14,20 @@ import torch
 from torch import Tensor
 
 
+def _upcast(x: Tensor) -> Tensor:
+    """Half-precision logits to float32 for the softmax; float32 and float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     """log softmax(logits)[token] without materialising the log-softmax.  (..., V), (...) -> (...)."""
-    logits = logits.float()
+    logits = _upcast(logits)
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits).  (..., V) -> (...)."""
-    logits = logits.float()
+    logits = _upcast(logits)
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
@@ -30,8 +35,8 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 def full_kl_from_logits(logits: Tensor, ref_logits: Tensor) -> Tensor:
     """KL(pi_theta || pi_ref) summed over the whole vocabulary.  (..., V), (..., V) -> (...).
     Callers pass chunks of positions so the (tokens x V) tensors of a whole batch never exist."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+    logp = torch.log_softmax(_upcast(logits), dim=-1)
+    ref_logp = torch.log_softmax(_upcast(ref_logits), dim=-1)
     return (logp.exp() * (logp - ref_logp)).sum(-1)
 
 

@@ -1,0 +1,107 @@
+"""Batched sampling with the model's KV cache.
+
+B prompts x G completions are decoded together, one token per forward. Each sampled token's
+log-prob under the sampling policy (softmax of logits / temperature, before top-k/top-p
+truncation and before the min_new_tokens EOS ban, i.e. the same distribution the trainer's
+log-probs use) is recorded. After a sequence's EOS, it receives padding that is masked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollout:
+    prompt_ids: Tensor        # (N, P) left-padded
+    prompt_mask: Tensor       # (N, P)
+    completion_ids: Tensor    # (N, L) right-padded
+    completion_mask: Tensor   # (N, L) bool: sampled tokens up to and including EOS
+    logprobs: Tensor          # (N, L) sampling policy's log-probs, 0 where masked
+    lengths: Tensor           # (N,) valid completion tokens (EOS included)
+    truncated: Tensor         # (N,) bool: no EOS within max_new_tokens
+
+    def select(self, idx: Tensor) -> "Rollout":
+        return Rollout(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[Tensor, Tensor]:
+    """Left-padded ids and mask, so every prompt ends at the same column."""
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, enc))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)
+    return ids, mask
+
+
+def positions(mask: Tensor) -> Tensor:
+    """Position ids that ignore left padding: 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Set logits outside the top-k / nucleus to -inf.  (N, V) -> (N, V)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, eos_ids: list[int],
+             pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             min_new_tokens: int = 0, greedy: bool = False, generator: torch.Generator | None = None) -> Rollout:
+    """Sample one completion per row of `prompt_ids` (repeat rows G times for groups)."""
+    N = prompt_ids.shape[0]
+    device = prompt_ids.device
+    eos = torch.tensor(eos_ids, device=device)
+    mask = prompt_mask.clone()
+    pos = positions(mask)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1]
+    next_pos = pos[:, -1:] + 1
+    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    tokens, logps, valid = [], [], []
+    for t in range(max_new_tokens):
+        scaled = logits.float() / temperature                           # (N, V)
+        logp_all = torch.log_softmax(scaled, dim=-1)
+        sample_from = scaled if t >= min_new_tokens else scaled.index_fill(-1, eos, float("-inf"))
+        if greedy:
+            tok = sample_from.argmax(-1)
+        else:
+            probs = torch.softmax(filter_logits(sample_from, top_k, top_p), dim=-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
+        valid.append(~finished)
+        tokens.append(tok)
+        logps.append(torch.where(finished, 0.0, logp_all.gather(-1, tok[:, None]).squeeze(-1)))
+        finished = finished | torch.isin(tok, eos)
+        if bool(finished.all()) or t == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+        next_pos = next_pos + 1
+    del cache
+    completion_mask = torch.stack(valid, 1)
+    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=torch.stack(tokens, 1),
+                   completion_mask=completion_mask, logprobs=torch.stack(logps, 1),
+                   lengths=completion_mask.sum(1), truncated=~finished)
+
+
+def decode(tokenizer, rollout: Rollout) -> list[str]:
+    """Completion texts, EOS and padding removed."""
+    out = []
+    for ids, n in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist()):
+        out.append(tokenizer.decode(ids[:n], skip_special_tokens=True))
+    return out

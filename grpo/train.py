@@ -1,0 +1,311 @@
+"""The GRPO training loop, top to bottom: sample -> score -> advantage -> loss -> step -> log.
+
+One step:
+  1. take B prompts, sample G completions each with the actor (recording pi_old log-probs);
+  2. score each completion (weighted reward functions, optional overlong penalty);
+  3. advantages: reward scaling, baseline, token credit, token normalisation (advantages.py);
+  4. reference log-probs, when the KL term or ratio_vs=ref needs them;
+  5. `updates_per_batch` passes over the batch, each split into `minibatches` optimizer steps of
+     `grad_accum` micro-batches: clipped (or REINFORCE) policy loss + beta * KL (losses.py);
+  6. log one metrics dict.
+Where each preset departs from DeepSeekMath is listed in docs/algorithm.md.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import advantages as adv_mod
+from . import losses
+from . import rewards as rewards_mod
+from .config import TrainConfig, save_yaml
+from .evaluate import evaluate
+from .metrics import ConsoleSink, JsonlSink
+from .policy import frozen_copy, load_model, pick_device, token_stats
+from .rollout import Rollout, decode, encode_prompts, generate
+from .tasks import get_task
+
+
+@dataclass
+class StepBatch:
+    rows: list[dict]
+    rollout: Rollout
+    texts: list[str]
+    rewards: torch.Tensor            # (B, G) final rewards
+    per_fn: dict                     # name -> (N,)
+    adv: adv_mod.Advantages
+    loss_mask: torch.Tensor          # (N, L) valid tokens of groups kept in the loss
+    ref_logp: torch.Tensor | None    # (N, L)
+
+
+def needs_reference(cfg: TrainConfig) -> bool:
+    return cfg.beta > 0 or cfg.ratio_vs == "ref" or cfg.kl_target is not None
+
+
+def make_output_dir(cfg: TrainConfig) -> Path:
+    if cfg.output_dir:
+        out = Path(cfg.output_dir)
+    else:
+        out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}"
+    if (out / "metrics.jsonl").exists():
+        raise SystemExit(f"{out} already holds a run (metrics.jsonl); choose a new --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def sample(cfg, actor, tokenizer, rows, generator) -> tuple[Rollout, list[str]]:
+    """B prompts -> B*G completions, sequence index b*G + g."""
+    device = next(actor.parameters()).device
+    ids, mask = encode_prompts(tokenizer, [r["prompt"] for r in rows], device)
+    ids, mask = ids.repeat_interleave(cfg.group_size, 0), mask.repeat_interleave(cfg.group_size, 0)
+    roll = generate(actor, ids, mask, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                    eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
+    return roll, decode(tokenizer, roll)
+
+
+def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict]:
+    G = cfg.group_size
+    prompts = [r["prompt"] for r in rows for _ in range(G)]
+    columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+    total, per_fn, _ = rewards_mod.score(reward_fns, prompts, texts, columns)
+    if cfg.overlong_penalty:
+        buffer = cfg.overlong_buffer or max(1, cfg.max_new_tokens // 4)
+        pen = adv_mod.overlong_penalty(roll.lengths.cpu(), cfg.max_new_tokens, buffer, cfg.overlong_penalty_factor)
+        per_fn["overlong_penalty"] = pen
+        total = total + pen
+    return total.view(len(rows), G), per_fn
+
+
+def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, shuffle: torch.Generator) -> dict:
+    """`updates_per_batch` passes of minibatch optimizer steps over one sampled batch."""
+    B, G = batch.rewards.shape
+    device = batch.rollout.completion_ids.device
+    A = batch.adv.normalized.to(device)
+    reuse_logp_as_old = cfg.updates_per_batch == 1 and cfg.minibatches == 1
+    full_kl_ref = ref if (cfg.kl_estimator == "full" and ref is not None) else None
+    acc = dict(loss=0.0, n_updates=0, skipped=0, grad_norm=0.0, kl=0.0, ent=0.0, ratio=0.0, tokens=0.0,
+               clip_low=0.0, clip_high=0.0, ratio_min=math.inf, ratio_max=-math.inf, pg=0.0)
+    for _ in range(cfg.updates_per_batch):
+        order = torch.randperm(B, generator=shuffle) if cfg.minibatches > 1 else torch.arange(B)
+        for groups in torch.tensor_split(order, cfg.minibatches):
+            seqs = (groups[:, None] * G + torch.arange(G)[None, :]).flatten().to(device)
+            mb_mask = batch.loss_mask[seqs]
+            num_seqs, num_tokens = losses.sequence_count(mb_mask), mb_mask.sum()
+            if num_tokens == 0:
+                continue
+            opt.zero_grad(set_to_none=True)
+            mb_loss, finite = 0.0, True
+            for micro in torch.tensor_split(seqs, cfg.grad_accum):
+                if len(micro) == 0:
+                    continue
+                roll, mask = batch.rollout.select(micro), batch.loss_mask[micro]
+                st = token_stats(actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk, ref_model=full_kl_ref)
+                if cfg.ratio_vs == "ref":
+                    base = batch.ref_logp[micro]
+                else:
+                    base = st.logp.detach() if reuse_logp_as_old else roll.logprobs
+                a = A[micro]
+                if cfg.policy_loss == "clip":
+                    eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
+                    pg, ratio, c_low, c_high = losses.clipped_policy_loss(st.logp, base, a, cfg.epsilon, eps_high)
+                else:
+                    pg = losses.reinforce_policy_loss(st.logp, a)
+                    ratio = torch.exp(st.logp.detach() - base)
+                    c_low = c_high = torch.zeros_like(mask)
+                kl = None
+                if ref is not None:
+                    kl = st.full_kl if cfg.kl_estimator == "full" else losses.kl_estimate(st.logp, batch.ref_logp[micro], cfg.kl_estimator)
+                per_token = pg + beta * kl if (kl is not None and beta > 0) else pg
+                loss = losses.aggregate(per_token, mask, cfg.loss_aggregation, cfg.max_new_tokens, num_seqs, num_tokens)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                loss.backward()
+                mb_loss += loss.item()
+                m = mask.float()
+                acc["tokens"] += m.sum().item()
+                acc["pg"] += (pg.detach() * m).sum().item()
+                acc["ent"] += (st.entropy * m).sum().item()
+                acc["ratio"] += (ratio.detach() * m).sum().item()
+                acc["clip_low"] += (c_low & mask).sum().item()
+                acc["clip_high"] += (c_high & mask).sum().item()
+                r = ratio.detach()[mask]
+                acc["ratio_min"] = min(acc["ratio_min"], r.min().item())
+                acc["ratio_max"] = max(acc["ratio_max"], r.max().item())
+                if kl is not None:
+                    acc["kl"] += (kl.detach() * m).sum().item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in actor.parameters() if p.requires_grad], cfg.max_grad_norm or float("inf"))
+            if not finite or not torch.isfinite(grad_norm):
+                opt.zero_grad(set_to_none=True)     # weights untouched
+                acc["skipped"] += 1
+                continue
+            opt.step()
+            sched.step()
+            acc["loss"] += mb_loss
+            acc["grad_norm"] += grad_norm.item()
+            acc["n_updates"] += 1
+    return acc
+
+
+def step_metrics(cfg, step, batch: StepBatch, acc: dict, beta: float, lr: float, times: dict, skipped_total: int) -> dict:
+    n_up, tok = max(acc["n_updates"], 1), max(acc["tokens"], 1.0)
+    r, lengths = batch.rewards.flatten(), batch.rollout.lengths.float()
+    m = {
+        "step": step,
+        "loss": acc["loss"] / n_up if acc["n_updates"] else None,
+        "policy_loss": acc["pg"] / tok,
+        "kl": acc["kl"] / tok if batch.ref_logp is not None or cfg.kl_estimator == "full" and cfg.beta > 0 else None,
+        "beta": beta,
+        "reward/mean": r.mean().item(),
+        "reward/std": r.std(unbiased=False).item(),
+    }
+    for name, v in batch.per_fn.items():
+        m[f"reward/{name}/mean"] = v.mean().item()
+        m[f"reward/{name}/std"] = v.std(unbiased=False).item()
+    m.update({
+        "groups/zero_variance_frac": adv_mod.zero_variance_groups(batch.rewards).float().mean().item(),
+        "clip/low_frac": acc["clip_low"] / tok,
+        "clip/high_frac": acc["clip_high"] / tok,
+        "ratio/mean": acc["ratio"] / tok,
+        "ratio/min": acc["ratio_min"] if math.isfinite(acc["ratio_min"]) else None,
+        "ratio/max": acc["ratio_max"] if math.isfinite(acc["ratio_max"]) else None,
+        "entropy": acc["ent"] / tok,
+        "length/mean": lengths.mean().item(),
+        "length/min": int(lengths.min().item()),
+        "length/max": int(lengths.max().item()),
+        "length/truncated_frac": batch.rollout.truncated.float().mean().item(),
+        "grad_norm": acc["grad_norm"] / n_up if acc["n_updates"] else None,
+        "lr": lr,
+        "updates/skipped_nonfinite": skipped_total,
+    })
+    m.update({f"time/{k}": round(v, 4) for k, v in times.items()})
+    m["time/tokens_per_sec"] = round(batch.rollout.lengths.sum().item() / max(times["step"], 1e-9), 1)
+    return m
+
+
+class BetaController:
+    """Fixed beta, or (kl_target set) a multiplicative controller: beta grows when the measured KL
+    is above the target and shrinks below it, by at most `kl_adapt_rate` per step."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.beta, self.target, self.rate = cfg.beta, cfg.kl_target, cfg.kl_adapt_rate
+
+    def update(self, kl: float | None) -> float:
+        if self.target is not None and kl is not None and math.isfinite(kl):
+            error = max(-1.0, min(1.0, (kl - self.target) / self.target))
+            self.beta = max(self.beta * (1.0 + self.rate * error), 1e-6)
+        return self.beta
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    t_start = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    out = make_output_dir(cfg)
+    save_yaml(cfg, out / "config.yaml")
+    device = pick_device(cfg.device)
+    if cfg.model:
+        model_path = cfg.model
+    else:
+        from .demo import ensure_demo_model
+        model_path = ensure_demo_model(log=log)
+    actor, tokenizer = load_model(model_path, device)
+    ref = frozen_copy(actor) if needs_reference(cfg) else None
+    task = get_task(cfg.task)
+    reward_fns = {name: (fn, 1.0) for name, fn in task.rewards.items()}
+    log(f"grpo: preset {cfg.preset}, model {model_path}, task {cfg.task}, B={cfg.prompts_per_step} x G={cfg.group_size}, "
+        f"{cfg.max_steps} steps -> {out}")
+
+    summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
+    eval_kw = dict(n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens)
+    if cfg.eval_size:
+        summary["eval_before"] = evaluate(actor, tokenizer, task, **eval_kw)
+        log(f"held-out accuracy before: {summary['eval_before']['accuracy']:.3f} (n={cfg.eval_size})")
+
+    params = [p for p in actor.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+    data_rng = random.Random(cfg.seed)
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    beta_ctl = BetaController(cfg)
+    history: deque = deque(maxlen=cfg.baseline_window - 1)
+    sinks = [JsonlSink(out / "metrics.jsonl"), ConsoleSink(cfg.max_steps)]
+    samples_fh = open(out / "completions.jsonl", "a")
+    skipped_total = 0
+    actor.train()
+    try:
+        for step in tqdm(range(1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True):
+            times, t0 = {}, time.time()
+            rows = task.sample_train(data_rng, cfg.prompts_per_step)
+            actor.eval()
+            roll, texts = sample(cfg, actor, tokenizer, rows, sample_gen)
+            actor.train()
+            times["generate"] = time.time() - t0
+
+            t = time.time()
+            rewards, per_fn = score(cfg, rows, texts, roll, reward_fns)
+            times["score"] = time.time() - t
+
+            adv = adv_mod.compute_advantages(
+                rewards, roll.lengths.cpu(), roll.completion_ids.shape[1], reward_scaling=cfg.reward_scaling,
+                baseline=cfg.baseline, token_credit=cfg.token_credit, gamma=cfg.gamma, token_norm=cfg.token_norm,
+                history=list(history))
+            history.append(adv.scaled_rewards)      # the window baseline averages scaled rewards
+            keep = ~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups else torch.ones(len(rows), dtype=torch.bool)
+            loss_mask = roll.completion_mask & keep.repeat_interleave(cfg.group_size).to(device)[:, None]
+
+            t = time.time()
+            ref_logp = None
+            if ref is not None:
+                with torch.no_grad():
+                    ref_logp = token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
+            times["reference"] = time.time() - t
+
+            batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp)
+            t = time.time()
+            acc = update_policy(cfg, actor, ref, opt, sched, batch, beta_ctl.beta, shuffle_gen)
+            times["policy"] = time.time() - t
+            skipped_total += acc["skipped"]
+            times["step"] = time.time() - t0
+
+            metrics = step_metrics(cfg, step, batch, acc, beta_ctl.beta, sched.get_last_lr()[0], times, skipped_total)
+            beta_ctl.update(metrics["kl"])
+            for s in sinks:
+                s.log(metrics)
+            for i in range(min(cfg.log_completions, len(texts))):
+                samples_fh.write(_json_line(step=step, prompt=rows[i // cfg.group_size]["prompt"],
+                                            completion=texts[i], reward=rewards.flatten()[i].item()))
+            samples_fh.flush()
+    finally:
+        for s in sinks:
+            s.close()
+        samples_fh.close()
+
+    if cfg.eval_size:
+        summary["eval_after"] = evaluate(actor, tokenizer, task, **eval_kw)
+        log(f"held-out accuracy after:  {summary['eval_after']['accuracy']:.3f} "
+            f"(before {summary['eval_before']['accuracy']:.3f}, n={cfg.eval_size})")
+    if cfg.save_model:
+        actor.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+        summary["model_dir"] = str(out / "model")
+    summary.update(steps=cfg.max_steps, skipped_updates=skipped_total, seconds=round(time.time() - t_start, 1))
+    (out / "summary.json").write_text(_json_line(**summary, indent=2))
+    return summary
+
+
+def _json_line(indent=None, **kw) -> str:
+    import json
+    return json.dumps(kw, indent=indent) + ("\n" if indent is None else "")
