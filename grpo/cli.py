@@ -35,10 +35,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag(name), metavar=metavar, **kw)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, demo: bool | None = None):
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
     yaml_values = load_yaml(args.config) if getattr(args, "config", None) else {}
-    return resolve(yaml_values, overrides, yaml_path=getattr(args, "config", "") or "")
+    return resolve(yaml_values, overrides, yaml_path=getattr(args, "config", "") or "", demo=demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +84,8 @@ def cmd_train(args) -> int:
 
 def cmd_explain(args) -> int:
     from .explain import main as explain_main
-    return explain_main(config_from_args(args), args.rewards, args.lengths, args.json)
+    # explain shows the algorithm's defaults (preset seed), never the demo's training sizes
+    return explain_main(config_from_args(args, demo=False), args.rewards, args.lengths, args.json)
 
 
 def cmd_eval(args) -> int:
@@ -122,6 +123,8 @@ def cmd_sft(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()     # our own bars only
     try:
         return {"train": cmd_train, "explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft}[args.command](args)
     except ConfigError as e:

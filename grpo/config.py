@@ -243,14 +243,18 @@ def check_known(key: str, where: str = "") -> None:
 
 
 def resolve(yaml_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-            yaml_path: str = "") -> TrainConfig:
-    """Build the final config: defaults < preset < demo defaults < YAML < overrides (flags)."""
+            yaml_path: str = "", demo: bool | None = None) -> TrainConfig:
+    """Build the final config: defaults < preset < demo defaults < YAML < overrides (flags).
+
+    `demo`: apply DEMO_DEFAULTS; by default, exactly when no model is named."""
     yaml_values = dict(yaml_values or {})
     overrides = dict(overrides or {})
     for k in overrides:
         check_known(k)
     explicit = {**yaml_values, **overrides}
-    demo = {} if explicit.get("model") else DEMO_DEFAULTS
+    if demo is None:
+        demo = not explicit.get("model")
+    demo = DEMO_DEFAULTS if demo else {}
     preset = coerce("preset", explicit.get("preset", demo.get("preset", FIELDS["preset"].default)))
     values: dict[str, Any] = dict(PRESETS[preset])
     values.update({k: v for k, v in demo.items() if k != "preset"})

@@ -218,8 +218,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.model:
         model_path = cfg.model
     else:
-        from .demo import ensure_demo_model
+        from .demo import DEMO_NOTE, ensure_demo_model
         model_path = ensure_demo_model(log=log)
+        log(DEMO_NOTE.format(preset=cfg.preset))
     actor, tokenizer = load_model(model_path, device)
     ref = frozen_copy(actor) if needs_reference(cfg) else None
     task = get_task(cfg.task)
