@@ -1,0 +1,127 @@
+"""The `grpo` command as a user runs it: a subprocess, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+TINY_FLAGS = ["--max-steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
+              "--eval-size", "8", "--lr", "1e-3", "--device", "cpu"]
+
+
+@pytest.fixture
+def grpo(tmp_path):
+    """grpo(*args) -> CompletedProcess of `python -m grpo args`, with a private GRPO_CACHE."""
+    env = {**os.environ, "GRPO_CACHE": str(tmp_path / "cache")}
+
+    def run(*args, timeout=600):
+        return subprocess.run([sys.executable, "-m", "grpo", *map(str, args)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_train_help_lists_the_settings(grpo):
+    out = ok(grpo("train", "--help")).stdout
+    for flag in ["--preset", "--group-size", "--prompts-per-step", "--max-new-tokens", "--min-new-tokens",
+                 "--temperature", "--beta", "--gamma", "--epsilon", "--lr", "--max-steps", "--seed",
+                 "--output-dir", "--config", "--loss-aggregation", "--token-norm", "--no-token-norm"]:
+        assert f"{flag} " in out or f"{flag}\n" in out, flag
+    assert "seed, deepseekmath, dr_grpo, dapo" in out or "{seed,deepseekmath,dr_grpo,dapo}" in out
+
+
+def test_train_writes_every_output(grpo, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = ok(grpo("train", "--model", tiny_model_dir, *TINY_FLAGS, "--output-dir", out))
+    for name in ["config.yaml", "metrics.jsonl", "summary.json", "completions.jsonl", "model/config.json"]:
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_before"]["n"] == summary["eval_after"]["n"] == 8
+    assert "held-out accuracy" in proc.stdout and str(out) in proc.stdout
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"] == str(tiny_model_dir) and saved["preset"] == "seed" and saved["group_size"] == 4
+
+
+def test_flags_override_the_config_file(grpo, tiny_model_dir, tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "preset": "deepseekmath", "beta": 0.3,
+                                        "lr": 0.01, "group_size": 8, "max_new_tokens": 6, "prompts_per_step": 2,
+                                        "max_steps": 1, "eval_size": 0, "device": "cpu"}))
+    out = tmp_path / "run"
+    ok(grpo("train", "--config", cfg_file, "--beta", "0.1", "--group-size", "4", "--no-save-model",
+            "--output-dir", out))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["beta"] == 0.1 and saved["group_size"] == 4        # flags win
+    assert saved["lr"] == 0.01 and saved["max_steps"] == 1          # the file's values stay
+    assert saved["preset"] == "deepseekmath" and saved["kl_estimator"] == "k3"    # the file's preset
+    assert saved["save_model"] is False and not (out / "model").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--group-size", "1"], "group_size: must be >= 2, got 1"),
+    (["--lr", "abc"], "lr (in command line): expected float, got 'abc'"),
+    (["--kl-estimator", "k9"], "kl_estimator (in command line): must be one of k1, k2, k3, full"),
+])
+def test_bad_value_exits_2_with_one_line(grpo, tmp_path, args, message):
+    out = tmp_path / "never"
+    proc = grpo("train", "--model", "does-not-matter", *args, "--output-dir", out)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"grpo train: error: {message}"), proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_unknown_flag_exits_2(grpo):
+    proc = grpo("train", "--group-szie", "4")
+    assert proc.returncode == 2 and "--group-szie" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_explain_json_is_one_object(grpo):
+    proc = ok(grpo("explain", "--json"))
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    res = json.loads(lines[0])
+    for key in ["preset", "settings", "rewards", "lengths", "scaled_rewards", "baseline_values",
+                "sequence_advantages", "token_advantages", "normalized_token_advantages", "loss"]:
+        assert key in res, key
+    # explain uses the algorithm's defaults (the article), never the demo's preset
+    assert res["preset"] == "seed" and res["rewards"] == [[0.8, 0.6]] and res["lengths"] == [[3, 4]]
+    for key in ["advantage", "ratio", "policy_loss", "kl", "total", "weight"]:
+        assert key in res["loss"], key
+
+
+def test_eval_json(grpo, tiny_model_dir):
+    proc = ok(grpo("eval", "--model", tiny_model_dir, "--eval-size", "8", "--device", "cpu", "--json"))
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["n"] == 8 and res["task"] == "arithmetic" and res["model"] == str(tiny_model_dir)
+    assert 0.0 <= res["accuracy"] <= 1.0 and "mean_reward" in res
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_with_a_fresh_cache(grpo, tmp_path):
+    """No --model: builds the demo model (the real supervised warm start), caches it, trains 2 steps."""
+    cache = tmp_path / "cache"
+    assert not cache.exists()
+    out = tmp_path / "demo-run"
+    proc = ok(grpo("train", "--max-steps", "2", "--eval-size", "16", "--device", "cpu", "--output-dir", out))
+    models = [p for p in cache.glob("demo-*") if (p / "config.json").is_file()]
+    assert len(models) == 1 and not list(cache.glob(".building-*"))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"] is None and saved["preset"] == "dr_grpo"     # the demo defaults
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == str(models[0])
+    assert summary["eval_before"]["n"] == summary["eval_after"]["n"] == 16
+    assert "done: held-out accuracy" in proc.stdout

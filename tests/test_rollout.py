@@ -1,0 +1,217 @@
+"""Sampling and per-token log-probs on a tiny random Llama.
+
+The tiny model's vocabulary has 17 tokens, so a random model samples EOS now and then: enough
+rows give both sequences that stop early and sequences cut at the length limit. The tokenizer's
+EOS doubles as padding (as in the demo), which is the case where a mask computed from
+`ids != pad` would wrongly drop the EOS token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grpo.policy import frozen_copy, load_model, token_stats
+from grpo.rollout import Rollout, decode, encode_prompts, generate, positions
+
+PROMPTS = ["1+2=", "33+44=", "5+67=", "98+9="]          # different lengths: left padding is exercised
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_model_dir):
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    model.eval()
+    assert tok.eos_token_id == tok.pad_token_id == 0
+    return model, tok
+
+
+def rollout(model, tok, *, repeats=8, seed=0, eos_ids=None, pad_id=None, max_new_tokens=MAX_NEW, **kw) -> Rollout:
+    ids, mask = encode_prompts(tok, PROMPTS, "cpu")
+    ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)      # (N, P)
+    gen = None if kw.get("greedy") else torch.Generator().manual_seed(seed)
+    return generate(model, ids, mask, max_new_tokens=max_new_tokens,
+                    eos_ids=[tok.eos_token_id] if eos_ids is None else eos_ids,
+                    pad_id=tok.pad_token_id if pad_id is None else pad_id, generator=gen, **kw)
+
+
+def first_hit(row: list[int], eos: set[int]) -> int | None:
+    return next((t for t, x in enumerate(row) if x in eos), None)
+
+
+def check_masks(roll: Rollout, eos: set[int], pad: int) -> tuple[int, int]:
+    """Assert the mask/length/truncation contract row by row; return (#stopped early, #truncated)."""
+    early = cut = 0
+    N, L = roll.completion_ids.shape
+    assert L <= MAX_NEW
+    assert roll.completion_mask.dtype == torch.bool and roll.logprobs.shape == (N, L)
+    for ids, m, n, trunc, lp in zip(roll.completion_ids.tolist(), roll.completion_mask.tolist(),
+                                    roll.lengths.tolist(), roll.truncated.tolist(), roll.logprobs):
+        k = first_hit(ids, eos)
+        if k is None:                                   # no EOS: every column valid, cut at the limit
+            assert trunc and L == MAX_NEW and all(m) and n == L
+            cut += 1
+        else:                                           # valid up to and including the first EOS
+            assert not trunc
+            assert m == [True] * (k + 1) + [False] * (L - k - 1)
+            assert n == k + 1
+            assert ids[k + 1:] == [pad] * (L - k - 1)   # padding after EOS
+            assert torch.all(lp[k + 1:] == 0) and torch.all(lp[:k + 1] < 0)
+            early += k + 1 < L
+    return early, cut
+
+
+def test_mask_lengths_and_truncation_when_eos_is_pad(model_tok):
+    model, tok = model_tok
+    roll = rollout(model, tok)
+    early, cut = check_masks(roll, {0}, pad=0)
+    assert early > 0 and cut > 0, "the sample should hold both early stops and truncations"
+    assert torch.equal(roll.lengths, roll.completion_mask.sum(1))
+    # decoding keeps one character per valid character token and drops EOS, <unk> and padding
+    for text, ids, n in zip(decode(tok, roll), roll.completion_ids.tolist(), roll.lengths.tolist()):
+        assert "<eos>" not in text
+        assert len(text) == sum(i >= 2 for i in ids[:n])
+
+
+def test_mask_with_eos_distinct_from_pad(model_tok):
+    model, tok = model_tok
+    plus = tok.convert_tokens_to_ids("+")
+    roll = rollout(model, tok, eos_ids=[plus], pad_id=0)
+    early, cut = check_masks(roll, {plus}, pad=0)
+    assert early > 0 and cut > 0
+
+
+def test_truncated_when_eos_is_never_sampled(model_tok):
+    model, tok = model_tok
+    roll = rollout(model, tok, min_new_tokens=MAX_NEW)
+    assert roll.truncated.all() and roll.completion_mask.all()
+    assert torch.equal(roll.lengths, torch.full_like(roll.lengths, MAX_NEW))
+    assert not (roll.completion_ids == 0).any()
+
+
+def test_min_new_tokens_forbids_early_eos(model_tok):
+    model, tok = model_tok
+    free = rollout(model, tok, repeats=16, seed=1)
+    k = 3
+    assert (free.completion_ids[:, :k] == 0).any(), "without the ban some row stops within k tokens"
+    banned = rollout(model, tok, repeats=16, seed=1, min_new_tokens=k)
+    assert not (banned.completion_ids[:, :k] == 0).any()
+    assert (banned.lengths >= k).all()
+    assert (~banned.truncated).any(), "EOS is still allowed after min_new_tokens"
+    check_masks(banned, {0}, pad=0)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=5, top_p=0.9),
+                                dict(temperature=1.3, min_new_tokens=2)])
+def test_recorded_logprobs_equal_token_stats(model_tok, kw):
+    model, tok = model_tok
+    roll = rollout(model, tok, **kw)
+    with torch.no_grad():
+        st = token_stats(model, roll, temperature=kw["temperature"], chunk=5)
+    assert st.full_kl is None
+    torch.testing.assert_close(st.logp, roll.logprobs, atol=1e-5, rtol=0)
+    assert torch.all(st.logp[~roll.completion_mask] == 0)
+    assert torch.all(st.entropy[roll.completion_mask] > 0)
+
+
+def test_greedy_is_deterministic_and_equals_argmax(model_tok):
+    model, tok = model_tok
+    a = rollout(model, tok, repeats=1, greedy=True)
+    b = rollout(model, tok, repeats=1, greedy=True)
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
+    # each greedy token is the argmax of a plain forward over prompt + completion so far
+    with torch.no_grad():
+        logits = plain_logits(model, a, temperature=1.0)                   # (N, L, V)
+    am = logits.argmax(-1)
+    assert torch.equal(am[a.completion_mask], a.completion_ids[a.completion_mask])
+
+
+def test_same_generator_seed_same_samples(model_tok):
+    model, tok = model_tok
+    a, b = rollout(model, tok, seed=7), rollout(model, tok, seed=7)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert torch.equal(a.logprobs, b.logprobs)
+    c = rollout(model, tok, seed=8)
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+
+
+def test_top_k_1_equals_greedy(model_tok):
+    model, tok = model_tok
+    greedy = rollout(model, tok, repeats=1, greedy=True)
+    for seed in (0, 1):
+        top1 = rollout(model, tok, repeats=1, seed=seed, top_k=1)
+        assert torch.equal(top1.completion_ids, greedy.completion_ids)
+        torch.testing.assert_close(top1.logprobs, greedy.logprobs)
+
+
+# ------------------------------------------------------------------ token_stats vs plain path
+def plain_logits(model, roll: Rollout, temperature: float) -> torch.Tensor:
+    """Obviously correct: one ordinary forward, the full (N, L, V) logits at completion positions."""
+    ids = torch.cat([roll.prompt_ids, roll.completion_ids], 1)
+    attn = torch.cat([roll.prompt_mask, roll.completion_mask.long()], 1)
+    P, L = roll.prompt_ids.shape[1], roll.completion_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
+    return logits[:, P - 1:P + L - 1].float() / temperature                 # (N, L, V)
+
+
+def plain_logp(model, roll, temperature):
+    logp = torch.log_softmax(plain_logits(model, roll, temperature), -1)
+    tok_logp = logp.gather(-1, roll.completion_ids[..., None]).squeeze(-1)  # (N, L)
+    return tok_logp * roll.completion_mask
+
+
+def grads_of(model, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    out = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_chunked_token_stats_equal_plain_path_values_and_gradients(model_tok):
+    model, tok = model_tok
+    T = 0.8
+    roll = rollout(model, tok, repeats=2, temperature=T)
+    w = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(0))   # (N, L)
+    with torch.no_grad():
+        ref_logp = plain_logp(model, roll, T)
+    ref_grads = grads_of(model, lambda: (plain_logp(model, roll, T) * w).sum())
+    assert all(g.abs().sum() > 0 for g in ref_grads.values())
+    for chunk in (1, 3, 1024):
+        st = token_stats(model, roll, temperature=T, chunk=chunk)
+        torch.testing.assert_close(st.logp.detach(), ref_logp, atol=1e-5, rtol=0)
+        grads = grads_of(model, lambda: (token_stats(model, roll, temperature=T, chunk=chunk).logp * w).sum())
+        for name, g in ref_grads.items():
+            torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=f"chunk {chunk}: {name}")
+
+
+def test_full_kl_equals_explicit_vocabulary_sum(model_tok):
+    model, tok = model_tok
+    T = 0.9
+    roll = rollout(model, tok, repeats=2, temperature=T)
+    ref = frozen_copy(model)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+        logp = torch.log_softmax(plain_logits(model, roll, T), -1)          # (N, L, V)
+        ref_logp = torch.log_softmax(plain_logits(ref, roll, T), -1)
+        explicit = (logp.exp() * (logp - ref_logp)).sum(-1) * roll.completion_mask
+        for chunk in (1, 4, 1024):
+            st = token_stats(model, roll, temperature=T, chunk=chunk, ref_model=ref)
+            torch.testing.assert_close(st.full_kl, explicit, atol=1e-5, rtol=1e-4)
+        assert (st.full_kl[roll.completion_mask] > 0).all()
+
+        same = token_stats(model, roll, temperature=T, chunk=3, ref_model=frozen_copy(model))
+        torch.testing.assert_close(same.full_kl, torch.zeros_like(same.full_kl), atol=1e-6, rtol=0)
+
+
+def test_full_kl_does_not_touch_the_reference_gradients(model_tok):
+    model, tok = model_tok
+    roll = rollout(model, tok, repeats=1)
+    ref = frozen_copy(model)
+    st = token_stats(model, roll, temperature=1.0, chunk=4, ref_model=ref)
+    (st.logp.sum() + st.full_kl.sum()).backward()
+    assert all(p.grad is None for p in ref.parameters())
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad(set_to_none=True)

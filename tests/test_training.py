@@ -1,0 +1,333 @@
+"""A few real training steps of a tiny random Hugging Face model through `grpo.train`.
+
+A random model almost never solves the arithmetic task, so every reward would be 0, every
+advantage 0 and nothing would move. These tests register a task `dense` with the same prompts and
+a dense, random-but-deterministic reward (a CRC of the completion text), so groups have reward
+variance and every preset has a real policy gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from grpo import advantages as adv_mod
+from grpo import losses, policy
+from grpo import tasks as tasks_mod
+from grpo import train as train_mod
+from grpo.config import PRESETS, load_yaml, resolve
+from grpo.rewards import RewardError, score
+from grpo.train import StepBatch, needs_reference, train, update_policy
+
+REQUIRED_KEYS = [
+    "step", "loss", "kl", "beta", "reward/mean", "reward/std", "time/step",
+    "groups/zero_variance_frac", "clip/low_frac", "clip/high_frac", "ratio/mean", "ratio/min", "ratio/max",
+    "entropy", "length/mean", "length/min", "length/max", "length/truncated_frac", "grad_norm", "lr",
+    "time/generate", "time/score", "time/policy", "time/tokens_per_sec", "updates/skipped_nonfinite",
+]
+
+
+def crc_reward(prompts, completions, **_):
+    """Dense and deterministic: different completions almost surely get different rewards."""
+    return [zlib.crc32(f"{p}|{c}".encode()) % 1000 / 1000 for p, c in zip(prompts, completions)]
+
+
+def dense_task(**rewards) -> tasks_mod.Task:
+    base = tasks_mod.arithmetic()
+    return tasks_mod.Task(name="dense", train_size=base.train_size, heldout_size=base.heldout_size,
+                          row=base.row, rewards=rewards or {"crc": crc_reward})
+
+
+@pytest.fixture(autouse=True)
+def _dense_task(monkeypatch):
+    monkeypatch.setitem(tasks_mod.TASKS, "dense", dense_task)
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def cfg_out(cfg) -> Path:
+    return Path(cfg.output_dir)
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --------------------------------------------------------------- every preset, real steps
+@pytest.fixture(scope="module", params=list(PRESETS))
+def preset_run(request, tiny_config, tiny_model_dir):
+    """Two steps of one preset; the actor and reference are captured as train() creates them."""
+    cfg = tiny_config(preset=request.param, task="dense", lr=1e-2)
+    seen = {}
+
+    def load_spy(path, device):
+        actor, tok = policy.load_model(path, device)
+        seen["actor"], seen["initial"] = actor, state(actor)
+        return actor, tok
+
+    def ref_spy(model):
+        seen["ref"] = policy.frozen_copy(model)
+        return seen["ref"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(tasks_mod.TASKS, "dense", dense_task)
+        mp.setattr(train_mod, "load_model", load_spy)
+        mp.setattr(train_mod, "frozen_copy", ref_spy)
+        summary = train(cfg, log=lambda *a: None)
+    return cfg, summary, seen
+
+
+def test_metrics_rows_are_finite_and_complete(preset_run):
+    cfg, summary, _ = preset_run
+    rows = read_jsonl(cfg_out(cfg) / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        missing = [k for k in REQUIRED_KEYS if k not in r]
+        assert not missing, missing
+        assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0
+        assert r["reward/std"] > 0 and r["groups/zero_variance_frac"] < 1
+        assert r["updates/skipped_nonfinite"] == 0
+        assert 1 <= r["length/min"] <= r["length/mean"] <= r["length/max"] <= cfg.max_new_tokens
+        assert 0 <= r["length/truncated_frac"] <= 1 and r["entropy"] > 0
+        assert r["ratio/min"] <= r["ratio/mean"] <= r["ratio/max"]
+        assert r["beta"] == cfg.beta and r["lr"] == pytest.approx(cfg.lr)
+        if needs_reference(cfg):
+            assert math.isfinite(r["kl"])
+        else:
+            assert r["kl"] is None
+        if not cfg.overlong_penalty:
+            assert r["reward/crc/mean"] == pytest.approx(r["reward/mean"], abs=1e-6)
+    assert summary["skipped_updates"] == 0 and summary["steps"] == 2
+
+
+def test_summary_and_completions(preset_run):
+    cfg, summary, _ = preset_run
+    saved = json.loads((cfg_out(cfg) / "summary.json").read_text())
+    for key in ("eval_before", "eval_after"):
+        assert saved[key]["n"] == cfg.eval_size
+        assert 0.0 <= saved[key]["accuracy"] <= 1.0 and "mean_reward" in saved[key]
+    assert saved["preset"] == cfg.preset
+    lines = read_jsonl(cfg_out(cfg) / "completions.jsonl")
+    assert len(lines) == cfg.max_steps * cfg.log_completions
+    assert {"step", "prompt", "completion", "reward"} <= set(lines[0])
+
+
+def test_config_yaml_round_trips(preset_run):
+    cfg, _, _ = preset_run
+    path = str(cfg_out(cfg) / "config.yaml")
+    assert resolve(load_yaml(path), yaml_path=path) == cfg
+
+
+def test_every_trained_parameter_moved_and_reference_frozen(preset_run):
+    cfg, _, seen = preset_run
+    actor, initial = seen["actor"], seen["initial"]
+    unmoved = [n for n, p in actor.named_parameters() if torch.equal(p.detach(), initial[n])]
+    assert not unmoved, f"{cfg.preset}: parameters that did not move: {unmoved}"
+    if needs_reference(cfg):
+        ref = seen["ref"]
+        for n, p in ref.named_parameters():
+            assert torch.equal(p, initial[n]), n
+            assert not p.requires_grad
+    else:
+        assert "ref" not in seen          # no second copy when nothing needs pi_ref
+
+
+def test_saved_model_loads_and_equals_the_trained_actor(preset_run):
+    cfg, summary, seen = preset_run
+    loaded = AutoModelForCausalLM.from_pretrained(summary["model_dir"], dtype=torch.float32)
+    trained = dict(seen["actor"].named_parameters())
+    for n, p in loaded.named_parameters():
+        assert torch.equal(p, trained[n].detach()), n
+
+
+def test_same_seed_same_metrics(preset_run, tiny_config):
+    cfg, _, _ = preset_run
+    again = tiny_config(**{**vars(cfg), "output_dir": None, "save_model": False})
+    train(again, log=lambda *a: None)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    first, second = (read_jsonl(cfg_out(c) / "metrics.jsonl") for c in (cfg, again))
+    assert strip(first) == strip(second)
+    assert ((cfg_out(cfg) / "completions.jsonl").read_text()
+            == (cfg_out(again) / "completions.jsonl").read_text())
+
+
+# ------------------------------------------------------------------- one hand-built batch
+def setup_batch(cfg, seed=0):
+    """Actor, reference (or None) and one StepBatch, built as train() builds them."""
+    torch.manual_seed(seed)
+    actor, tok = policy.load_model(cfg.model, torch.device("cpu"))
+    ref = policy.frozen_copy(actor) if needs_reference(cfg) else None
+    rows = tasks_mod.get_task("dense").sample_train(random.Random(seed), cfg.prompts_per_step)
+    actor.eval()
+    roll, texts = train_mod.sample(cfg, actor, tok, rows, torch.Generator().manual_seed(seed))
+    actor.train()
+    rewards, per_fn = train_mod.score(cfg, rows, texts, roll, {"crc": (crc_reward, 1.0)})
+    adv = adv_mod.compute_advantages(rewards, roll.lengths, roll.completion_ids.shape[1],
+                                     reward_scaling=cfg.reward_scaling, baseline=cfg.baseline,
+                                     token_credit=cfg.token_credit, gamma=cfg.gamma, token_norm=cfg.token_norm)
+    keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups
+            else torch.ones(len(rows), dtype=torch.bool))
+    loss_mask = roll.completion_mask & keep.repeat_interleave(cfg.group_size)[:, None]
+    ref_logp = None
+    if ref is not None:
+        with torch.no_grad():
+            ref_logp = policy.token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
+    return actor, ref, StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp)
+
+
+def run_update(cfg, actor, ref, batch, lr=0.1):
+    """update_policy with plain SGD, so equal gradients give equal weights to float precision."""
+    opt = torch.optim.SGD([p for p in actor.parameters() if p.requires_grad], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return update_policy(cfg, actor, ref, opt, sched, batch, cfg.beta, torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
+@pytest.mark.parametrize("preset", ["seed", "deepseekmath"])
+def test_grad_accum_and_minibatches_are_invariant(tiny_config, preset, aggregation):
+    """Splitting a minibatch into micro-batches changes nothing: the normalisers are the minibatch's."""
+    base = dict(preset=preset, task="dense", loss_aggregation=aggregation, prompts_per_step=4,
+                max_new_tokens=8, max_grad_norm=0.0)
+    for minibatches, accums in ((1, (1, 4, 16)), (2, (1, 8))):      # 16 sequences; 8 per minibatch
+        results = []
+        for grad_accum in accums:
+            cfg = tiny_config(**base, minibatches=minibatches, grad_accum=grad_accum)
+            actor, ref, batch = setup_batch(cfg)
+            initial = state(actor)
+            acc = run_update(cfg, actor, ref, batch)
+            assert acc["n_updates"] == minibatches and acc["skipped"] == 0
+            results.append((state(actor), {n: p.grad.clone() for n, p in actor.named_parameters()}, acc["loss"]))
+        w0, g0, loss0 = results[0]
+        assert all(not torch.equal(w0[n], initial[n]) for n in w0), "the update should move every weight"
+        for grad_accum, (w, g, loss) in zip(accums[1:], results[1:]):
+            where = f"{preset}/{aggregation}: minibatches={minibatches} grad_accum={grad_accum}"
+            assert loss == pytest.approx(loss0, abs=1e-5), where
+            for n in w0:
+                torch.testing.assert_close(g[n], g0[n], atol=1e-5, rtol=1e-4, msg=f"{where}: grad {n}")
+                torch.testing.assert_close(w[n], w0[n], atol=1e-5, rtol=0, msg=f"{where}: weight {n}")
+
+
+def test_micro_batch_loss_sum_equals_plain_full_batch_loss(tiny_config):
+    """The accumulated loss equals the aggregation of the whole batch computed in one piece."""
+    cfg = tiny_config(preset="deepseekmath", task="dense", prompts_per_step=4, grad_accum=16)
+    actor, ref, batch = setup_batch(cfg)
+    with torch.no_grad():
+        st = policy.token_stats(actor, batch.rollout, temperature=1.0, chunk=1024)
+        pg, *_ = losses.clipped_policy_loss(st.logp, st.logp, batch.adv.normalized, 0.2, 0.2)
+        kl = losses.kl_estimate(st.logp, batch.ref_logp, "k3")
+        expected = losses.aggregate(pg + cfg.beta * kl, batch.loss_mask, cfg.loss_aggregation, cfg.max_new_tokens)
+    acc = run_update(cfg, actor, ref, batch)
+    assert acc["loss"] == pytest.approx(expected.item(), abs=1e-6)
+
+
+# ---------------------------------------------------------------------- non-finite losses
+def nan_on_call(monkeypatch, which: int):
+    calls = {"n": 0}
+    real = losses.aggregate
+
+    def aggregate(*args, **kw):
+        calls["n"] += 1
+        out = real(*args, **kw)
+        return out * float("nan") if calls["n"] == which else out
+
+    monkeypatch.setattr(losses, "aggregate", aggregate)
+    return calls
+
+
+@pytest.mark.parametrize("which", [1, 2])        # the first micro-batch, or the second after a backward
+def test_non_finite_loss_skips_the_update(tiny_config, monkeypatch, which):
+    cfg = tiny_config(preset="deepseekmath", task="dense", grad_accum=2)
+    actor, ref, batch = setup_batch(cfg)
+    initial = state(actor)
+    nan_on_call(monkeypatch, which)
+    opt = torch.optim.AdamW(actor.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    acc = update_policy(cfg, actor, ref, opt, sched, batch, cfg.beta, torch.Generator())
+    assert acc["skipped"] == 1 and acc["n_updates"] == 0
+    for n, p in actor.named_parameters():
+        assert torch.equal(p.detach(), initial[n]), n
+        assert p.grad is None, n                              # no half-accumulated gradient left over
+    assert not opt.state and sched.last_epoch == 0
+
+
+def test_non_finite_gradient_skips_the_update(tiny_config):
+    cfg = tiny_config(preset="dr_grpo", task="dense")
+    actor, ref, batch = setup_batch(cfg)
+    initial = state(actor)
+    actor.model.norm.weight.register_hook(lambda g: g * float("inf"))
+    acc = run_update(cfg, actor, ref, batch)
+    assert acc["skipped"] == 1 and acc["n_updates"] == 0
+    assert all(torch.equal(p.detach(), initial[n]) for n, p in actor.named_parameters())
+
+
+def test_non_finite_loss_is_counted_in_metrics(tiny_config, monkeypatch):
+    cfg = tiny_config(preset="dr_grpo", task="dense", eval_size=0, save_model=False)
+    nan_on_call(monkeypatch, 1)
+    summary = train(cfg, log=lambda *a: None)
+    rows = read_jsonl(cfg_out(cfg) / "metrics.jsonl")
+    assert [r["updates/skipped_nonfinite"] for r in rows] == [1, 1]
+    assert rows[0]["loss"] is None and math.isfinite(rows[1]["loss"])
+    assert summary["skipped_updates"] == 1
+
+
+# ------------------------------------------------------------------------ reward errors
+PROMPTS, COMPLETIONS = ["1+1=", "2+2=", "3+3="], ["2", "oops", "6"]
+COLUMNS = {"answer": ["2", "4", "6"]}
+
+
+def test_raising_reward_names_function_sample_and_prompt():
+    def picky(prompts, completions, **_):
+        return [float(int(c)) for c in completions]
+
+    with pytest.raises(RewardError) as e:
+        score({"picky": (picky, 1.0)}, PROMPTS, COMPLETIONS, COLUMNS)
+    msg = str(e.value)
+    assert "'picky'" in msg and "sample 1" in msg and "'2+2='" in msg and "ValueError" in msg, msg
+
+
+@pytest.mark.parametrize("result, expected", [
+    (lambda n: [1.0] * (n - 1), "returned 2 values for 3 completions"),
+    (lambda n: "0.5", "returned"),
+    (lambda n: ["1"] * n, "returned '1' for sample 0"),
+    (lambda n: [1.0, float("nan"), 0.0], "returned nan for sample 1"),
+])
+def test_malformed_reward_names_function(result, expected):
+    def bad(prompts, completions, **_):
+        return result(len(completions))
+
+    with pytest.raises(RewardError) as e:
+        score({"good": (crc_reward, 1.0), "bad_fn": (bad, 0.5)}, PROMPTS, COMPLETIONS, COLUMNS)
+    msg = str(e.value)
+    assert "'bad_fn'" in msg and expected in msg, msg
+
+
+def test_weighted_rewards_and_unscorable():
+    def half(prompts, completions, **_):
+        return [0.5, None, 1.0]
+
+    total, per_fn, unscorable = score({"crc": (crc_reward, 2.0), "half": (half, -1.0)}, PROMPTS, COMPLETIONS, COLUMNS)
+    crc = torch.tensor(crc_reward(PROMPTS, COMPLETIONS))
+    torch.testing.assert_close(total, 2.0 * crc - torch.tensor([0.5, 0.0, 1.0]))
+    assert unscorable == 1 and set(per_fn) == {"crc", "half"}
+
+
+def test_reward_error_stops_training(tiny_config, monkeypatch):
+    def broken(prompts, completions, **_):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(tasks_mod.TASKS, "broken", lambda: dense_task(broken=broken))
+    cfg = tiny_config(task="broken", eval_size=0, save_model=False)
+    with pytest.raises(RewardError, match=r"'broken' raised ZeroDivisionError: boom on sample 0"):
+        train(cfg, log=lambda *a: None)
