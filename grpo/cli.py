@@ -11,6 +11,7 @@ import json
 import sys
 import warnings
 
+from .rewards import RewardError
 from .config import ALGORITHM_FIELDS, FIELDS, PRESETS, ConfigError, field_type, load_yaml, resolve
 
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()     # our own bars only
     try:
         return {"train": cmd_train, "explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft}[args.command](args)
-    except ConfigError as e:
+    except (ConfigError, RewardError) as e:
         print(f"grpo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

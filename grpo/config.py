@@ -186,25 +186,23 @@ def coerce(name: str, value: Any, where: str = "") -> Any:
     return out
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check every numeric bound declared in the field metadata, then cross-field rules."""
+def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainConfig:
+    """Check every numeric bound declared in the field metadata, then cross-field rules.
+    `sources` maps a field to where its value came from (a YAML path, "command line")."""
+    sources = sources or {}
     for name, f in FIELDS.items():
-        v = getattr(cfg, name)
-        setattr(cfg, name, coerce(name, v))
+        setattr(cfg, name, coerce(name, getattr(cfg, name), sources.get(name, "")))
         v = getattr(cfg, name)
         if v is None or isinstance(v, (bool, str)):
             continue
         m = f.metadata
+        label = f"{name} (in {sources[name]})" if name in sources else name
         if not math.isfinite(v):
-            raise ConfigError(f"{name}: must be a finite number, got {v}")
-        if "min" in m and v < m["min"]:
-            raise ConfigError(f"{name}: must be >= {m['min']}, got {v}")
-        if "gt" in m and v <= m["gt"]:
-            raise ConfigError(f"{name}: must be > {m['gt']}, got {v}")
-        if "max" in m and v > m["max"]:
-            raise ConfigError(f"{name}: must be <= {m['max']}, got {v}")
-        if "lt" in m and v >= m["lt"]:
-            raise ConfigError(f"{name}: must be < {m['lt']}, got {v}")
+            raise ConfigError(f"{label}: must be a finite number, got {v}")
+        for key, ok, words in (("min", v >= m.get("min", 0), ">="), ("gt", v > m.get("gt", 0), ">"),
+                               ("max", v <= m.get("max", 0), "<="), ("lt", v < m.get("lt", 0), "<")):
+            if key in m and not ok:
+                raise ConfigError(f"{label}: must be {words} {m[key]}, got {v}")
     if cfg.group_size < 4:
         warnings.warn(f"group_size={cfg.group_size}: groups under 4 give unreliable relative advantages "
                       "(the article advises G >= 4)", stacklevel=2)
@@ -263,7 +261,8 @@ def resolve(yaml_values: dict[str, Any] | None = None, overrides: dict[str, Any]
     for k, v in overrides.items():
         values[k] = coerce(k, v, where="command line")
     values["preset"] = preset
-    return validate(TrainConfig(**values))
+    sources = {**{k: yaml_path for k in yaml_values if yaml_path}, **{k: "command line" for k in overrides}}
+    return validate(TrainConfig(**values), sources)
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from .rollout import decode, encode_prompts, generate
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens: int) -> dict:
-    """Greedy pass@1 on the first `n` held-out problems: {"accuracy", "mean_reward", "n"}."""
+    """Greedy pass@1 on the first `n` held-out problems: {"accuracy", "mean_reward", "n"}.
+    A problem counts as solved when the task's first reward function (its verifier) gives >= 1."""
     rows = task.heldout(n)
     device = next(model.parameters()).device
     was_training = model.training
@@ -24,8 +25,8 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
                         pad_id=tokenizer.pad_token_id, greedy=True)
         texts = decode(tokenizer, roll)
         columns = {k: [r[k] for r in part] for k in part[0] if k != "prompt"}
-        score, _, _ = rewards_mod.score(fns, [r["prompt"] for r in part], texts, columns)
+        score, per_fn, _ = rewards_mod.score(fns, [r["prompt"] for r in part], texts, columns)
         total += float(score.sum())
-        correct += int((score >= 1.0).sum())
+        correct += int((next(iter(per_fn.values())) >= 1.0).sum())
     model.train(was_training)
     return {"accuracy": correct / n, "mean_reward": total / n, "n": n}

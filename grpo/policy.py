@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from . import losses
+from .config import ConfigError
 from .rollout import Rollout, positions
 
 
@@ -35,7 +36,7 @@ def load_model(path: str | Path, device: torch.device):
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot load a causal language model from {path!r}: {e}") from None
+        raise ConfigError(f"model: cannot load a causal language model from {path!r}: {e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import advantages as adv_mod
 from . import losses
 from . import rewards as rewards_mod
-from .config import TrainConfig, save_yaml
+from .config import ConfigError, TrainConfig, save_yaml
 from .evaluate import evaluate
 from .metrics import ConsoleSink, JsonlSink
 from .policy import frozen_copy, load_model, pick_device, token_stats
@@ -57,7 +57,7 @@ def make_output_dir(cfg: TrainConfig) -> Path:
     else:
         out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}"
     if (out / "metrics.jsonl").exists():
-        raise SystemExit(f"{out} already holds a run (metrics.jsonl); choose a new --output-dir")
+        raise ConfigError(f"output_dir: {out} already holds a run (metrics.jsonl); choose a new --output-dir")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -86,20 +86,80 @@ def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict]:
     return total.view(len(rows), G), per_fn
 
 
-def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, shuffle: torch.Generator) -> dict:
-    """`updates_per_batch` passes of minibatch optimizer steps over one sampled batch."""
+@dataclass
+class TokenTerms:
+    """One micro-batch's per-token loss terms, all (n, L)."""
+    per_token: torch.Tensor          # policy + beta * KL, differentiable
+    policy: torch.Tensor
+    kl: torch.Tensor | None
+    ratio: torch.Tensor
+    clipped_low: torch.Tensor
+    clipped_high: torch.Tensor
+    entropy: torch.Tensor
+
+
+def token_terms(cfg, actor, ref, batch: StepBatch, micro: torch.Tensor, beta: float, reuse_logp_as_old: bool) -> TokenTerms:
+    """Forward the actor on sequences `micro` and build the per-token loss (losses.py)."""
+    roll = batch.rollout.select(micro)
+    full_kl_ref = ref if cfg.kl_estimator == "full" else None
+    st = token_stats(actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk, ref_model=full_kl_ref)
+    if cfg.ratio_vs == "ref":
+        base = batch.ref_logp[micro]
+    else:                           # pi_old: equal to pi_theta in value on the first and only update
+        base = st.logp.detach() if reuse_logp_as_old else roll.logprobs
+    adv = batch.adv.normalized.to(st.logp.device)[micro]                     # (n, L)
+    if cfg.policy_loss == "clip":
+        eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
+        policy, ratio, c_low, c_high = losses.clipped_policy_loss(st.logp, base, adv, cfg.epsilon, eps_high)
+    else:
+        policy = losses.reinforce_policy_loss(st.logp, adv)
+        ratio = torch.exp(st.logp.detach() - base)
+        c_low = c_high = torch.zeros_like(roll.completion_mask)
+    kl = None
+    if ref is not None:
+        kl = st.full_kl if cfg.kl_estimator == "full" else losses.kl_estimate(st.logp, batch.ref_logp[micro], cfg.kl_estimator)
+    per_token = policy + beta * kl if (kl is not None and beta > 0) else policy
+    return TokenTerms(per_token, policy, kl, ratio.detach(), c_low, c_high, st.entropy)
+
+
+class Tally:
+    """Token-weighted sums of the health figures over every micro-batch of a step."""
+
+    def __init__(self):
+        self.loss, self.n_updates, self.skipped, self.grad_norm = 0.0, 0, 0, 0.0
+        self.tokens = self.pg = self.kl = self.ent = self.ratio = self.clip_low = self.clip_high = 0.0
+        self.ratio_min, self.ratio_max = math.inf, -math.inf
+
+    def add(self, t: TokenTerms, mask: torch.Tensor) -> None:
+        m = mask.float()
+        self.tokens += m.sum().item()
+        self.pg += (t.policy.detach() * m).sum().item()
+        self.ent += (t.entropy * m).sum().item()
+        self.ratio += (t.ratio * m).sum().item()
+        self.clip_low += (t.clipped_low & mask).sum().item()
+        self.clip_high += (t.clipped_high & mask).sum().item()
+        self.ratio_min = min(self.ratio_min, t.ratio[mask].min().item())
+        self.ratio_max = max(self.ratio_max, t.ratio[mask].max().item())
+        if t.kl is not None:
+            self.kl += (t.kl.detach() * m).sum().item()
+
+    def __getitem__(self, key):          # dict-style access for callers and tests
+        return getattr(self, key)
+
+
+def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, shuffle: torch.Generator) -> Tally:
+    """`updates_per_batch` passes over one sampled batch; each pass is `minibatches` optimizer
+    steps over whole groups, each step summed over `grad_accum` micro-batches."""
     B, G = batch.rewards.shape
     device = batch.rollout.completion_ids.device
-    A = batch.adv.normalized.to(device)
     reuse_logp_as_old = cfg.updates_per_batch == 1 and cfg.minibatches == 1
-    full_kl_ref = ref if (cfg.kl_estimator == "full" and ref is not None) else None
-    acc = dict(loss=0.0, n_updates=0, skipped=0, grad_norm=0.0, kl=0.0, ent=0.0, ratio=0.0, tokens=0.0,
-               clip_low=0.0, clip_high=0.0, ratio_min=math.inf, ratio_max=-math.inf, pg=0.0)
+    tally = Tally()
     for _ in range(cfg.updates_per_batch):
         order = torch.randperm(B, generator=shuffle) if cfg.minibatches > 1 else torch.arange(B)
         for groups in torch.tensor_split(order, cfg.minibatches):
             seqs = (groups[:, None] * G + torch.arange(G)[None, :]).flatten().to(device)
             mb_mask = batch.loss_mask[seqs]
+            # the minibatch's own counts normalise every micro-batch, so their sum is the minibatch loss
             num_seqs, num_tokens = losses.sequence_count(mb_mask), mb_mask.sum()
             if num_tokens == 0:
                 continue
@@ -108,64 +168,38 @@ def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, sh
             for micro in torch.tensor_split(seqs, cfg.grad_accum):
                 if len(micro) == 0:
                     continue
-                roll, mask = batch.rollout.select(micro), batch.loss_mask[micro]
-                st = token_stats(actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk, ref_model=full_kl_ref)
-                if cfg.ratio_vs == "ref":
-                    base = batch.ref_logp[micro]
-                else:
-                    base = st.logp.detach() if reuse_logp_as_old else roll.logprobs
-                a = A[micro]
-                if cfg.policy_loss == "clip":
-                    eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
-                    pg, ratio, c_low, c_high = losses.clipped_policy_loss(st.logp, base, a, cfg.epsilon, eps_high)
-                else:
-                    pg = losses.reinforce_policy_loss(st.logp, a)
-                    ratio = torch.exp(st.logp.detach() - base)
-                    c_low = c_high = torch.zeros_like(mask)
-                kl = None
-                if ref is not None:
-                    kl = st.full_kl if cfg.kl_estimator == "full" else losses.kl_estimate(st.logp, batch.ref_logp[micro], cfg.kl_estimator)
-                per_token = pg + beta * kl if (kl is not None and beta > 0) else pg
-                loss = losses.aggregate(per_token, mask, cfg.loss_aggregation, cfg.max_new_tokens, num_seqs, num_tokens)
+                terms = token_terms(cfg, actor, ref, batch, micro, beta, reuse_logp_as_old)
+                mask = batch.loss_mask[micro]
+                loss = losses.aggregate(terms.per_token, mask, cfg.loss_aggregation, cfg.max_new_tokens,
+                                        num_seqs, num_tokens)
                 if not torch.isfinite(loss):
                     finite = False
                     break
                 loss.backward()
                 mb_loss += loss.item()
-                m = mask.float()
-                acc["tokens"] += m.sum().item()
-                acc["pg"] += (pg.detach() * m).sum().item()
-                acc["ent"] += (st.entropy * m).sum().item()
-                acc["ratio"] += (ratio.detach() * m).sum().item()
-                acc["clip_low"] += (c_low & mask).sum().item()
-                acc["clip_high"] += (c_high & mask).sum().item()
-                r = ratio.detach()[mask]
-                acc["ratio_min"] = min(acc["ratio_min"], r.min().item())
-                acc["ratio_max"] = max(acc["ratio_max"], r.max().item())
-                if kl is not None:
-                    acc["kl"] += (kl.detach() * m).sum().item()
+                tally.add(terms, mask)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in actor.parameters() if p.requires_grad], cfg.max_grad_norm or float("inf"))
             if not finite or not torch.isfinite(grad_norm):
                 opt.zero_grad(set_to_none=True)     # weights untouched
-                acc["skipped"] += 1
+                tally.skipped += 1
                 continue
             opt.step()
             sched.step()
-            acc["loss"] += mb_loss
-            acc["grad_norm"] += grad_norm.item()
-            acc["n_updates"] += 1
-    return acc
+            tally.loss += mb_loss
+            tally.grad_norm += grad_norm.item()
+            tally.n_updates += 1
+    return tally
 
 
-def step_metrics(cfg, step, batch: StepBatch, acc: dict, beta: float, lr: float, times: dict, skipped_total: int) -> dict:
-    n_up, tok = max(acc["n_updates"], 1), max(acc["tokens"], 1.0)
+def step_metrics(cfg, step, batch: StepBatch, acc: Tally, beta: float, lr: float, times: dict, skipped_total: int) -> dict:
+    n_up, tok = max(acc.n_updates, 1), max(acc.tokens, 1.0)
     r, lengths = batch.rewards.flatten(), batch.rollout.lengths.float()
     m = {
         "step": step,
-        "loss": acc["loss"] / n_up if acc["n_updates"] else None,
-        "policy_loss": acc["pg"] / tok,
-        "kl": acc["kl"] / tok if batch.ref_logp is not None or cfg.kl_estimator == "full" and cfg.beta > 0 else None,
+        "loss": acc.loss / n_up if acc.n_updates else None,
+        "policy_loss": acc.pg / tok,
+        "kl": acc.kl / tok if needs_reference(cfg) else None,
         "beta": beta,
         "reward/mean": r.mean().item(),
         "reward/std": r.std(unbiased=False).item(),
@@ -175,17 +209,17 @@ def step_metrics(cfg, step, batch: StepBatch, acc: dict, beta: float, lr: float,
         m[f"reward/{name}/std"] = v.std(unbiased=False).item()
     m.update({
         "groups/zero_variance_frac": adv_mod.zero_variance_groups(batch.rewards).float().mean().item(),
-        "clip/low_frac": acc["clip_low"] / tok,
-        "clip/high_frac": acc["clip_high"] / tok,
-        "ratio/mean": acc["ratio"] / tok,
-        "ratio/min": acc["ratio_min"] if math.isfinite(acc["ratio_min"]) else None,
-        "ratio/max": acc["ratio_max"] if math.isfinite(acc["ratio_max"]) else None,
-        "entropy": acc["ent"] / tok,
+        "clip/low_frac": acc.clip_low / tok,
+        "clip/high_frac": acc.clip_high / tok,
+        "ratio/mean": acc.ratio / tok,
+        "ratio/min": acc.ratio_min if math.isfinite(acc.ratio_min) else None,
+        "ratio/max": acc.ratio_max if math.isfinite(acc.ratio_max) else None,
+        "entropy": acc.ent / tok,
         "length/mean": lengths.mean().item(),
         "length/min": int(lengths.min().item()),
         "length/max": int(lengths.max().item()),
         "length/truncated_frac": batch.rollout.truncated.float().mean().item(),
-        "grad_norm": acc["grad_norm"] / n_up if acc["n_updates"] else None,
+        "grad_norm": acc.grad_norm / n_up if acc.n_updates else None,
         "lr": lr,
         "updates/skipped_nonfinite": skipped_total,
     })
@@ -269,7 +303,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
             t = time.time()
             ref_logp = None
-            if ref is not None:
+            if ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
                 with torch.no_grad():
                     ref_logp = token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
             times["reference"] = time.time() - t
@@ -278,7 +312,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             t = time.time()
             acc = update_policy(cfg, actor, ref, opt, sched, batch, beta_ctl.beta, shuffle_gen)
             times["policy"] = time.time() - t
-            skipped_total += acc["skipped"]
+            skipped_total += acc.skipped
             times["step"] = time.time() - t0
 
             metrics = step_metrics(cfg, step, batch, acc, beta_ctl.beta, sched.get_last_lr()[0], times, skipped_total)

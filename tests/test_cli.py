@@ -71,7 +71,7 @@ def test_flags_override_the_config_file(grpo, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--group-size", "1"], "group_size: must be >= 2, got 1"),
+    (["--group-size", "1"], "group_size (in command line): must be >= 2, got 1"),
     (["--lr", "abc"], "lr (in command line): expected float, got 'abc'"),
     (["--kl-estimator", "k9"], "kl_estimator (in command line): must be one of k1, k2, k3, full"),
 ])
