@@ -166,6 +166,12 @@ def test_yaml_bad_value_names_the_file(tmp_path):
         from_yaml(path)
     assert path in str(e.value)
 
+    # out of range (checked after all layers are merged) still names the file it came from
+    path = write_yaml(tmp_path / "bad_range.yaml", {"model": "m", "group_size": 1})
+    with pytest.raises(ConfigError) as e:
+        from_yaml(path)
+    assert str(e.value) == f"group_size (in {path}): must be >= 2, got 1"
+
 
 def test_yaml_that_is_not_a_mapping_or_missing_names_the_file(tmp_path):
     path = tmp_path / "list.yaml"
