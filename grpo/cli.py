@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from .rewards import RewardError
-from .config import ALGORITHM_FIELDS, FIELDS, PRESETS, ConfigError, field_type, load_yaml, resolve
+from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, ConfigError, field_type, load_yaml, resolve
 
 
 def flag(name: str) -> str:
@@ -26,7 +26,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, f in FIELDS.items():
         tp, choices, optional = field_type(name)
         group = groups["algorithm" if name in ALGORITHM_FIELDS else "other"]
-        default = "preset" if name in ALGORITHM_FIELDS else f.default
+        if name in ALGORITHM_FIELDS:
+            default = f"{PRESETS['seed'][name]} (preset seed; each preset sets its own)"
+        else:
+            default = f.default
+            if name in DEMO_DEFAULTS:
+                default = f"{default}; the demo (no --model): {DEMO_DEFAULTS[name]}"
         help_text = f"{f.metadata['help']} [default: {default}]"
         kw = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool:
