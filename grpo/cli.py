@@ -7,6 +7,7 @@ field's docstring as help. Only flags given on the command line override the YAM
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -29,13 +30,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if name in ALGORITHM_FIELDS:
             default = f"{PRESETS['seed'][name]} (preset seed; each preset sets its own)"
         else:
-            default = f.default
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if name in DEMO_DEFAULTS:
                 default = f"{default}; the demo (no --model): {DEMO_DEFAULTS[name]}"
         help_text = f"{f.metadata['help']} [default: {default}]"
         kw = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool:
             group.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kw)
+        elif tp is list:
+            group.add_argument(flag(name), action="append", metavar="SPEC", **kw)
         else:
             metavar = "{" + ",".join(choices) + "}" if choices else tp.__name__.upper()
             group.add_argument(flag(name), metavar=metavar, **kw)

@@ -37,8 +37,19 @@ class TrainConfig:
     preset: Literal["seed", "deepseekmath", "dr_grpo", "dapo"] = _f(
         "seed", "Named bundle of algorithm settings (see docs/algorithm.md). `seed` is the article's system.")
     model: Optional[str] = _f(
-        None, "Hugging Face causal-LM folder to train. Empty: the built-in demo model (warm-started by `grpo sft`).")
-    task: str = _f("arithmetic", "Built-in task supplying prompts, answers and the verifier reward.")
+        None, "Causal LM to train: a Hugging Face folder, a .gguf file, or a hub id. Empty: the built-in demo model.")
+    gguf_file: Optional[str] = _f(None, "GGUF file name inside the --model folder (or pass the .gguf path as --model).")
+    task: Optional[str] = _f(
+        None, "Built-in task: `arithmetic` (the demo) or `reasoning_gym:NAME`. Empty and no --dataset: arithmetic.")
+    dataset: Optional[str] = _f(
+        None, "Prompts from a JSONL/JSON/CSV/Parquet file, a `datasets` folder saved to disk, or a hub dataset name.")
+    dataset_split: str = _f("train", "Split of --dataset to train on (for `datasets` folders and hub names).")
+    eval_split: Optional[str] = _f(
+        None, "Held-out split of --dataset. Empty: the last `eval_size` rows of the training split are held out.")
+    prompt_column: str = _f("prompt", "Dataset column holding the prompt (text, or a list of chat messages).")
+    answer_column: str = _f("answer", "Dataset column holding the reference answer (optional for some rewards).")
+    system_prompt: Optional[str] = _f(None, "System message placed before each prompt when the chat template is used.")
+    chat_template: bool = _f(True, "Format prompts with the tokenizer's chat template when it has one.")
     output_dir: Optional[str] = _f(None, "Where the run writes config.yaml, metrics.jsonl, summary.json, model/. Empty: runs/<time>.")
     seed: int = _f(0, "Seed for sampling, data order and initialisation; same seed, same machine -> same metrics.")
     device: str = _f("auto", "`auto`, `cpu`, `cuda`, `cuda:1`, ...")
@@ -52,6 +63,15 @@ class TrainConfig:
     temperature: float = _f(1.0, "Sampling temperature; log-probs everywhere are those of logits / temperature.", gt=0.0)
     top_p: float = _f(1.0, "Nucleus sampling mass (1 = off).", gt=0.0, max=1.0)
     top_k: int = _f(0, "Sample among the k most likely tokens (0 = off).", min=0)
+
+    # ------------------------------------------------------------- rewards
+    reward: list = field(default_factory=list, metadata={"help": "Reward function NAME[:WEIGHT], repeatable: a built-in (exact_match, math_verify, "
+                      "format, think_answer_format, task, overlong), `module:function` or `path.py:function`. "
+                      "Empty: the task's own verifier."})
+    reward_model: Optional[str] = _f(None, "Frozen AutoModelForSequenceClassification (single score) added as a reward.")
+    reward_model_weight: float = _f(1.0, "Weight of --reward-model in the summed reward.")
+    reward_model_batch_size: int = _f(16, "Completions scored at once by --reward-model.", min=1)
+    format_regex: Optional[str] = _f(None, "Regular expression the `format` reward requires the completion to match.")
 
     # ---------------------------------------------------------- advantages
     reward_scaling: Literal["none", "group", "batch"] = _f(
@@ -93,6 +113,13 @@ class TrainConfig:
     updates_per_batch: int = _f(1, "mu: passes over each sampled batch.", min=1)
     minibatches: int = _f(1, "Optimizer steps per pass: the batch's groups are split into this many minibatches.", min=1)
     grad_accum: int = _f(1, "Micro-batches per minibatch whose gradients are summed before the optimizer step.", min=1)
+    lora_rank: int = _f(0, "LoRA rank (0 = full fine-tuning). The reference is then the actor with the adapter disabled.", min=0)
+    lora_alpha: Optional[float] = _f(None, "LoRA alpha. Empty: 2 x rank.", gt=0.0)
+    lora_dropout: float = _f(0.0, "LoRA dropout.", min=0.0, lt=1.0)
+    lora_target_modules: str = _f("all-linear", "Comma-separated module names to adapt, or `all-linear`.")
+    save_merged: bool = _f(False, "With LoRA, also save the merged model to <output_dir>/merged.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    bf16: bool = _f(False, "bf16 autocast for forward passes (where the device supports it; master weights stay fp32).")
     logprob_chunk: int = _f(1024, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
 
     # -------------------------------------------------------- eval & logs
@@ -100,6 +127,9 @@ class TrainConfig:
     eval_batch_size: int = _f(256, "Prompts decoded at once during evaluation.", min=1)
     log_completions: int = _f(2, "Completions per step printed to completions.jsonl (0 = none).", min=0)
     save_model: bool = _f(True, "Write the trained model with save_pretrained to <output_dir>/model.")
+    save_every: int = _f(0, "Write a checkpoint every N steps to <output_dir>/checkpoints/step-N (0 = never).", min=0)
+    keep_checkpoints: int = _f(2, "Checkpoints kept; older ones are deleted after a new one is complete.", min=1)
+    resume: Optional[str] = _f(None, "Continue from a checkpoint folder, or `latest` (the newest in --output-dir).")
 
 
 # Each preset sets every algorithm field, so a preset alone fully defines the algorithm.
@@ -129,7 +159,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Applied when no --model is given: the sizes and learning rate the built-in demo needs
 # (the article's lr of 5e-7 is for billion-parameter models, not a 0.3M-parameter one).
 DEMO_DEFAULTS: dict[str, Any] = dict(
-    preset="dr_grpo", prompts_per_step=16, group_size=8, max_new_tokens=8, lr=1e-4,
+    preset="dr_grpo", task="arithmetic", prompts_per_step=16, group_size=8, max_new_tokens=8, lr=1e-4,
     max_steps=150, eval_size=500,
 )
 
@@ -148,6 +178,8 @@ def field_type(name: str) -> tuple[type, tuple | None, bool]:
         optional, tp = True, args[0]
     if typing.get_origin(tp) is Literal:
         return str, typing.get_args(tp), optional
+    if tp is list:
+        return list, None, True
     return tp, None, optional
 
 
@@ -155,6 +187,13 @@ def coerce(name: str, value: Any, where: str = "") -> Any:
     """Convert a YAML or flag value to the field's type, or raise ConfigError naming the field."""
     tp, choices, optional = field_type(name)
     src = f" (in {where})" if where else ""
+    if tp is list:
+        if value is None:
+            return []
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
+            raise ConfigError(f"{name}{src}: expected a list of non-empty strings, got {value!r}")
+        return list(items)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
         if optional:
             return None
@@ -193,7 +232,7 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainCo
     for name, f in FIELDS.items():
         setattr(cfg, name, coerce(name, getattr(cfg, name), sources.get(name, "")))
         v = getattr(cfg, name)
-        if v is None or isinstance(v, (bool, str)):
+        if v is None or isinstance(v, (bool, str, list)):
             continue
         m = f.metadata
         label = f"{name} (in {sources[name]})" if name in sources else name

@@ -55,3 +55,9 @@ def score(reward_fns: dict[str, tuple[Callable, float]], prompts: list[str], com
         per_fn[name] = torch.tensor(clean, dtype=torch.float32)
         total += weight * per_fn[name]
     return total, per_fn, unscorable
+
+
+def build_reward_fns(cfg, task, device=None) -> dict[str, tuple[Callable, float]]:
+    """The run's weighted reward functions: --reward specs (default: the task's own rewards),
+    plus --reward-model and the overlong penalty when configured."""
+    return {name: (fn, 1.0) for name, fn in task.rewards.items()}

@@ -28,9 +28,10 @@ class Rollout:
         return Rollout(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
 
 
-def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[Tensor, Tensor]:
-    """Left-padded ids and mask, so every prompt ends at the same column."""
-    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+def encode_prompts(tokenizer, prompts: list[str], device, add_special_tokens: bool = False) -> tuple[Tensor, Tensor]:
+    """Left-padded ids and mask, so every prompt ends at the same column.  Text rendered by a
+    chat template already holds its special tokens; raw text may want the tokenizer's (BOS)."""
+    enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     width = max(map(len, enc))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)

@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .config import ConfigError
+
 
 def exact_match(prompts: list[str], completions: list[str], answer: list[str], **_) -> list[float]:
     """1.0 when the completion, stripped of surrounding whitespace, equals the answer."""
@@ -80,5 +82,10 @@ TASKS: dict[str, Callable[[], Task]] = {"arithmetic": arithmetic}
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"task: unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
     return TASKS[name]()
+
+
+def build_task(cfg) -> Task:
+    """The run's prompts, held-out split and default rewards: --dataset, else --task, else arithmetic."""
+    return get_task(cfg.task or "arithmetic")

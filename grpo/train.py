@@ -31,8 +31,9 @@ from .config import ConfigError, TrainConfig, save_yaml
 from .evaluate import evaluate
 from .metrics import ConsoleSink, JsonlSink
 from .policy import frozen_copy, load_model, pick_device, token_stats
-from .rollout import Rollout, decode, encode_prompts, generate
-from .tasks import get_task
+from .prompts import encode_for_model
+from .rollout import Rollout, decode, generate
+from .tasks import build_task
 
 
 @dataclass
@@ -65,7 +66,8 @@ def make_output_dir(cfg: TrainConfig) -> Path:
 def sample(cfg, actor, tokenizer, rows, generator) -> tuple[Rollout, list[str]]:
     """B prompts -> B*G completions, sequence index b*G + g."""
     device = next(actor.parameters()).device
-    ids, mask = encode_prompts(tokenizer, [r["prompt"] for r in rows], device)
+    ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in rows], device,
+                                 system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
     ids, mask = ids.repeat_interleave(cfg.group_size, 0), mask.repeat_interleave(cfg.group_size, 0)
     roll = generate(actor, ids, mask, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
                     eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
@@ -257,13 +259,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
         log(DEMO_NOTE.format(preset=cfg.preset))
     actor, tokenizer = load_model(model_path, device)
     ref = frozen_copy(actor) if needs_reference(cfg) else None
-    task = get_task(cfg.task)
-    reward_fns = {name: (fn, 1.0) for name, fn in task.rewards.items()}
-    log(f"grpo: preset {cfg.preset}, model {model_path}, task {cfg.task}, B={cfg.prompts_per_step} x G={cfg.group_size}, "
+    task = build_task(cfg)
+    reward_fns = rewards_mod.build_reward_fns(cfg, task, device)
+    log(f"grpo: preset {cfg.preset}, model {model_path}, task {task.name}, B={cfg.prompts_per_step} x G={cfg.group_size}, "
         f"{cfg.max_steps} steps -> {out}")
 
     summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
-    eval_kw = dict(n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens)
+    eval_kw = dict(n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+                   reward_fns=reward_fns, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
     if cfg.eval_size:
         summary["eval_before"] = evaluate(actor, tokenizer, task, **eval_kw)
         log(f"held-out accuracy before: {summary['eval_before']['accuracy']:.3f} (n={cfg.eval_size})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -27,7 +28,8 @@ def test_field_defaults_when_nothing_is_given_except_a_model():
     cfg = resolve(overrides=MODEL)
     for name, f in FIELDS.items():
         if name not in ALGORITHM_FIELDS and name != "model":
-            assert getattr(cfg, name) == f.default, name
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            assert getattr(cfg, name) == default, name
     assert cfg.preset == "seed"
     assert {k: getattr(cfg, k) for k in PRESETS["seed"]} == PRESETS["seed"]
 
