@@ -25,12 +25,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import advantages as adv_mod
+from . import checkpoint
 from . import losses
 from . import rewards as rewards_mod
 from .config import ConfigError, TrainConfig, save_yaml
 from .evaluate import evaluate
 from .metrics import ConsoleSink, JsonlSink
-from .policy import frozen_copy, load_model, pick_device, token_stats
+from .policy import AdapterDisabled, add_lora, frozen_copy, hf_model, load_model, pick_device, token_stats
 from .prompts import encode_for_model
 from .rollout import Rollout, decode, generate
 from .tasks import build_task
@@ -52,12 +53,12 @@ def needs_reference(cfg: TrainConfig) -> bool:
     return cfg.beta > 0 or cfg.ratio_vs == "ref" or cfg.kl_target is not None
 
 
-def make_output_dir(cfg: TrainConfig) -> Path:
+def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> Path:
     if cfg.output_dir:
         out = Path(cfg.output_dir)
     else:
         out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}"
-    if (out / "metrics.jsonl").exists():
+    if (out / "metrics.jsonl").exists() and not resuming:
         raise ConfigError(f"output_dir: {out} already holds a run (metrics.jsonl); choose a new --output-dir")
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -69,7 +70,7 @@ def sample(cfg, actor, tokenizer, rows, generator) -> tuple[Rollout, list[str]]:
     ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in rows], device,
                                  system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
     ids, mask = ids.repeat_interleave(cfg.group_size, 0), mask.repeat_interleave(cfg.group_size, 0)
-    roll = generate(actor, ids, mask, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+    roll = generate(hf_model(actor), ids, mask, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
                     eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
     return roll, decode(tokenizer, roll)
@@ -244,104 +245,186 @@ class BetaController:
         return self.beta
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    t_start = time.time()
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    out = make_output_dir(cfg)
-    save_yaml(cfg, out / "config.yaml")
-    device = pick_device(cfg.device)
+@dataclass
+class RunState:
+    """Everything that changes from step to step besides the weights; saved in checkpoints."""
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    data_rng: random.Random
+    sample_gen: torch.Generator
+    shuffle_gen: torch.Generator
+    beta_ctl: BetaController
+    history: deque
+    step: int = 0
+    skipped_total: int = 0
+    eval_before: dict | None = None
+
+    def to_dict(self) -> dict:
+        return dict(opt=self.opt.state_dict(), sched=self.sched.state_dict(), data_rng=self.data_rng.getstate(),
+                    sample_gen=self.sample_gen.get_state(), shuffle_gen=self.shuffle_gen.get_state(),
+                    torch_rng=torch.get_rng_state(), python_rng=random.getstate(), beta=self.beta_ctl.beta,
+                    history=list(self.history), step=self.step, skipped_total=self.skipped_total,
+                    eval_before=self.eval_before)
+
+    def load(self, d: dict) -> None:
+        self.opt.load_state_dict(d["opt"])
+        self.sched.load_state_dict(d["sched"])
+        self.data_rng.setstate(d["data_rng"])
+        self.sample_gen.set_state(d["sample_gen"])
+        self.shuffle_gen.set_state(d["shuffle_gen"])
+        torch.set_rng_state(d["torch_rng"])
+        random.setstate(d["python_rng"])
+        self.beta_ctl.beta = d["beta"]
+        self.history.extend(d["history"])
+        self.step, self.skipped_total, self.eval_before = d["step"], d["skipped_total"], d["eval_before"]
+
+
+def new_run_state(cfg: TrainConfig, actor, device) -> RunState:
+    params = [p for p in actor.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+    return RunState(opt, sched, random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed),
+                    torch.Generator().manual_seed(cfg.seed + 1), BetaController(cfg),
+                    deque(maxlen=cfg.baseline_window - 1))
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+
+def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, device) -> tuple[dict, StepBatch]:
+    """One GRPO step; returns its metrics."""
+    times, t0 = {}, time.time()
+    rows = task.sample_train(st.data_rng, cfg.prompts_per_step)
+    actor.eval()
+    with autocast(cfg, device):
+        roll, texts = sample(cfg, actor, tokenizer, rows, st.sample_gen)
+    actor.train()
+    times["generate"] = time.time() - t0
+
+    t = time.time()
+    rewards, per_fn = score(cfg, rows, texts, roll, reward_fns)
+    times["score"] = time.time() - t
+
+    adv = adv_mod.compute_advantages(
+        rewards, roll.lengths.cpu(), roll.completion_ids.shape[1], reward_scaling=cfg.reward_scaling,
+        baseline=cfg.baseline, token_credit=cfg.token_credit, gamma=cfg.gamma, token_norm=cfg.token_norm,
+        history=list(st.history))
+    st.history.append(adv.scaled_rewards)      # the window baseline averages scaled rewards
+    keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups
+            else torch.ones(len(rows), dtype=torch.bool))
+    loss_mask = roll.completion_mask & keep.repeat_interleave(cfg.group_size).to(device)[:, None]
+
+    t = time.time()
+    ref_logp = None
+    if ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
+        with torch.no_grad(), autocast(cfg, device):
+            ref_logp = token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
+    times["reference"] = time.time() - t
+
+    batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp)
+    t = time.time()
+    with autocast(cfg, device):
+        acc = update_policy(cfg, actor, ref, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen)
+    times["policy"] = time.time() - t
+    st.skipped_total += acc.skipped
+    times["step"] = time.time() - t0
+    metrics = step_metrics(cfg, st.step, batch, acc, st.beta_ctl.beta, st.sched.get_last_lr()[0], times,
+                           st.skipped_total)
+    st.beta_ctl.update(metrics["kl"])
+    return metrics, batch
+
+
+def build_models(cfg: TrainConfig, device, log=print):
+    """Actor, reference (or None), tokenizer and the model path, as the config asks."""
     if cfg.model:
         model_path = cfg.model
     else:
         from .demo import DEMO_NOTE, ensure_demo_model
         model_path = ensure_demo_model(log=log)
         log(DEMO_NOTE.format(preset=cfg.preset))
-    actor, tokenizer = load_model(model_path, device)
-    ref = frozen_copy(actor) if needs_reference(cfg) else None
+    actor, tokenizer = load_model(model_path, device, cfg.gguf_file)
+    if cfg.lora_rank:
+        actor = add_lora(actor, cfg)
+        ref = AdapterDisabled(actor) if needs_reference(cfg) else None      # no second copy of the weights
+    else:
+        ref = frozen_copy(actor) if needs_reference(cfg) else None
+    if cfg.gradient_checkpointing:
+        hf_model(actor).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return actor, ref, tokenizer, model_path
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    t_start = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    resume_from = checkpoint.find(cfg.resume, cfg.output_dir) if cfg.resume else None
+    out = make_output_dir(cfg, resuming=resume_from is not None)
+    save_yaml(cfg, out / "config.yaml")
+    device = pick_device(cfg.device)
+    actor, ref, tokenizer, model_path = build_models(cfg, device, log)
     task = build_task(cfg)
     reward_fns = rewards_mod.build_reward_fns(cfg, task, device)
+    st = new_run_state(cfg, actor, device)
+    if resume_from is not None:
+        checkpoint.load_weights(actor, resume_from)
+        st.load(checkpoint.load_state(resume_from))
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            checkpoint.truncate_jsonl(out / name, st.step)
+        log(f"resuming from {resume_from} (step {st.step})")
     log(f"grpo: preset {cfg.preset}, model {model_path}, task {task.name}, B={cfg.prompts_per_step} x G={cfg.group_size}, "
         f"{cfg.max_steps} steps -> {out}")
 
     summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
     eval_kw = dict(n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
                    reward_fns=reward_fns, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
-    if cfg.eval_size:
-        summary["eval_before"] = evaluate(actor, tokenizer, task, **eval_kw)
-        log(f"held-out accuracy before: {summary['eval_before']['accuracy']:.3f} (n={cfg.eval_size})")
+    if cfg.eval_size and st.eval_before is None:
+        with autocast(cfg, device):
+            st.eval_before = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
+        log(f"held-out accuracy before: {st.eval_before['accuracy']:.3f} (n={cfg.eval_size})")
 
-    params = [p for p in actor.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
-    data_rng = random.Random(cfg.seed)
-    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    beta_ctl = BetaController(cfg)
-    history: deque = deque(maxlen=cfg.baseline_window - 1)
     sinks = [JsonlSink(out / "metrics.jsonl"), ConsoleSink(cfg.max_steps)]
     samples_fh = open(out / "completions.jsonl", "a")
-    skipped_total = 0
     actor.train()
     try:
-        for step in tqdm(range(1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True):
-            times, t0 = {}, time.time()
-            rows = task.sample_train(data_rng, cfg.prompts_per_step)
-            actor.eval()
-            roll, texts = sample(cfg, actor, tokenizer, rows, sample_gen)
-            actor.train()
-            times["generate"] = time.time() - t0
-
-            t = time.time()
-            rewards, per_fn = score(cfg, rows, texts, roll, reward_fns)
-            times["score"] = time.time() - t
-
-            adv = adv_mod.compute_advantages(
-                rewards, roll.lengths.cpu(), roll.completion_ids.shape[1], reward_scaling=cfg.reward_scaling,
-                baseline=cfg.baseline, token_credit=cfg.token_credit, gamma=cfg.gamma, token_norm=cfg.token_norm,
-                history=list(history))
-            history.append(adv.scaled_rewards)      # the window baseline averages scaled rewards
-            keep = ~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups else torch.ones(len(rows), dtype=torch.bool)
-            loss_mask = roll.completion_mask & keep.repeat_interleave(cfg.group_size).to(device)[:, None]
-
-            t = time.time()
-            ref_logp = None
-            if ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
-                with torch.no_grad():
-                    ref_logp = token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
-            times["reference"] = time.time() - t
-
-            batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp)
-            t = time.time()
-            acc = update_policy(cfg, actor, ref, opt, sched, batch, beta_ctl.beta, shuffle_gen)
-            times["policy"] = time.time() - t
-            skipped_total += acc.skipped
-            times["step"] = time.time() - t0
-
-            metrics = step_metrics(cfg, step, batch, acc, beta_ctl.beta, sched.get_last_lr()[0], times, skipped_total)
-            beta_ctl.update(metrics["kl"])
+        for step in tqdm(range(st.step + 1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True,
+                         initial=st.step, total=cfg.max_steps):
+            st.step = step
+            metrics, batch = train_step(cfg, st, actor, ref, tokenizer, task, reward_fns, device)
             for s in sinks:
                 s.log(metrics)
-            for i in range(min(cfg.log_completions, len(texts))):
-                samples_fh.write(_json_line(step=step, prompt=rows[i // cfg.group_size]["prompt"],
-                                            completion=texts[i], reward=rewards.flatten()[i].item()))
+            for i in range(min(cfg.log_completions, len(batch.texts))):
+                samples_fh.write(_json_line(step=step, prompt=batch.rows[i // cfg.group_size]["prompt"],
+                                            completion=batch.texts[i], reward=batch.rewards.flatten()[i].item()))
             samples_fh.flush()
+            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps):
+                checkpoint.save(out, step, actor, tokenizer, st.to_dict(), cfg.keep_checkpoints)
     finally:
         for s in sinks:
             s.close()
         samples_fh.close()
 
-    if cfg.eval_size:
-        summary["eval_after"] = evaluate(actor, tokenizer, task, **eval_kw)
+    if st.eval_before is not None:
+        summary["eval_before"] = st.eval_before
+        with autocast(cfg, device):
+            summary["eval_after"] = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
         log(f"held-out accuracy after:  {summary['eval_after']['accuracy']:.3f} "
-            f"(before {summary['eval_before']['accuracy']:.3f}, n={cfg.eval_size})")
+            f"(before {st.eval_before['accuracy']:.3f}, n={cfg.eval_size})")
     if cfg.save_model:
-        actor.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-        summary["model_dir"] = str(out / "model")
-    summary.update(steps=cfg.max_steps, skipped_updates=skipped_total, seconds=round(time.time() - t_start, 1))
+        save_final(cfg, actor, tokenizer, out, summary)
+    summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1))
     (out / "summary.json").write_text(_json_line(**summary, indent=2))
     return summary
+
+
+def save_final(cfg, actor, tokenizer, out: Path, summary: dict) -> None:
+    actor.save_pretrained(out / "model")          # with LoRA: the adapter (peft format)
+    tokenizer.save_pretrained(out / "model")
+    summary["model_dir"] = str(out / "model")
+    if cfg.lora_rank and cfg.save_merged:
+        actor.merge_and_unload().save_pretrained(out / "merged")
+        tokenizer.save_pretrained(out / "merged")
+        summary["merged_dir"] = str(out / "merged")
 
 
 def _json_line(indent=None, **kw) -> str:
