@@ -66,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lengths", help="Completion lengths in the same shape as --rewards.")
     e.add_argument("--json", action="store_true", help="Print one JSON object instead of the walk-through.")
 
-    v = sub.add_parser("eval", help="Held-out accuracy (greedy pass@1) of a model on a task.")
-    v.add_argument("--model", help="Model folder (default: the built-in demo model).")
-    v.add_argument("--task", default="arithmetic")
-    v.add_argument("--eval-size", type=int, default=200)
-    v.add_argument("--eval-batch-size", type=int, default=256)
-    v.add_argument("--max-new-tokens", type=int, default=8)
-    v.add_argument("--device", default="auto")
-    v.add_argument("--json", action="store_true")
+    v = sub.add_parser("eval", help="Held-out accuracy, pass@k and mean reward of a model on a task.",
+                       description="Evaluate --model (default: the demo model) on the held-out split of --task or "
+                       "--dataset. Takes the same settings as train; the sampling ones apply with --samples.")
+    add_config_flags(v)
+    v.add_argument("--samples", type=int, default=1, help="Completions per problem (k of pass@k); > 1 samples.")
+    v.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
+                   help="Greedy decoding (default: on with --samples 1, off otherwise).")
+    v.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
 
     s = sub.add_parser("sft", help="Build the demo model: a tiny Llama warm-started by supervised fine-tuning.")
     s.add_argument("--output-dir", help="Write the model here instead of the cache (~/.cache/grpo or $GRPO_CACHE).")
@@ -99,22 +99,32 @@ def cmd_explain(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluate import evaluate
-    from .policy import load_model, pick_device
-    from .tasks import get_task
-    if args.model:
-        path = args.model
+    from .policy import add_lora, load_model, pick_device
+    from .rewards import build_reward_fns
+    from .tasks import build_task
+    cfg = config_from_args(args)
+    if args.samples < 1:
+        raise ConfigError(f"--samples: must be >= 1, got {args.samples}")
+    if cfg.model:
+        path = cfg.model
     else:
         from .demo import ensure_demo_model
         path = ensure_demo_model()
-    model, tok = load_model(path, pick_device(args.device))
-    res = evaluate(model, tok, get_task(args.task), n=args.eval_size, batch_size=args.eval_batch_size,
-                   max_new_tokens=args.max_new_tokens)
-    res = {"model": str(path), "task": args.task, **res}
+    device = pick_device(cfg.device)
+    model, tok = load_model(path, device, cfg.gguf_file)
+    task = build_task(cfg)
+    greedy = args.greedy if args.greedy is not None else args.samples == 1
+    res = evaluate(model, tok, task, n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+                   reward_fns=build_reward_fns(cfg, task, device), system_prompt=cfg.system_prompt,
+                   chat_template=cfg.chat_template, samples=args.samples, greedy=greedy,
+                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)
+    res = {"model": str(path), "task": task.name, "decoding": "greedy" if greedy else f"sampled, T={cfg.temperature}",
+           **res}
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{'model':<12}{res['model']}\n{'task':<12}{res['task']}\n{'n':<12}{res['n']}\n"
-              f"{'accuracy':<12}{res['accuracy']:.3f}\n{'mean reward':<12}{res['mean_reward']:.3f}")
+        for key, value in res.items():
+            print(f"{key:<14}{value:.3f}" if isinstance(value, float) else f"{key:<14}{value}")
     return 0
 
 

@@ -1,4 +1,10 @@
-"""Held-out evaluation: greedy decoding, the task's verifier, accuracy."""
+"""Held-out evaluation: pass@1 (accuracy), pass@k and mean reward on a task's held-out split.
+
+A problem counts as solved by a completion when the task's own verifier (its first reward
+function, e.g. exact match or the reasoning-gym scorer) gives it >= 1. With `samples` = k > 1,
+each problem gets k sampled completions: accuracy is the mean over all of them (the unbiased
+pass@1 estimate) and pass@k the fraction of problems solved by at least one.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +17,36 @@ from .rollout import decode, generate
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens: int, reward_fns: dict | None = None,
-             system_prompt: str | None = None, chat_template: bool = True) -> dict:
-    """Greedy pass@1 on the first `n` held-out problems: {"accuracy", "mean_reward", "n"}.
-    A problem counts as solved when the task's first reward function (its verifier) gives >= 1."""
+             system_prompt: str | None = None, chat_template: bool = True, samples: int = 1, greedy: bool = True,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0) -> dict:
     rows = task.heldout(n)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, correct = 0.0, 0
+    verifier = dict([next(iter(task.rewards.items()))])
     fns = reward_fns or {name: (fn, 1.0) for name, fn in task.rewards.items()}
-    for s in range(0, n, batch_size):
-        part = rows[s:s + batch_size]
+    k = 1 if greedy else samples
+    gen = torch.Generator(device=device).manual_seed(seed)
+    solved, reward_sum = [], 0.0
+    per_batch = max(1, batch_size // k)
+    for s in range(0, n, per_batch):
+        part = rows[s:s + per_batch]
         ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in part], device,
                                      system_prompt=system_prompt, chat_template=chat_template)
-        roll = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_ids=[tokenizer.eos_token_id],
-                        pad_id=tokenizer.pad_token_id, greedy=True)
+        roll = generate(model, ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), max_new_tokens=max_new_tokens,
+                        eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, greedy=greedy,
+                        temperature=temperature, top_p=top_p, top_k=top_k, generator=gen)
         texts = decode(tokenizer, roll)
-        columns = {k: [r[k] for r in part] for k in part[0] if k != "prompt"}
-        score, per_fn, _ = rewards_mod.score(fns, [r["prompt"] for r in part], texts, columns)
-        total += float(score.sum())
-        correct += int((next(iter(per_fn.values())) >= 1.0).sum())
+        prompts = [r["prompt"] for r in part for _ in range(k)]
+        columns = {c: [r[c] for r in part for _ in range(k)] for c in part[0] if c != "prompt"}
+        columns["completion_length"] = roll.lengths.tolist()
+        total, _, _ = rewards_mod.score(fns, prompts, texts, columns)
+        ok, _, _ = rewards_mod.score({name: (fn, 1.0) for name, (fn) in verifier.items()}, prompts, texts, columns)
+        reward_sum += float(total.sum())
+        solved.append((ok >= 1.0).view(len(part), k))
     model.train(was_training)
-    return {"accuracy": correct / n, "mean_reward": total / n, "n": n}
+    solved = torch.cat(solved)                                               # (n, k)
+    out = {"accuracy": solved.float().mean().item(), "mean_reward": reward_sum / (n * k), "n": n, "samples": k}
+    if k > 1:
+        out[f"pass@{k}"] = solved.any(1).float().mean().item()
+    return out

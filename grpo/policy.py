@@ -52,13 +52,22 @@ def load_model(path: str | Path, device: torch.device, gguf_file: str | None = N
     then cached as a safetensors folder), or a hub id when a hub is reachable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, gguf_file = _split_gguf(str(path), gguf_file)
+    path = os.path.expanduser(str(path))
+    folder, gguf_file = _split_gguf(path, gguf_file)
+    looks_local = path.startswith((".", "/")) or path.endswith(".gguf")   # otherwise it may be a hub id
+    if looks_local and not os.path.exists(os.path.join(folder, gguf_file or "")):
+        raise ConfigError(f"model: {path} does not exist (expected a Hugging Face model folder, a .gguf file, "
+                          "or a hub id)")
     try:
         if gguf_file:
             cached = _gguf_cache(folder, gguf_file)
             if not (cached / "config.json").exists():
                 tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
                 model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+                # the weights are de-quantised to fp32 already; drop the GGUF marker so they can be saved
+                model.hf_quantizer = None
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
                 tmp = Path(tempfile.mkdtemp(dir=cached.parent.mkdir(parents=True, exist_ok=True) or cached.parent))
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)

@@ -12,6 +12,7 @@ the completion.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -38,8 +39,11 @@ class RewardModel:
         if int(batch_size) < 1:
             raise ConfigError(f"reward_model_batch_size: must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
+        local = os.path.isabs(self.path) or self.path.startswith((".", "~")) or os.path.exists(self.path)
+        if local and not os.path.exists(os.path.expanduser(self.path)):
+            raise ConfigError(f"reward_model: cannot load a model config from {self.path}: no such file or folder")
         try:
-            config = AutoConfig.from_pretrained(self.path)
+            config = AutoConfig.from_pretrained(os.path.expanduser(self.path))
         except Exception as e:
             raise ConfigError(f"reward_model: cannot load a model config from {self.path}: {_first_line(e)}") from e
         if config.num_labels != 1:
@@ -47,13 +51,20 @@ class RewardModel:
             raise ConfigError(f"reward_model: {self.path} ({archs}) has num_labels={config.num_labels}, but a reward "
                               "model must output a single score (num_labels=1)")
         try:
-            tok = AutoTokenizer.from_pretrained(self.path)
+            tok = AutoTokenizer.from_pretrained(os.path.expanduser(self.path))
         except Exception as e:
             raise ConfigError(f"reward_model: cannot load the tokenizer from {self.path}: {_first_line(e)}") from e
+        if len(tok) <= 1 or not tok("reward model probe 123", add_special_tokens=False)["input_ids"]:
+            raise ConfigError(f"reward_model: cannot load the tokenizer from {self.path}: it has no vocabulary "
+                              "(are the tokenizer files missing?)")
+        vocab = getattr(config.get_text_config(), "vocab_size", None)
+        if isinstance(vocab, int) and len(tok) > vocab:
+            raise ConfigError(f"reward_model: the tokenizer at {self.path} has {len(tok)} tokens but the model's "
+                              f"vocabulary has {vocab}; they do not belong together")
         kw = {"dtype": dtype} if dtype is not None else {}
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                self.path, config=config, output_loading_info=True, **kw)
+                os.path.expanduser(self.path), config=config, output_loading_info=True, **kw)
         except Exception as e:
             raise ConfigError(f"reward_model: cannot load a sequence-classification model from {self.path}: "
                               f"{_first_line(e)}") from e

@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import importlib.util
 import math
+import numbers
 import os
 import re
 import sys
@@ -65,7 +66,9 @@ def score(reward_fns: dict[str, tuple[Callable, float]], prompts: list[str], com
                 unscorable += 1
                 clean.append(0.0)
                 continue
-            if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            # plain numbers, numpy scalars and 0-d tensors/arrays are all accepted
+            number = isinstance(v, numbers.Real) or (hasattr(v, "item") and getattr(v, "ndim", None) == 0)
+            if not number or isinstance(v, str) or not math.isfinite(float(v)):
                 raise RewardError(f"reward function {name!r} returned {v!r} for sample {i}; "
                                   "expected a finite number or None")
             clean.append(float(v))
@@ -79,8 +82,8 @@ def _answers(reward: str, answer, columns: dict, n: int) -> list:
     """The `answer` column, or a clear error naming the columns there are."""
     if answer is None:
         have = ", ".join(sorted(k for k in columns if k != "completion_length")) or "none"
-        raise ValueError(f"the {reward} reward needs an `answer` column (the reference answer of each row); "
-                         f"the data has these other columns: {have}")
+        raise ValueError(f"the {reward} reward needs an `answer` column, the reference answer of each row "
+                         f"(the data has: {have})")
     if len(answer) != n:
         raise ValueError(f"the {reward} reward got {len(answer)} answers for {n} completions")
     return answer
@@ -139,13 +142,18 @@ def math_verify(prompts: list, completions: list[str], answer: list | None = Non
 
 _TAG_FREE = r"(?:(?!</?think>|</?answer>).)"
 THINK_ANSWER_PATTERN = re.compile(
-    rf"\s*<think>{_TAG_FREE}*</think>\s*<answer>{_TAG_FREE}*\S{_TAG_FREE}*</answer>\s*", re.DOTALL)
+    rf"\s*<think>{_TAG_FREE}*</think>\s*<answer>(?P<answer>{_TAG_FREE}*)</answer>\s*", re.DOTALL)
+
+
+def _think_answer_ok(text: str) -> bool:
+    m = THINK_ANSWER_PATTERN.fullmatch(text)
+    return bool(m and m.group("answer").strip())
 
 
 def think_answer_format(prompts: list, completions: list[str], **_) -> list[float]:
     """1.0 when the completion is exactly `<think>...</think>` then `<answer>...</answer>` (whitespace
     allowed around and between them, each tag once, a non-blank answer), else 0.0."""
-    return [1.0 if THINK_ANSWER_PATTERN.fullmatch(c) else 0.0 for c in completions]
+    return [1.0 if _think_answer_ok(c) else 0.0 for c in completions]
 
 
 def format_reward(pattern: str) -> Callable:
@@ -170,12 +178,12 @@ def overlong_reward(max_new_tokens: int, buffer: int | None = None, factor: floa
     from .advantages import overlong_penalty
     buffer = buffer or max(1, max_new_tokens // 4)
     if buffer > max_new_tokens:
-        raise ConfigError(f"overlong_buffer ({buffer}) must be <= max_new_tokens ({max_new_tokens})")
+        raise ConfigError(f"overlong_buffer: must be <= max_new_tokens ({max_new_tokens}), got {buffer}")
 
     def overlong(prompts: list, completions: list[str], completion_length: list | None = None, **_) -> list[float]:
         if completion_length is None:
             raise ValueError("the overlong reward needs the `completion_length` column (token count of each "
-                             "completion), which the caller did not pass")
+                             "completion), which is missing")
         lengths = torch.as_tensor([int(n) for n in completion_length], dtype=torch.long)
         return overlong_penalty(lengths, max_new_tokens, buffer, factor).tolist()
 
@@ -275,7 +283,8 @@ def load_function(target: str) -> tuple[str, Callable]:
         raise ConfigError(f"reward: {modname} has no function {attr!r}{hint}")
     fn = getattr(module, attr)
     if not callable(fn):
-        raise ConfigError(f"reward: {target!r} is a {type(fn).__name__}, not a function")
+        kind = type(fn).__name__
+        raise ConfigError(f"reward: {target!r} is not a function (it is {'an' if kind[0] in 'aeiou' else 'a'} {kind})")
     return attr, fn
 
 

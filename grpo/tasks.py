@@ -1,13 +1,19 @@
-"""Built-in verifiable tasks: prompts, reference answers, a train/held-out split that never
-overlaps, and a verifier reward.
+"""Tasks: prompts, reference answers, a train/held-out split that never overlaps, and a verifier reward.
+
+`build_task(cfg)` picks the run's task: `--dataset` (your data, see grpo/data.py), else
+`--task reasoning_gym:NAME`, else a built-in task (`arithmetic` by default).
 
 `arithmetic` (the demo): "a+b=" with a, b in [0, 99]. The 10,000 problems are shuffled once
 with a fixed seed; the first `HELDOUT` form the held-out split, the rest the training split, so
 training never sees an evaluation problem whatever the run's seed.
+
+`reasoning_gym:NAME`: problems generated offline by the reasoning-gym package, scored by the
+dataset's own `score_answer` (the reward named "task"); see `reasoning_gym_task` and docs/data.md.
 """
 
 from __future__ import annotations
 
+import difflib
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,6 +33,7 @@ class Task:
     heldout_size: int
     row: Callable[[int, bool], dict]          # (index, heldout?) -> {"prompt", "answer", ...}
     rewards: dict[str, Callable] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # where the rows come from, for logs (e.g. {"heldout": ...})
 
     def sample_train(self, rng: random.Random, n: int) -> list[dict]:
         return [self.row(rng.randrange(self.train_size), False) for _ in range(n)]
@@ -86,6 +93,137 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
+# ------------------------------------------------------------------ reasoning-gym
+REASONING_GYM_PREFIX = "reasoning_gym:"
+RG_SPLIT_SEED = 20250724        # fixed: the held-out problems are the same whatever the run's seed
+RG_SEED_STRIDE = 1_000_003      # seeds of the held-out set and of each training set lie this far apart
+RG_TRAIN_POOL = 5000            # training problems (generated one by one, when first drawn)
+RG_MIN_HELDOUT = 200            # held-out problems: max(eval_size, this)
+RG_ALTERNATES = 8               # a training problem equal to a held-out one is replaced, at most this often
+RG_EXAMPLES = ("basic_arithmetic", "countdown", "gsm_symbolic", "chain_sum", "leg_counting", "propositional_logic",
+               "word_sorting", "spell_backward")
+
+
+def extract_answer(completion: str) -> str:
+    """The answer inside a completion: the content of the last <answer>...</answer>, stripped; else, when
+    an <answer> tag is opened but never closed, what follows the last one; else the whole completion, stripped."""
+    end = completion.rfind("</answer>")
+    start = completion.rfind("<answer>")
+    if start != -1 and start > end:                  # opened and never closed (e.g. cut at max_new_tokens)
+        return completion[start + len("<answer>"):].strip()
+    if end != -1:
+        start = completion.rfind("<answer>", 0, end)
+        if start != -1:
+            return completion[start + len("<answer>"):end].strip()
+    return completion.strip()
+
+
+def _reasoning_gym():
+    try:
+        import reasoning_gym
+        from reasoning_gym.factory import DATASETS
+    except ImportError:
+        raise ConfigError("task reasoning_gym:NAME needs the reasoning-gym package; install it with "
+                          "`pip install reasoning-gym`") from None
+    return reasoning_gym, DATASETS
+
+
+class _ReasoningGym:
+    """Held-out problems: items 0..H-1 of the dataset at seed RG_SPLIT_SEED, generated together on first use.
+    Training problem i: item i of the dataset at seed RG_SPLIT_SEED + RG_SEED_STRIDE, generated when first
+    drawn; if its question text is among the held-out questions, item i of the dataset at the next seed
+    (+ RG_SEED_STRIDE again) replaces it, and so on."""
+
+    def __init__(self, name: str, heldout_size: int, train_size: int, seed: int = RG_SPLIT_SEED):
+        self.rg, registry = _reasoning_gym()
+        if name not in registry:
+            near = difflib.get_close_matches(name, list(registry), n=3)
+            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+            some = [n for n in RG_EXAMPLES if n in registry] or sorted(registry)[:8]
+            raise ConfigError(f"task: unknown reasoning-gym dataset {name!r}{hint}; it has {len(registry)} "
+                              f"datasets, among them {', '.join(some)} (all: reasoning_gym.factory.DATASETS)")
+        self.name, self.heldout_size, self.train_size, self.seed = name, heldout_size, train_size, seed
+        self._sets: dict[int, object] = {}
+        self._held: list[dict] | None = None
+        self._held_questions: set[str] = set()
+        self._train: dict[int, dict] = {}
+        self.scorer = self._dataset(0).score_answer
+
+    def _dataset(self, k: int):
+        """k = 0: the held-out set; k >= 1: the k-th training set."""
+        if k not in self._sets:
+            size = self.heldout_size if k == 0 else self.train_size
+            try:
+                self._sets[k] = self.rg.create_dataset(self.name, seed=self.seed + k * RG_SEED_STRIDE, size=size)
+            except Exception as e:
+                raise ConfigError(f"task: reasoning-gym could not create dataset {self.name!r} "
+                                  f"({type(e).__name__}: {e})") from None
+        return self._sets[k]
+
+    def _heldout(self) -> list[dict]:
+        if self._held is None:
+            ds = self._dataset(0)
+            self._held = [ds[i] for i in range(self.heldout_size)]
+            self._held_questions = {e["question"] for e in self._held}
+        return self._held
+
+    def entry(self, index: int, heldout: bool) -> dict:
+        held = self._heldout()
+        if heldout:
+            return held[index]
+        if index not in self._train:
+            for k in range(1, RG_ALTERNATES + 1):
+                e = self._dataset(k)[index]
+                if e["question"] not in self._held_questions:
+                    self._train[index] = e
+                    break
+            else:
+                raise ConfigError(f"task reasoning_gym:{self.name}: training problem {index} and its "
+                                  f"{RG_ALTERNATES - 1} replacements all appear among the {self.heldout_size} "
+                                  "held-out problems; this dataset has too few distinct problems for that split")
+        return self._train[index]
+
+    def row(self, index: int, heldout: bool) -> dict:
+        e = self.entry(index, heldout)
+        return {"prompt": e["question"], "answer": e["answer"], "rg_entry": e}
+
+    def reward(self, prompts: list, completions: list[str], rg_entry: list[dict], **_) -> list[float]:
+        """The dataset's own score_answer on the extracted answer (0.0 when the scorer raises)."""
+        out = []
+        for c, e in zip(completions, rg_entry):
+            try:
+                out.append(float(self.scorer(answer=extract_answer(c), entry=e)))
+            except Exception:
+                out.append(0.0)
+        return out
+
+
+def reasoning_gym_task(name: str, heldout_size: int = RG_MIN_HELDOUT, train_size: int = RG_TRAIN_POOL,
+                       seed: int = RG_SPLIT_SEED) -> Task:
+    """Task `reasoning_gym:NAME`. Rows: {"prompt": question, "answer": reference answer, "rg_entry": the
+    dataset entry}; reward "task": the dataset's score_answer(extract_answer(completion), entry)."""
+    rg = _ReasoningGym(name, heldout_size, train_size, seed)
+    task = Task(name=REASONING_GYM_PREFIX + name, train_size=train_size, heldout_size=heldout_size, row=rg.row,
+                rewards={"task": rg.reward},
+                info={"heldout": f"{heldout_size} problems at seed {seed}",
+                      "train": f"{train_size} problems at seed {seed + RG_SEED_STRIDE}, none equal to a held-out one"})
+    return task
+
+
 def build_task(cfg) -> Task:
     """The run's prompts, held-out split and default rewards: --dataset, else --task, else arithmetic."""
-    return get_task(cfg.task or "arithmetic")
+    if cfg.dataset:
+        from .data import dataset_task
+        return dataset_task(cfg)
+    name = cfg.task or "arithmetic"
+    if name.startswith(REASONING_GYM_PREFIX):
+        rg_name = name[len(REASONING_GYM_PREFIX):].strip()
+        if not rg_name:
+            raise ConfigError("task: reasoning_gym: needs a dataset name, e.g. reasoning_gym:countdown")
+        return reasoning_gym_task(rg_name, heldout_size=max(cfg.eval_size, RG_MIN_HELDOUT))
+    if name not in TASKS:
+        near = difflib.get_close_matches(name, list(TASKS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"task: unknown task {name!r}{hint}; built-in tasks are {', '.join(TASKS)}, or "
+                          "reasoning_gym:NAME (e.g. reasoning_gym:countdown)")
+    return get_task(name)

@@ -80,6 +80,7 @@ def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict]:
     G = cfg.group_size
     prompts = [r["prompt"] for r in rows for _ in range(G)]
     columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+    columns["completion_length"] = roll.lengths.tolist()
     total, per_fn, _ = rewards_mod.score(reward_fns, prompts, texts, columns)
     if cfg.overlong_penalty:
         buffer = cfg.overlong_buffer or max(1, cfg.max_new_tokens // 4)
