@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import rewards as rewards_mod
+from .config import ConfigError
 from .prompts import encode_for_model
 from .rollout import decode, generate
 
@@ -23,8 +24,11 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    verifier = dict([next(iter(task.rewards.items()))])
     fns = reward_fns or {name: (fn, 1.0) for name, fn in task.rewards.items()}
+    if not (task.rewards or fns):
+        raise ConfigError(f"task {task.name!r} has no verifier to evaluate with; give --reward")
+    # "solved" is judged by the task's own verifier when it has one, else by the first reward
+    verifier = dict([next(iter(task.rewards.items()))]) if task.rewards else {k: v[0] for k, v in list(fns.items())[:1]}
     k = 1 if greedy else samples
     gen = torch.Generator(device=device).manual_seed(seed)
     solved, reward_sum = [], 0.0

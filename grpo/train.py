@@ -80,13 +80,8 @@ def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict]:
     G = cfg.group_size
     prompts = [r["prompt"] for r in rows for _ in range(G)]
     columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-    columns["completion_length"] = roll.lengths.tolist()
+    columns["completion_length"] = roll.lengths.tolist()       # for length-aware rewards (overlong)
     total, per_fn, _ = rewards_mod.score(reward_fns, prompts, texts, columns)
-    if cfg.overlong_penalty:
-        buffer = cfg.overlong_buffer or max(1, cfg.max_new_tokens // 4)
-        pen = adv_mod.overlong_penalty(roll.lengths.cpu(), cfg.max_new_tokens, buffer, cfg.overlong_penalty_factor)
-        per_fn["overlong_penalty"] = pen
-        total = total + pen
     return total.view(len(rows), G), per_fn
 
 
@@ -363,9 +358,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out = make_output_dir(cfg, resuming=resume_from is not None)
     save_yaml(cfg, out / "config.yaml")
     device = pick_device(cfg.device)
+    task = build_task(cfg)                                   # data and rewards first: their errors come
+    reward_fns = rewards_mod.build_reward_fns(cfg, task, device)     # before the minutes a model load takes
     actor, ref, tokenizer, model_path = build_models(cfg, device, log)
-    task = build_task(cfg)
-    reward_fns = rewards_mod.build_reward_fns(cfg, task, device)
     st = new_run_state(cfg, actor, device)
     if resume_from is not None:
         checkpoint.load_weights(actor, resume_from)
