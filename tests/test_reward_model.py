@@ -146,3 +146,19 @@ def test_missing_tokenizer_is_refused(tmp_path):
         RewardModel(path, "cpu", 4)
     assert str(e.value) == (f"reward_model: cannot load the tokenizer from {path}: it has no vocabulary "
                             "(are the tokenizer files missing?)")
+
+
+def test_training_with_a_reward_model_of_another_tokenizer(tiny_config, tmp_path):
+    import json
+    from grpo.train import train
+    rm = save_model(tmp_path / "rm", "gpt2", pad=True, chat=True)
+    cfg = tiny_config(reward_model=str(rm), reward_model_weight=0.5, max_steps=2, eval_size=0,
+                      output_dir=str(tmp_path / "run"))
+    train(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        # the total is the weighted sum of the task's verifier and the reward model, each logged
+        assert r["reward/mean"] == pytest.approx(r["reward/exact_match/mean"] + 0.5 * r["reward/reward_model/mean"],
+                                                 abs=1e-4)
+        assert r["reward/reward_model/std"] > 0
