@@ -28,7 +28,10 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
     if not (task.rewards or fns):
         raise ConfigError(f"task {task.name!r} has no verifier to evaluate with; give --reward")
     # "solved" is judged by the task's own verifier when it has one, else by the first reward
-    verifier = dict([next(iter(task.rewards.items()))]) if task.rewards else {k: v[0] for k, v in list(fns.items())[:1]}
+    if task.rewards:
+        v_name, v_fn = next(iter(task.rewards.items()))
+    else:
+        v_name, (v_fn, _) = next(iter(fns.items()))
     k = 1 if greedy else samples
     gen = torch.Generator(device=device).manual_seed(seed)
     solved, reward_sum = [], 0.0
@@ -44,13 +47,16 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
         prompts = [r["prompt"] for r in part for _ in range(k)]
         columns = {c: [r[c] for r in part for _ in range(k)] for c in part[0] if c != "prompt"}
         columns["completion_length"] = roll.lengths.tolist()
-        total, _, _ = rewards_mod.score(fns, prompts, texts, columns)
-        ok, _, _ = rewards_mod.score({name: (fn, 1.0) for name, (fn) in verifier.items()}, prompts, texts, columns)
+        total, per_fn, _ = rewards_mod.score(fns, prompts, texts, columns)
+        if v_name in fns and fns[v_name][0] is v_fn:
+            ok = per_fn[v_name]
+        else:
+            ok, _, _ = rewards_mod.score({v_name: (v_fn, 1.0)}, prompts, texts, columns)
         reward_sum += float(total.sum())
         solved.append((ok >= 1.0).view(len(part), k))
     model.train(was_training)
     solved = torch.cat(solved)                                               # (n, k)
-    out = {"accuracy": solved.float().mean().item(), "mean_reward": reward_sum / (n * k), "n": n, "samples": k}
+    out = {"accuracy": solved.double().mean().item(), "mean_reward": reward_sum / (n * k), "n": n, "samples": k}
     if k > 1:
-        out[f"pass@{k}"] = solved.any(1).float().mean().item()
+        out[f"pass@{k}"] = solved.any(1).double().mean().item()
     return out
