@@ -1,0 +1,118 @@
+"""LoRA, the adapter-disabled reference, and the memory switches, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import zlib
+
+from grpo import tasks as tasks_mod
+from grpo import train as train_mod
+from grpo.policy import AdapterDisabled, add_lora, load_model, token_stats
+from grpo.rollout import encode_prompts, generate
+from grpo.train import train
+
+
+@pytest.fixture(autouse=True)
+def _dense_task(monkeypatch):
+    """The arithmetic prompts with a dense reward, so a tiny random model gets non-zero advantages."""
+    base = tasks_mod.arithmetic()
+
+    def crc(prompts, completions, **_):
+        return [(zlib.crc32(c.encode()) % 97) / 96 for c in completions]
+
+    monkeypatch.setitem(tasks_mod.TASKS, "dense", lambda: tasks_mod.Task(
+        name="dense", train_size=base.train_size, heldout_size=base.heldout_size, row=base.row, rewards={"crc": crc}))
+
+
+def rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_adapter_disabled_reference_is_the_base_model(tiny_model_dir, tiny_config):
+    base, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    actor, _ = load_model(tiny_model_dir, torch.device("cpu"))
+    actor = add_lora(actor, tiny_config(lora_rank=4))
+    with torch.no_grad():                      # move the adapter away from its zero init
+        for name, p in actor.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ids, mask = encode_prompts(tok, ["12+3=", "7+80="], "cpu")
+    roll = generate(base, ids, mask, max_new_tokens=4, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+                    generator=torch.Generator().manual_seed(0))
+    kw = dict(temperature=1.0, chunk=16)
+    with torch.no_grad():
+        ref = token_stats(AdapterDisabled(actor), roll, **kw).logp
+        plain = token_stats(base, roll, **kw).logp
+        adapted = token_stats(actor, roll, **kw).logp
+    assert torch.allclose(ref, plain, atol=1e-6)          # adapter off == the base weights
+    assert not torch.allclose(adapted, plain, atol=1e-3)  # adapter on changes the policy
+    # and the reference holds no weights of its own
+    assert not any(True for _ in vars(AdapterDisabled(actor)).values() if isinstance(_, torch.nn.Parameter))
+
+
+def test_lora_trains_only_the_adapter_and_saves_it(tiny_config, tmp_path, monkeypatch):
+    seen = {}
+    real = train_mod.build_models
+
+    def spy(cfg, device, log=print):
+        out = real(cfg, device, log)
+        seen["actor"] = out[0]
+        seen["before"] = {n: p.detach().clone() for n, p in out[0].named_parameters()}
+        return out
+
+    real_save = train_mod.save_final
+
+    def save_spy(cfg, actor, *a):
+        # --save-merged merges the adapter into the actor in place: look before it does
+        seen["after"] = {n: p.detach().clone() for n, p in actor.named_parameters()}
+        return real_save(cfg, actor, *a)
+
+    monkeypatch.setattr(train_mod, "build_models", spy)
+    monkeypatch.setattr(train_mod, "save_final", save_spy)
+    cfg = tiny_config(preset="deepseekmath", task="dense", lora_rank=4, lr=5e-2, max_steps=3, eval_size=0, save_merged=True,
+                      output_dir=str(tmp_path / "run"))
+    train(cfg, log=lambda *a: None)
+    after = seen["after"]
+    moved = {n for n, p in after.items() if not torch.equal(p, seen["before"][n])}
+    assert moved and all("lora_" in n for n in moved)             # the base never changes
+    assert any("lora_B" in n for n in moved)
+    assert (tmp_path / "run" / "model" / "adapter_config.json").exists()
+    from transformers import AutoModelForCausalLM
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged")
+    assert not hasattr(merged, "peft_config")
+    assert all(r["kl"] is not None for r in rows(tmp_path / "run"))
+
+
+def test_lora_resume_is_exact(tiny_config, tmp_path):
+    common = dict(preset="deepseekmath", task="dense", lora_rank=4, lr=5e-2, max_steps=4, save_every=2, eval_size=0)
+    train(tiny_config(**common, output_dir=str(tmp_path / "whole")), log=lambda *a: None)
+    train(tiny_config(**{**common, "max_steps": 2}, output_dir=str(tmp_path / "part")), log=lambda *a: None)
+    train(tiny_config(**common, output_dir=str(tmp_path / "part"), resume="latest"), log=lambda *a: None)
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rs]
+    assert strip(rows(tmp_path / "part")) == strip(rows(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("switches", [dict(gradient_checkpointing=True), dict(bf16=True), dict(grad_accum=2)])
+def test_memory_switches_train(tiny_config, tmp_path, switches):
+    cfg = tiny_config(preset="deepseekmath", task="dense", max_steps=2, eval_size=0, output_dir=str(tmp_path / "run"),
+                      **switches)
+    train(cfg, log=lambda *a: None)
+    for r in rows(tmp_path / "run"):
+        assert r["loss"] is not None and r["grad_norm"] is not None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tmp_path):
+    out = {}
+    for gc in (False, True):
+        cfg = tiny_config(preset="deepseekmath", task="dense", max_steps=2, eval_size=0, gradient_checkpointing=gc,
+                          output_dir=str(tmp_path / f"gc{gc}"))
+        train(cfg, log=lambda *a: None)
+        out[gc] = [(r["loss"], r["grad_norm"]) for r in rows(tmp_path / f"gc{gc}")]
+    for (l0, g0), (l1, g1) in zip(out[False], out[True]):
+        assert l0 == pytest.approx(l1, abs=1e-6) and g0 == pytest.approx(g1, rel=1e-4)
