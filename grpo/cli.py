@@ -142,6 +142,8 @@ def cmd_sft(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
+    from .sysmem import return_freed_memory
+    return_freed_memory()
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()     # our own bars only
     try:

@@ -120,7 +120,7 @@ class TrainConfig:
     save_merged: bool = _f(False, "With LoRA, also save the merged model to <output_dir>/merged.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     bf16: bool = _f(False, "bf16 autocast for forward passes (where the device supports it; master weights stay fp32).")
-    logprob_chunk: int = _f(1024, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
+    logprob_chunk: int = _f(256, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
 
     # -------------------------------------------------------- eval & logs
     eval_size: int = _f(200, "Held-out problems scored before and after training (0 = no eval).", min=0)

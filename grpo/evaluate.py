@@ -40,7 +40,7 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
         part = rows[s:s + per_batch]
         ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in part], device,
                                      system_prompt=system_prompt, chat_template=chat_template)
-        roll = generate(model, ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), max_new_tokens=max_new_tokens,
+        roll = generate(model, ids, mask, max_new_tokens=max_new_tokens, num_samples=k,
                         eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, greedy=greedy,
                         temperature=temperature, top_p=top_p, top_k=top_k, generator=gen)
         texts = decode(tokenizer, roll)

@@ -32,6 +32,17 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def logprobs_and_entropy(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """token_logprobs and (detached) entropy_from_logits from one log-softmax, with one extra
+    (..., V) buffer for the entropy instead of three.  (..., V), (...) -> (...), (...)."""
+    logp_all = torch.log_softmax(_upcast(logits), dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        p_logp = logp_all.detach().exp().mul_(logp_all.detach())
+        entropy = -p_logp.sum(-1)
+    return logp, entropy
+
+
 def full_kl_from_logits(logits: Tensor, ref_logits: Tensor) -> Tensor:
     """KL(pi_theta || pi_ref) summed over the whole vocabulary.  (..., V), (..., V) -> (...).
     Callers pass chunks of positions so the (tokens x V) tensors of a whole batch never exist."""

@@ -172,9 +172,7 @@ def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_
 
     def piece(h_c, tok_c, ref_c):
         logits = _head_logits(model, h_c, temperature)                         # (m, V)
-        logp = losses.token_logprobs(logits, tok_c)
-        with torch.no_grad():
-            ent = losses.entropy_from_logits(logits)
+        logp, ent = losses.logprobs_and_entropy(logits, tok_c)
         if ref_c is None:
             return logp, ent, torch.zeros_like(logp)
         scope, ref_net = _reference_scope(ref_model)

@@ -61,15 +61,23 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 @torch.no_grad()
 def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, eos_ids: list[int],
              pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             min_new_tokens: int = 0, greedy: bool = False, generator: torch.Generator | None = None) -> Rollout:
-    """Sample one completion per row of `prompt_ids` (repeat rows G times for groups)."""
-    N = prompt_ids.shape[0]
+             min_new_tokens: int = 0, greedy: bool = False, generator: torch.Generator | None = None,
+             num_samples: int = 1) -> Rollout:
+    """Sample `num_samples` completions for each row of `prompt_ids`; completion i*num_samples + g
+    belongs to prompt i. Each prompt is prefilled once and its KV cache copied to its samples."""
     device = prompt_ids.device
     eos = torch.tensor(eos_ids, device=device)
-    mask = prompt_mask.clone()
-    pos = positions(mask)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    pos = positions(prompt_mask)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True,
+                logits_to_keep=1)                                     # only the last position's logits
     cache, logits = out.cache, out.logits[:, -1]
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        logits, pos = logits.repeat_interleave(num_samples, 0), pos.repeat_interleave(num_samples, 0)
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, 0)
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, 0)
+    N = prompt_ids.shape[0]
+    mask = prompt_mask.clone()
     next_pos = pos[:, -1:] + 1
     finished = torch.zeros(N, dtype=torch.bool, device=device)
     tokens, logps, valid = [], [], []

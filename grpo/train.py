@@ -69,9 +69,8 @@ def sample(cfg, actor, tokenizer, rows, generator) -> tuple[Rollout, list[str]]:
     device = next(actor.parameters()).device
     ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in rows], device,
                                  system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
-    ids, mask = ids.repeat_interleave(cfg.group_size, 0), mask.repeat_interleave(cfg.group_size, 0)
     roll = generate(hf_model(actor), ids, mask, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                    eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                    eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, num_samples=cfg.group_size,
                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
     return roll, decode(tokenizer, roll)
 
@@ -185,6 +184,7 @@ def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, sh
                 continue
             opt.step()
             sched.step()
+            opt.zero_grad(set_to_none=True)         # free the gradients before the next rollout
             tally.loss += mb_loss
             tally.grad_norm += grad_norm.item()
             tally.n_updates += 1
@@ -277,7 +277,9 @@ class RunState:
 
 def new_run_state(cfg: TrainConfig, actor, device) -> RunState:
     params = [p for p in actor.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    # fused: one kernel per step, without the foreach path's parameter-sized temporaries
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
+                            fused=torch.device(device).type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     return RunState(opt, sched, random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed),
                     torch.Generator().manual_seed(cfg.seed + 1), BetaController(cfg),

@@ -256,3 +256,16 @@ def test_aggregate_micro_batches_add_up_to_the_whole_batch(mode):
     # without the whole batch's counts each piece normalises by its own: the sum is not the batch loss
     naive = sum(aggregate(values[s], mask[s], mode, 6) for s in pieces)
     assert abs(float(naive) - float(whole)) > 1e-3
+
+
+def test_logprobs_and_entropy_match_the_separate_functions():
+    from grpo.losses import logprobs_and_entropy
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 11, generator=g, requires_grad=True)
+    tokens = torch.randint(0, 11, (7,), generator=g)
+    logp, ent = logprobs_and_entropy(logits, tokens)
+    assert torch.allclose(logp, token_logprobs(logits, tokens), atol=1e-6)
+    assert torch.allclose(ent, entropy_from_logits(logits), atol=1e-6) and not ent.requires_grad
+    (g1,) = torch.autograd.grad(logp.sum(), logits)
+    (g2,) = torch.autograd.grad(token_logprobs(logits, tokens).sum(), logits)
+    assert torch.allclose(g1, g2, atol=1e-6)

@@ -215,3 +215,20 @@ def test_full_kl_does_not_touch_the_reference_gradients(model_tok):
     assert all(p.grad is None for p in ref.parameters())
     assert all(p.grad is not None for p in model.parameters())
     model.zero_grad(set_to_none=True)
+
+
+def test_shared_prefill_equals_one_prefill_per_sample(tiny_model_dir):
+    """Prefilling each prompt once and copying its KV cache to the G samples gives the samples
+    (and log-probs) of prefilling every repeated row."""
+    from grpo.policy import load_model
+    from grpo.rollout import encode_prompts, generate
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    ids, mask = encode_prompts(tok, ["12+3=", "7+80=", "5+5="], "cpu")
+    kw = dict(max_new_tokens=6, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    shared = generate(model, ids, mask, num_samples=4, generator=torch.Generator().manual_seed(7), **kw)
+    plain = generate(model, ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0),
+                     generator=torch.Generator().manual_seed(7), **kw)
+    assert torch.equal(shared.prompt_ids, plain.prompt_ids)
+    assert torch.equal(shared.completion_ids, plain.completion_ids)
+    assert torch.equal(shared.completion_mask, plain.completion_mask)
+    assert torch.allclose(shared.logprobs, plain.logprobs, atol=1e-5)
