@@ -109,10 +109,6 @@ class AdapterDisabled:
     def __init__(self, peft_model):
         self.peft_model = peft_model
 
-    def __call__(self, *args, **kwargs):
-        with self.peft_model.disable_adapter():
-            return hf_model(self.peft_model)(*args, **kwargs)
-
 
 def _reference_scope(ref):
     """(context, transformers model) to run the reference's forward."""

@@ -19,11 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .config import ConfigError
-
-
-def exact_match(prompts: list[str], completions: list[str], answer: list[str], **_) -> list[float]:
-    """1.0 when the completion, stripped of surrounding whitespace, equals the answer."""
-    return [1.0 if c.strip() == a.strip() else 0.0 for c, a in zip(completions, answer)]
+from .rewards import exact_match      # the demo's verifier is the built-in reward of that name
 
 
 @dataclass
