@@ -59,7 +59,7 @@ def length_reward(prompts, completions, **_):
 
 
 # ------------------------------------------------------------------ one side, in a child process
-def run_ours(workload: str, model: str, steps: int) -> dict:
+def run_ours(workload: str, model: str, steps: int, extra: dict) -> dict:
     from grpo.config import resolve
     from grpo.train import train
     out = tempfile.mkdtemp(prefix="bench-grpo-")
@@ -69,14 +69,14 @@ def run_ours(workload: str, model: str, steps: int) -> dict:
         rows = [{"prompt": p, "answer": ""} for p in PROMPTS]
         data = Path(out) / "prompts.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        cfg = resolve(overrides=dict(
+        cfg = resolve(overrides={**dict(
             model=model, dataset=str(data), eval_size=0, preset="deepseekmath", prompts_per_step=2, group_size=8,
             max_new_tokens=64, min_new_tokens=64, lr=1e-6, max_steps=steps, save_model=False,
             gradient_checkpointing=True,            # TRL's GRPOConfig turns it on by default
             reward=[f"{Path(__file__).resolve()}:length_reward"], log_completions=0,
             lora_rank=16 if workload == "W2" else 0,
             lora_target_modules="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-            output_dir=str(Path(out) / "run")))
+            output_dir=str(Path(out) / "run")), **extra})
     train(cfg, log=lambda *a: None)
     run_dir = Path(cfg.output_dir)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -116,7 +116,7 @@ def run_trl(workload: str, model: str, steps: int) -> dict:
     return {"step_s": times, "tokens": [2 * 8 * 64] * len(times)}
 
 
-def child(side: str, workload: str, model: str, steps: int) -> None:
+def child(side: str, workload: str, model: str, steps: int, extra: dict) -> None:
     import resource
 
     import torch
@@ -124,20 +124,28 @@ def child(side: str, workload: str, model: str, steps: int) -> None:
     if side == "grpo":              # as the `grpo` command does at start
         from grpo.sysmem import return_freed_memory
         return_freed_memory()
-    res = (run_ours if side == "grpo" else run_trl)(workload, model, steps)
+    res = run_ours(workload, model, steps, extra) if side == "grpo" else run_trl(workload, model, steps)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("BENCH " + json.dumps(res), flush=True)
 
 
 # ------------------------------------------------------------------------------------ parent
-def launch(side: str, workload: str, model: str, steps: int) -> dict:
+def launch(side: str, workload: str, model: str, steps: int, extra: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, __file__, "--child", side, workload, model, str(steps)],
+    proc = subprocess.run([sys.executable, __file__, "--child", side, workload, model, str(steps), json.dumps(extra)],
                           capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH "):
             return json.loads(line[6:])
     raise RuntimeError(f"{side} {workload} failed:\n{proc.stderr[-3000:]}")
+
+
+def parse_setting(kv: str) -> tuple[str, object]:
+    key, _, value = kv.partition("=")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
 
 
 def flops_per_step(n_params: int, prompt_tokens: int, new_tokens: int, seqs: int, lora: bool) -> float:
@@ -153,23 +161,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="steps per process; the first is a warm-up")
     ap.add_argument("--sides", nargs="+", default=["grpo", "trl"], help="grpo and/or trl")
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra settings for our side of W1/W2 (e.g. grad_accum=16)")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        side, workload, model, steps = args.child
-        return child(side, workload, model, int(steps))
+        side, workload, model, steps, extra = args.child
+        return child(side, workload, model, int(steps), json.loads(extra))
 
     import torch
     torch.set_num_threads(THREADS)
     rate = matmul_gflops()
     print(f"matmul rate: {rate:.1f} GFLOP/s (fp32, {THREADS} threads)")
+    extra = dict(parse_setting(kv) for kv in args.set)
     model = smollm2_folder() if {"W1", "W2"} & set(args.workloads) else ""
     for w in args.workloads:
         sides = ["grpo"] if w == "W3" else args.sides
         runs = {s: [] for s in sides}
         for _ in range(args.rounds):
             for s in sides:
-                runs[s].append(launch(s, w, model, args.steps))
+                runs[s].append(launch(s, w, model, args.steps, extra if w != "W3" else {}))
         report(w, runs, rate, model)
 
 

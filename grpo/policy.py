@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import Cache, DynamicLayer
 
 from . import losses
 from .config import ConfigError
@@ -102,6 +103,39 @@ def hf_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+@contextlib.contextmanager
+def lora_merged(model):
+    """Inside: every plain LoRA linear layer of `model` runs as one matmul with the merged weight
+    W + scale * B @ A, computed fresh (the base weights are not touched, so nothing drifts). The
+    same function as the adapter path in eval mode, where LoRA dropout is off; meant for sampling,
+    where it removes two small matmuls per projection per token. Gradients are off inside."""
+    swapped = []
+    if hasattr(model, "get_base_model"):
+        from peft.tuners.lora import Linear as LoraLinear
+        with torch.no_grad():
+            for m in model.modules():
+                if (isinstance(m, LoraLinear) and not m.merged and not m.disable_adapters and not m.lora_variant
+                        and type(m.base_layer) is torch.nn.Linear):
+                    w = m.base_layer.weight
+                    for name in m.active_adapters:
+                        if name in m.lora_A:
+                            w = w + m.get_delta_weight(name)
+                    m.forward = _fixed_linear(w, m.base_layer.bias)
+                    swapped.append(m)
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for m in swapped:
+            del m.forward
+
+
+def _fixed_linear(weight: Tensor, bias: Tensor | None):
+    def forward(x, *args, **kwargs):
+        return torch.nn.functional.linear(x, weight, bias)
+    return forward
+
+
 class AdapterDisabled:
     """The reference policy under LoRA: the actor itself with its adapter switched off, so the
     base weights are held once."""
@@ -138,13 +172,93 @@ def _hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     return out.last_hidden_state                                            # (N, P+L, H)
 
 
+class _Recorder(DynamicLayer):
+    """Cache layer for a prompt forward: keeps the layer's keys/values, returns them unchanged.
+    Writing the same states again (a checkpointed layer's backward replay) leaves it the same."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.is_initialized = True
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return 0                                              # nothing precedes the prompt
+
+
+class _Prefix(DynamicLayer):
+    """Read-only cache layer: a fixed prefix's keys/values, to which each call appends the new
+    states in its return value only. The same input gives the same output every time, so a
+    checkpointed layer may replay it in backward."""
+
+    def __init__(self, keys: Tensor, values: Tensor):
+        super().__init__()
+        self.keys, self.values, self.is_initialized = keys, values, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+
+
+def _can_share_prefix(net, decoder) -> bool:
+    """Full-attention layers with the standard cache only (no sliding windows, no linear
+    attention), and, when layers are checkpointed, layers that keep a read-only cache."""
+    from transformers.cache_utils import DynamicCache
+    try:
+        kinds = {type(layer) for layer in DynamicCache(config=decoder.config).layers}
+    except Exception:                                           # an unusual config: stay on the plain path
+        return False
+    if not kinds <= {DynamicLayer}:
+        return False
+    if torch.is_grad_enabled() and getattr(net, "is_activation_checkpointing", False):
+        return all(getattr(m, "_can_checkpoint_with_cache", False) for m in decoder.layers)
+    return True
+
+
+def allow_prefix_under_checkpointing(model) -> None:
+    """Let checkpointed decoder layers keep the read-only prefix cache of `_predicting_hidden`
+    (its states are the same on the backward replay). Only that function passes a cache to a
+    layer while gradients are on."""
+    for layer in getattr(hf_model(model).get_decoder(), "layers", []):
+        layer._can_checkpoint_with_cache = True
+
+
+def _predicting_hidden(model, rollout: Rollout) -> Tensor:
+    """(N, L, H): the hidden state that predicts each completion token (position P-1+t for token t).
+
+    Rows that share a prompt share its forward: each distinct prompt runs once, its per-layer
+    keys/values are gathered to the rows that use it, and the completions run on top of them. The
+    same function as running every row's prompt+completion, with (G-1)/G of the prompt work
+    removed; under autograd the gradients of all rows flow back into the one prompt forward."""
+    net = hf_model(model)
+    decoder = net.get_decoder()
+    P, L = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
+    attn = torch.cat([rollout.prompt_mask, rollout.completion_mask.long()], 1)
+    if not _can_share_prefix(net, decoder):
+        ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
+        return _hidden(model, ids, attn)[:, P - 1:P + L - 1]
+    key = torch.cat([rollout.prompt_ids, rollout.prompt_mask.to(rollout.prompt_ids.dtype)], 1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    u_ids, u_mask = uniq[:, :P], uniq[:, P:]
+    record = Cache(layer_class_to_replicate=_Recorder)
+    out = decoder(input_ids=u_ids, attention_mask=u_mask, position_ids=positions(u_mask), cache=record,
+                  use_cache=False)
+    last = out.last_hidden_state[:, -1][inverse]                            # (N, H) predicts token 0
+    if L == 1:
+        return last[:, None]
+    prefix = Cache(layers=[_Prefix(layer.keys[inverse], layer.values[inverse]) for layer in record.layers])
+    start = positions(rollout.prompt_mask)[:, -1:] + 1
+    pos = start + torch.arange(L - 1, device=start.device)[None]
+    rest = decoder(input_ids=rollout.completion_ids[:, :-1], attention_mask=attn[:, :-1], position_ids=pos,
+                   cache=prefix, use_cache=False).last_hidden_state           # (N, L-1, H)
+    return torch.cat([last[:, None], rest], 1)
+
+
 def _head_logits(model, hidden: Tensor, temperature: float) -> Tensor:
     model = hf_model(model)
     logits = model.get_output_embeddings()(hidden).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return logits / temperature
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_model=None) -> TokenStats:
@@ -153,18 +267,14 @@ def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_
         with model.peft_model.disable_adapter():
             return token_stats(hf_model(model.peft_model), rollout, temperature=temperature, chunk=chunk,
                                ref_model=ref_model)
-    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)          # (N, P+L)
-    attn = torch.cat([rollout.prompt_mask, rollout.completion_mask.long()], 1)
-    P, L = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
     sel = rollout.completion_mask                                              # (N, L)
     targets = rollout.completion_ids[sel]                                      # (M,)
-    # position P-1+t predicts completion token t
-    h = _hidden(model, ids, attn)[:, P - 1:P + L - 1][sel]                     # (M, H)
+    h = _predicting_hidden(model, rollout)[sel]                                # (M, H)
     ref_h = None
     if ref_model is not None:
         scope, ref_net = _reference_scope(ref_model)
         with torch.no_grad(), scope:
-            ref_h = _hidden(ref_net, ids, attn)[:, P - 1:P + L - 1][sel]       # (M, H)
+            ref_h = _predicting_hidden(ref_net, rollout)[sel]                  # (M, H)
 
     def piece(h_c, tok_c, ref_c):
         logits = _head_logits(model, h_c, temperature)                         # (m, V)

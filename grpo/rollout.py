@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -42,6 +43,48 @@ def encode_prompts(tokenizer, prompts: list[str], device, add_special_tokens: bo
 def positions(mask: Tensor) -> Tensor:
     """Position ids that ignore left padding: 0 at each row's first real token."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def reserve(cache, extra: int) -> None:
+    """Give every plain dynamic layer of `cache` room for `extra` more positions, so each decoded
+    token is written into place instead of re-concatenating the whole cache (O(L^2) copying over
+    a completion). Other layer kinds (sliding window, ...) are left as they are."""
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
+            layer.__class__ = ReservedLayer
+            layer.reserve(extra)
+
+
+class ReservedLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views into buffers with spare capacity."""
+
+    def reserve(self, extra: int) -> None:
+        n = self.keys.shape[-2]
+        self._kbuf = self.keys.new_empty(*self.keys.shape[:-2], n + extra, self.keys.shape[-1])
+        self._vbuf = self.values.new_empty(*self.values.shape[:-2], n + extra, self.values.shape[-1])
+        self._kbuf[..., :n, :] = self.keys
+        self._vbuf[..., :n, :] = self.values
+        self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n, q = self.keys.shape[-2], key_states.shape[-2]
+        if n + q > self._kbuf.shape[-2]:                           # out of room: grow as DynamicLayer does
+            self.__class__ = DynamicLayer
+            return DynamicLayer.update(self, key_states, value_states)
+        self._kbuf[..., n:n + q, :] = key_states
+        self._vbuf[..., n:n + q, :] = value_states
+        self.keys, self.values = self._kbuf[..., :n + q, :], self._vbuf[..., :n + q, :]
+        return self.keys, self.values
+
+
+def sample(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One index per row, drawn with probability proportional to `weights` (N, V) >= 0, by
+    inverting the row's cumulative sum at one uniform draw. Zero-weight entries are never drawn.
+    Far cheaper than torch.multinomial over a large vocabulary, which draws V exponentials per row."""
+    cdf = weights.cumsum(-1, dtype=torch.float64)
+    u = torch.rand(weights.shape[0], 1, generator=generator, dtype=torch.float64, device=weights.device)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return idx.squeeze(-1).clamp_(max=weights.shape[-1] - 1)
 
 
 def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -76,20 +119,24 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: 
         logits, pos = logits.repeat_interleave(num_samples, 0), pos.repeat_interleave(num_samples, 0)
         prompt_ids = prompt_ids.repeat_interleave(num_samples, 0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, 0)
+    reserve(cache, max_new_tokens)
     N = prompt_ids.shape[0]
     mask = prompt_mask.clone()
     next_pos = pos[:, -1:] + 1
     finished = torch.zeros(N, dtype=torch.bool, device=device)
     tokens, logps, valid = [], [], []
     for t in range(max_new_tokens):
-        scaled = logits.float() / temperature                           # (N, V)
+        scaled = logits.float() if temperature == 1.0 else logits.float() / temperature     # (N, V)
         logp_all = torch.log_softmax(scaled, dim=-1)
-        sample_from = scaled if t >= min_new_tokens else scaled.index_fill(-1, eos, float("-inf"))
         if greedy:
+            sample_from = scaled if t >= min_new_tokens else scaled.index_fill(-1, eos, float("-inf"))
             tok = sample_from.argmax(-1)
+        elif top_k or top_p < 1.0:
+            sample_from = scaled if t >= min_new_tokens else scaled.index_fill(-1, eos, float("-inf"))
+            tok = sample(torch.softmax(filter_logits(sample_from, top_k, top_p), dim=-1), generator)
         else:
-            probs = torch.softmax(filter_logits(sample_from, top_k, top_p), dim=-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            weights = logp_all.exp()
+            tok = sample(weights if t >= min_new_tokens else weights.index_fill_(-1, eos, 0.0), generator)
         tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
         valid.append(~finished)
         tokens.append(tok)

@@ -17,6 +17,14 @@ import ctypes.util
 import sys
 
 M_MMAP_THRESHOLD = -3
+_libc = None
+
+
+def _c():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return _libc
 
 
 def return_freed_memory(threshold: int = 1024 * 1024) -> bool:
@@ -24,7 +32,16 @@ def return_freed_memory(threshold: int = 1024 * 1024) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+        return bool(_c().mallopt(M_MMAP_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
+
+
+def trim() -> None:
+    """Hand the free pages inside glibc's heap back to the system (the small allocations of a
+    step leave the heap holed; without this the resident set keeps ~0.2 GB of holes on W1)."""
+    if sys.platform.startswith("linux"):
+        try:
+            _c().malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

@@ -28,10 +28,12 @@ from . import advantages as adv_mod
 from . import checkpoint
 from . import losses
 from . import rewards as rewards_mod
+from . import sysmem
 from .config import ConfigError, TrainConfig, save_yaml
 from .evaluate import evaluate
 from .metrics import ConsoleSink, JsonlSink
-from .policy import AdapterDisabled, add_lora, frozen_copy, hf_model, load_model, pick_device, token_stats
+from .policy import (AdapterDisabled, add_lora, allow_prefix_under_checkpointing, frozen_copy, hf_model, load_model,
+                     lora_merged, pick_device, token_stats)
 from .prompts import encode_for_model
 from .rollout import Rollout, decode, generate
 from .tasks import build_task
@@ -69,9 +71,11 @@ def sample(cfg, actor, tokenizer, rows, generator) -> tuple[Rollout, list[str]]:
     device = next(actor.parameters()).device
     ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in rows], device,
                                  system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
-    roll = generate(hf_model(actor), ids, mask, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                    eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, num_samples=cfg.group_size,
-                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
+    with lora_merged(actor):
+        roll = generate(hf_model(actor), ids, mask, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                        eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                        num_samples=cfg.group_size, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                        generator=generator)
     return roll, decode(tokenizer, roll)
 
 
@@ -321,10 +325,12 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     times["reference"] = time.time() - t
 
     batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp)
+    sysmem.trim()                  # the heap holes left by decoding, before the update's peak
     t = time.time()
     with autocast(cfg, device):
         acc = update_policy(cfg, actor, ref, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen)
     times["policy"] = time.time() - t
+    sysmem.trim()
     st.skipped_total += acc.skipped
     times["step"] = time.time() - t0
     metrics = step_metrics(cfg, st.step, batch, acc, st.beta_ctl.beta, st.sched.get_last_lr()[0], times,
@@ -348,7 +354,8 @@ def build_models(cfg: TrainConfig, device, log=print):
     else:
         ref = frozen_copy(actor) if needs_reference(cfg) else None
     if cfg.gradient_checkpointing:
-        hf_model(actor).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf_model(actor).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        allow_prefix_under_checkpointing(actor)
     return actor, ref, tokenizer, model_path
 
 

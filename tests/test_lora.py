@@ -116,3 +116,34 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tmp_path):
         out[gc] = [(r["loss"], r["grad_norm"]) for r in rows(tmp_path / f"gc{gc}")]
     for (l0, g0), (l1, g1) in zip(out[False], out[True]):
         assert l0 == pytest.approx(l1, abs=1e-6) and g0 == pytest.approx(g1, rel=1e-4)
+
+
+def test_merged_lora_sampling_equals_the_adapter_path_and_leaves_the_base_alone(tiny_model_dir, tiny_config):
+    from grpo.policy import hf_model, lora_merged
+    actor, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    actor = add_lora(actor, tiny_config(lora_rank=4, lora_dropout=0.0))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for name, p in actor.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    actor.eval()
+    base = {n: p.clone() for n, p in actor.named_parameters() if "base_layer" in n}
+    ids, mask = encode_prompts(tok, ["12+3=", "7+80="], "cpu")
+    kw = dict(max_new_tokens=6, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, num_samples=3)
+    with torch.no_grad():
+        plain_logits = hf_model(actor)(input_ids=ids, attention_mask=mask).logits
+    plain = generate(hf_model(actor), ids, mask, generator=torch.Generator().manual_seed(5), **kw)
+    with lora_merged(actor) as m:
+        merged_logits = hf_model(m)(input_ids=ids, attention_mask=mask).logits
+        merged = generate(hf_model(m), ids, mask, generator=torch.Generator().manual_seed(5), **kw)
+    with torch.no_grad(), actor.disable_adapter():
+        base_logits = hf_model(actor)(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(plain_logits, base_logits, atol=1e-3)       # the adapter matters here
+    torch.testing.assert_close(merged_logits, plain_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(merged.completion_ids, plain.completion_ids)
+    torch.testing.assert_close(merged.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+    for n, p in actor.named_parameters():                  # base weights untouched, layers restored
+        if n in base:
+            assert torch.equal(p, base[n])
+    assert all("forward" not in vars(m) for m in actor.modules())

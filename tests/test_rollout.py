@@ -232,3 +232,63 @@ def test_shared_prefill_equals_one_prefill_per_sample(tiny_model_dir):
     assert torch.equal(shared.completion_ids, plain.completion_ids)
     assert torch.equal(shared.completion_mask, plain.completion_mask)
     assert torch.allclose(shared.logprobs, plain.logprobs, atol=1e-5)
+
+
+def test_inverse_cdf_sampler_draws_each_index_with_its_probability():
+    from grpo.rollout import sample
+    w = torch.tensor([[0.0, 1.0, 3.0, 0.0, 6.0], [5.0, 0.0, 0.0, 0.0, 5.0]])
+    n = 40000
+    draws = sample(w.repeat_interleave(n, 0), torch.Generator().manual_seed(0)).view(2, n)
+    freq = torch.stack([torch.bincount(r, minlength=5) for r in draws]).float() / n
+    expected = w / w.sum(-1, keepdim=True)
+    assert torch.all(freq[expected == 0] == 0)                           # zero weight: never drawn
+    assert torch.allclose(freq, expected, atol=0.01)                     # ~4 standard errors at n=40k
+
+
+def test_reserved_cache_gives_the_dynamic_cache_results(model_tok):
+    """Decoding with the reserved-capacity cache equals decoding with transformers' growing one,
+    including a row that runs past the reservation (falls back to growing)."""
+    from transformers.cache_utils import DynamicCache
+    from grpo.rollout import ReservedLayer, reserve
+    model, tok = model_tok
+    ids, mask = encode_prompts(tok, PROMPTS, "cpu")
+    outs = []
+    for extra in (None, 2):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+        cache, m, pos, steps = out.cache, mask, positions(mask)[:, -1:] + 1, []
+        if extra is not None:
+            reserve(cache, extra)
+            assert all(type(layer) is ReservedLayer for layer in cache.layers)
+        tok_ids = out.logits[:, -1].argmax(-1)
+        for _ in range(4):                                   # 4 > 2: the reservation runs out
+            m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
+            o = model(input_ids=tok_ids[:, None], attention_mask=m, position_ids=pos, cache=cache, use_cache=True)
+            cache, pos, tok_ids = o.cache, pos + 1, o.logits[:, -1].argmax(-1)
+            steps.append(o.logits[:, -1])
+        outs.append(torch.stack(steps))
+        assert isinstance(cache, DynamicCache)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_shared_prompt_forward_equals_plain_path_on_any_row_selection(tiny_model_dir, checkpointed):
+    """Rows are grouped by prompt inside token_stats (one prompt forward per distinct prompt); a
+    shuffled subset mixing groups, with and without checkpointed layers, gives the plain
+    per-row forward's log-probs and gradients."""
+    from grpo.policy import _can_share_prefix, allow_prefix_under_checkpointing
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    model.eval()
+    roll = rollout(model, tok, repeats=3).select(torch.tensor([5, 0, 11, 3, 4, 9, 1]))
+    model.train()
+    if checkpointed:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        allow_prefix_under_checkpointing(model)
+    with torch.enable_grad():
+        assert _can_share_prefix(model, model.get_decoder())
+    w = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(1))
+    ref_grads = grads_of(model, lambda: (plain_logp(model, roll, 1.0) * w).sum())
+    st = token_stats(model, roll, temperature=1.0, chunk=5)
+    torch.testing.assert_close(st.logp.detach(), plain_logp(model, roll, 1.0).detach(), atol=1e-5, rtol=0)
+    grads = grads_of(model, lambda: (token_stats(model, roll, temperature=1.0, chunk=5).logp * w).sum())
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
