@@ -124,6 +124,14 @@ class Advantages:
     normalized: Tensor       # (N, T)   A^ as used by the loss
     mask: Tensor             # (N, T)   valid completion tokens
 
+    def rows(self, first: int, count: int, G: int, width: int) -> "Advantages":
+        """Groups first .. first+count-1 (their count*G sequences), token columns cut to `width`
+        (a slice of a batch whose other rows may be longer; the columns cut hold no valid token)."""
+        s = slice(first * G, (first + count) * G)
+        g = slice(first, first + count)
+        return Advantages(self.scaled_rewards[g], self.sequence[g], self.token[s, :width],
+                          self.normalized[s, :width], self.mask[s, :width])
+
 
 def compute_advantages(rewards: Tensor, lengths: Tensor, max_len: int, *, reward_scaling: str, baseline: str,
                        token_credit: str, gamma: float, token_norm: bool,

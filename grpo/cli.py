@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a causal LM with GRPO. Presets: " + ", ".join(PRESETS) +
                        ". Without --model, trains the built-in demo (tiny Llama, integer addition).")
     add_config_flags(t)
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="Data-parallel processes on this machine (launches torchrun; each process takes "
+                        "prompts_per_step / N prompts). Several machines: run torchrun yourself (docs/scaling.md).")
 
     e = sub.add_parser("explain", help="Walk through one advantage and loss computation, every number shown.",
                        description="Without --rewards: the article's worked example (B=1, G=2, T=(3,4), r=(0.8,0.6)).")
@@ -80,15 +83,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_train(args) -> int:
+def cmd_train(args, argv: list[str]) -> int:
+    import os
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        cfg = config_from_args(args)             # report a bad setting here, not once per process
+        if cfg.prompts_per_step % args.nproc:
+            raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
+                              f"{args.nproc} processes (each process takes whole groups); "
+                              f"use a multiple of {args.nproc}")
+        from .distributed import launch
+        return launch(args.nproc, _without_nproc(argv))
     from .train import train
     summary = train(config_from_args(args))
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     if "eval_after" in summary:
         b, a = summary["eval_before"]["accuracy"], summary["eval_after"]["accuracy"]
         print(f"done: held-out accuracy {b:.1%} -> {a:.1%} ({(a - b) * 100:+.1f} points); outputs in {summary['output_dir']}")
     else:
         print(f"done: outputs in {summary['output_dir']}")
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def cmd_explain(args) -> int:
@@ -140,6 +168,7 @@ def cmd_sft(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
     from .sysmem import return_freed_memory
@@ -147,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()     # our own bars only
     try:
-        return {"train": cmd_train, "explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft}[args.command](args)
+        if args.command == "train":
+            return cmd_train(args, argv)
+        return {"explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft}[args.command](args)
     except (ConfigError, RewardError) as e:
         print(f"grpo {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -77,12 +77,25 @@ class ReservedLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def sample(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
+Generators = torch.Generator | list[torch.Generator] | None     # one, or one per prompt
+
+
+def uniforms(n: int, generator, device) -> Tensor:
+    """(n, 1) float64 uniforms. With a list of k generators, rows are split into k equal blocks and
+    block i draws from generator i (one generator per prompt: its samples then do not depend on
+    which other prompts share the batch)."""
+    if isinstance(generator, (list, tuple)):
+        per = n // len(generator)
+        return torch.cat([torch.rand(per, 1, generator=g, dtype=torch.float64, device=device) for g in generator])
+    return torch.rand(n, 1, generator=generator, dtype=torch.float64, device=device)
+
+
+def sample(weights: Tensor, generator: Generators = None) -> Tensor:
     """One index per row, drawn with probability proportional to `weights` (N, V) >= 0, by
     inverting the row's cumulative sum at one uniform draw. Zero-weight entries are never drawn.
     Far cheaper than torch.multinomial over a large vocabulary, which draws V exponentials per row."""
     cdf = weights.cumsum(-1, dtype=torch.float64)
-    u = torch.rand(weights.shape[0], 1, generator=generator, dtype=torch.float64, device=weights.device)
+    u = uniforms(weights.shape[0], generator, weights.device)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return idx.squeeze(-1).clamp_(max=weights.shape[-1] - 1)
 
@@ -104,10 +117,13 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 @torch.no_grad()
 def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, eos_ids: list[int],
              pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             min_new_tokens: int = 0, greedy: bool = False, generator: torch.Generator | None = None,
+             min_new_tokens: int = 0, greedy: bool = False, generator: Generators = None,
              num_samples: int = 1) -> Rollout:
     """Sample `num_samples` completions for each row of `prompt_ids`; completion i*num_samples + g
-    belongs to prompt i. Each prompt is prefilled once and its KV cache copied to its samples."""
+    belongs to prompt i. Each prompt is prefilled once and its KV cache copied to its samples.
+    `generator` may be one generator per row of `prompt_ids` (see `uniforms`)."""
+    if isinstance(generator, (list, tuple)) and len(generator) != prompt_ids.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {prompt_ids.shape[0]} prompts")
     device = prompt_ids.device
     eos = torch.tensor(eos_ids, device=device)
     pos = positions(prompt_mask)

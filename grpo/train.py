@@ -26,29 +26,37 @@ from tqdm.auto import tqdm
 
 from . import advantages as adv_mod
 from . import checkpoint
+from . import distributed
 from . import losses
 from . import rewards as rewards_mod
 from . import sysmem
 from .config import ConfigError, TrainConfig, save_yaml
+from .distributed import World
 from .evaluate import evaluate
 from .metrics import ConsoleSink, JsonlSink
 from .policy import (AdapterDisabled, add_lora, allow_prefix_under_checkpointing, frozen_copy, hf_model, load_model,
-                     lora_merged, pick_device, token_stats)
+                     lora_merged, token_stats)
 from .prompts import encode_for_model
-from .rollout import Rollout, decode, generate
+from .rollout import Generators, Rollout, decode, generate
 from .tasks import build_task
 
 
 @dataclass
 class StepBatch:
+    """One step's batch. Under data parallelism `rows`, `rollout`, `texts`, `adv`, `loss_mask` and
+    `ref_logp` are this rank's share (prompts first_prompt .. first_prompt + b - 1 of the global
+    batch); `rewards`, `per_fn`, `lengths` and `truncated` are gathered from all ranks."""
     rows: list[dict]
     rollout: Rollout
     texts: list[str]
-    rewards: torch.Tensor            # (B, G) final rewards
-    per_fn: dict                     # name -> (N,)
-    adv: adv_mod.Advantages
-    loss_mask: torch.Tensor          # (N, L) valid tokens of groups kept in the loss
-    ref_logp: torch.Tensor | None    # (N, L)
+    rewards: torch.Tensor            # (B, G) final rewards, global
+    per_fn: dict                     # name -> (N,), global
+    adv: adv_mod.Advantages          # this rank's rows
+    loss_mask: torch.Tensor          # (n, L) valid tokens of groups kept in the loss
+    ref_logp: torch.Tensor | None    # (n, L)
+    lengths: torch.Tensor            # (N,) completion lengths, global
+    truncated: torch.Tensor          # (N,) bool, global
+    first_prompt: int = 0
 
 
 def needs_reference(cfg: TrainConfig) -> bool:
@@ -66,7 +74,7 @@ def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> Path:
     return out
 
 
-def sample(cfg, actor, tokenizer, rows, generator) -> tuple[Rollout, list[str]]:
+def sample(cfg, actor, tokenizer, rows, generator: Generators) -> tuple[Rollout, list[str]]:
     """B prompts -> B*G completions, sequence index b*G + g."""
     device = next(actor.parameters()).device
     ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in rows], device,
@@ -132,7 +140,20 @@ class Tally:
         self.tokens = self.pg = self.kl = self.ent = self.ratio = self.clip_low = self.clip_high = 0.0
         self.ratio_min, self.ratio_max = math.inf, -math.inf
 
+    SUMS = ("tokens", "pg", "kl", "ent", "ratio", "clip_low", "clip_high")
+
+    def reduce(self, world: World) -> None:
+        """Sum the token-weighted figures over ranks (the losses are summed as they are made)."""
+        if world.active:
+            sums = world.sum(torch.tensor([getattr(self, k) for k in self.SUMS], dtype=torch.float64,
+                                          device=world.device))
+            for k, v in zip(self.SUMS, sums.tolist()):
+                setattr(self, k, v)
+            self.ratio_min, self.ratio_max = world.min(self.ratio_min), world.max(self.ratio_max)
+
     def add(self, t: TokenTerms, mask: torch.Tensor) -> None:
+        if not mask.any():               # every group here was filtered out: nothing to count
+            return
         m = mask.float()
         self.tokens += m.sum().item()
         self.pg += (t.policy.detach() * m).sum().item()
@@ -149,20 +170,26 @@ class Tally:
         return getattr(self, key)
 
 
-def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, shuffle: torch.Generator) -> Tally:
+def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, shuffle: torch.Generator,
+                  world: World = World()) -> Tally:
     """`updates_per_batch` passes over one sampled batch; each pass is `minibatches` optimizer
-    steps over whole groups, each step summed over `grad_accum` micro-batches."""
-    B, G = batch.rewards.shape
+    steps over whole groups, each step summed over `grad_accum` micro-batches (and over ranks)."""
+    B, G = batch.rewards.shape                                         # the global batch
     device = batch.rollout.completion_ids.device
+    lo, hi = batch.first_prompt, batch.first_prompt + batch.rollout.completion_ids.shape[0] // G
     reuse_logp_as_old = cfg.updates_per_batch == 1 and cfg.minibatches == 1
+    params = [p for p in actor.parameters() if p.requires_grad]
     tally = Tally()
     for _ in range(cfg.updates_per_batch):
         order = torch.randperm(B, generator=shuffle) if cfg.minibatches > 1 else torch.arange(B)
         for groups in torch.tensor_split(order, cfg.minibatches):
-            seqs = (groups[:, None] * G + torch.arange(G)[None, :]).flatten().to(device)
+            mine = groups[(groups >= lo) & (groups < hi)] - lo             # this rank's groups, local index
+            seqs = (mine[:, None] * G + torch.arange(G)[None, :]).flatten().to(device)
             mb_mask = batch.loss_mask[seqs]
-            # the minibatch's own counts normalise every micro-batch, so their sum is the minibatch loss
-            num_seqs, num_tokens = losses.sequence_count(mb_mask), mb_mask.sum()
+            # the minibatch's own counts (over all ranks) normalise every micro-batch, so their sum
+            # over micro-batches and ranks is the minibatch loss
+            counts = world.sum(torch.stack([losses.sequence_count(mb_mask), mb_mask.sum()]).double().to(world.device))
+            num_seqs, num_tokens = counts[0].item(), counts[1].item()
             if num_tokens == 0:
                 continue
             opt.zero_grad(set_to_none=True)
@@ -180,8 +207,11 @@ def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, sh
                 loss.backward()
                 mb_loss += loss.item()
                 tally.add(terms, mask)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in actor.parameters() if p.requires_grad], cfg.max_grad_norm or float("inf"))
+            finite = world.all(finite)
+            if finite:
+                world.sum_grads(params)
+                mb_loss = world.sum(torch.tensor([mb_loss], dtype=torch.float64, device=world.device)).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
             if not finite or not torch.isfinite(grad_norm):
                 opt.zero_grad(set_to_none=True)     # weights untouched
                 tally.skipped += 1
@@ -192,12 +222,13 @@ def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, sh
             tally.loss += mb_loss
             tally.grad_norm += grad_norm.item()
             tally.n_updates += 1
+    tally.reduce(world)
     return tally
 
 
 def step_metrics(cfg, step, batch: StepBatch, acc: Tally, beta: float, lr: float, times: dict, skipped_total: int) -> dict:
     n_up, tok = max(acc.n_updates, 1), max(acc.tokens, 1.0)
-    r, lengths = batch.rewards.flatten(), batch.rollout.lengths.float()
+    r, lengths = batch.rewards.flatten(), batch.lengths.float()
     m = {
         "step": step,
         "loss": acc.loss / n_up if acc.n_updates else None,
@@ -221,13 +252,13 @@ def step_metrics(cfg, step, batch: StepBatch, acc: Tally, beta: float, lr: float
         "length/mean": lengths.mean().item(),
         "length/min": int(lengths.min().item()),
         "length/max": int(lengths.max().item()),
-        "length/truncated_frac": batch.rollout.truncated.float().mean().item(),
+        "length/truncated_frac": batch.truncated.float().mean().item(),
         "grad_norm": acc.grad_norm / n_up if acc.n_updates else None,
         "lr": lr,
         "updates/skipped_nonfinite": skipped_total,
     })
     m.update({f"time/{k}": round(v, 4) for k, v in times.items()})
-    m["time/tokens_per_sec"] = round(batch.rollout.lengths.sum().item() / max(times["step"], 1e-9), 1)
+    m["time/tokens_per_sec"] = round(batch.lengths.sum().item() / max(times["step"], 1e-9), 1)
     return m
 
 
@@ -251,7 +282,6 @@ class RunState:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
     data_rng: random.Random
-    sample_gen: torch.Generator
     shuffle_gen: torch.Generator
     beta_ctl: BetaController
     history: deque
@@ -261,7 +291,7 @@ class RunState:
 
     def to_dict(self) -> dict:
         return dict(opt=self.opt.state_dict(), sched=self.sched.state_dict(), data_rng=self.data_rng.getstate(),
-                    sample_gen=self.sample_gen.get_state(), shuffle_gen=self.shuffle_gen.get_state(),
+                    shuffle_gen=self.shuffle_gen.get_state(),
                     torch_rng=torch.get_rng_state(), python_rng=random.getstate(), beta=self.beta_ctl.beta,
                     history=list(self.history), step=self.step, skipped_total=self.skipped_total,
                     eval_before=self.eval_before)
@@ -270,7 +300,6 @@ class RunState:
         self.opt.load_state_dict(d["opt"])
         self.sched.load_state_dict(d["sched"])
         self.data_rng.setstate(d["data_rng"])
-        self.sample_gen.set_state(d["sample_gen"])
         self.shuffle_gen.set_state(d["shuffle_gen"])
         torch.set_rng_state(d["torch_rng"])
         random.setstate(d["python_rng"])
@@ -285,8 +314,7 @@ def new_run_state(cfg: TrainConfig, actor, device) -> RunState:
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
                             fused=torch.device(device).type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
-    return RunState(opt, sched, random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed),
-                    torch.Generator().manual_seed(cfg.seed + 1), BetaController(cfg),
+    return RunState(opt, sched, random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1), BetaController(cfg),
                     deque(maxlen=cfg.baseline_window - 1))
 
 
@@ -294,28 +322,47 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
-def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, device) -> tuple[dict, StepBatch]:
-    """One GRPO step; returns its metrics."""
+def sampling_generators(cfg, step: int, first: int, count: int, device) -> list[torch.Generator]:
+    """One generator per prompt, seeded by (seed, step, index in the global batch): a prompt's
+    completions are the same whichever rank, or batch layout, samples them."""
+    return [torch.Generator(device=device).manual_seed(distributed.prompt_seed(cfg.seed, step, first + i))
+            for i in range(count)]
+
+
+def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, device,
+               world: World = World()) -> tuple[dict, StepBatch]:
+    """One GRPO step; returns its metrics (for the whole batch, on every rank)."""
     times, t0 = {}, time.time()
-    rows = task.sample_train(st.data_rng, cfg.prompts_per_step)
+    G = cfg.group_size
+    every = task.sample_train(st.data_rng, cfg.prompts_per_step)        # the same global batch on every rank
+    b = cfg.prompts_per_step // world.size
+    first = world.rank * b
+    rows = every[first:first + b]
     actor.eval()
     with autocast(cfg, device):
-        roll, texts = sample(cfg, actor, tokenizer, rows, st.sample_gen)
+        roll, texts = sample(cfg, actor, tokenizer, rows, sampling_generators(cfg, st.step, first, b, device))
     actor.train()
     times["generate"] = time.time() - t0
 
     t = time.time()
-    rewards, per_fn = score(cfg, rows, texts, roll, reward_fns)
+    local_rewards, local_per_fn = score(cfg, rows, texts, roll, reward_fns)
     times["score"] = time.time() - t
 
-    adv = adv_mod.compute_advantages(
-        rewards, roll.lengths.cpu(), roll.completion_ids.shape[1], reward_scaling=cfg.reward_scaling,
+    # the advantage pipeline runs on the global batch (gathered), then each rank keeps its rows
+    rewards = world.gather(local_rewards.to(world.device)).cpu()
+    per_fn = {k: world.gather(v.to(world.device)).cpu() for k, v in local_per_fn.items()}
+    lengths = world.gather(roll.lengths.to(world.device)).cpu()
+    truncated = world.gather(roll.truncated.to(world.device, torch.uint8)).cpu().bool()
+    L = roll.completion_ids.shape[1]
+    full = adv_mod.compute_advantages(
+        rewards, lengths, int(world.max(float(L))), reward_scaling=cfg.reward_scaling,
         baseline=cfg.baseline, token_credit=cfg.token_credit, gamma=cfg.gamma, token_norm=cfg.token_norm,
         history=list(st.history))
-    st.history.append(adv.scaled_rewards)      # the window baseline averages scaled rewards
+    st.history.append(full.scaled_rewards)     # the window baseline averages scaled rewards
+    adv = full.rows(first, b, G, L)
     keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups
-            else torch.ones(len(rows), dtype=torch.bool))
-    loss_mask = roll.completion_mask & keep.repeat_interleave(cfg.group_size).to(device)[:, None]
+            else torch.ones(cfg.prompts_per_step, dtype=torch.bool))[first:first + b]
+    loss_mask = roll.completion_mask & keep.repeat_interleave(G).to(device)[:, None]
 
     t = time.time()
     ref_logp = None
@@ -324,11 +371,11 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
             ref_logp = token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
     times["reference"] = time.time() - t
 
-    batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp)
+    batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp, lengths, truncated, first)
     sysmem.trim()                  # the heap holes left by decoding, before the update's peak
     t = time.time()
     with autocast(cfg, device):
-        acc = update_policy(cfg, actor, ref, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen)
+        acc = update_policy(cfg, actor, ref, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen, world)
     times["policy"] = time.time() - t
     sysmem.trim()
     st.skipped_total += acc.skipped
@@ -360,16 +407,32 @@ def build_models(cfg: TrainConfig, device, log=print):
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    """Train as `cfg` says. Under torchrun (WORLD_SIZE > 1) this runs on every rank, data-parallel
+    (distributed.py); rank 0 logs, evaluates and writes."""
+    world, device = distributed.init(cfg.device)
+    try:
+        return _train(cfg, world, device, log if world.main else (lambda *a, **k: None))
+    finally:
+        distributed.close(world)
+
+
+def _train(cfg: TrainConfig, world: World, device, log) -> dict:
     t_start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if cfg.prompts_per_step % world.size:
+        raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
+                          f"{world.size} processes (each process takes whole groups); use a multiple of {world.size}")
     resume_from = checkpoint.find(cfg.resume, cfg.output_dir) if cfg.resume else None
-    out = make_output_dir(cfg, resuming=resume_from is not None)
-    save_yaml(cfg, out / "config.yaml")
-    device = pick_device(cfg.device)
+    out = None
+    if world.main:
+        out = make_output_dir(cfg, resuming=resume_from is not None)
+        save_yaml(cfg, out / "config.yaml")
+    out = Path(world.broadcast_object(str(out)))
     task = build_task(cfg)                                   # data and rewards first: their errors come
     reward_fns = rewards_mod.build_reward_fns(cfg, task, device)     # before the minutes a model load takes
     actor, ref, tokenizer, model_path = build_models(cfg, device, log)
+    world.broadcast_params(actor)
     st = new_run_state(cfg, actor, device)
     if resume_from is not None:
         checkpoint.load_weights(actor, resume_from)
@@ -383,42 +446,50 @@ def train(cfg: TrainConfig, log=print) -> dict:
     summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
     eval_kw = dict(n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
                    reward_fns=reward_fns, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
-    if cfg.eval_size and st.eval_before is None:
+    if cfg.eval_size and st.eval_before is None and world.main:
         with autocast(cfg, device):
             st.eval_before = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
         log(f"held-out accuracy before: {st.eval_before['accuracy']:.3f} (n={cfg.eval_size})")
+    world.barrier()
 
-    sinks = [JsonlSink(out / "metrics.jsonl"), ConsoleSink(cfg.max_steps)]
-    samples_fh = open(out / "completions.jsonl", "a")
+    sinks = [JsonlSink(out / "metrics.jsonl"), ConsoleSink(cfg.max_steps)] if world.main else []
+    samples_fh = open(out / "completions.jsonl", "a") if world.main else None
     actor.train()
     try:
         for step in tqdm(range(st.step + 1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True,
-                         initial=st.step, total=cfg.max_steps):
+                         initial=st.step, total=cfg.max_steps, disable=not world.main):
             st.step = step
-            metrics, batch = train_step(cfg, st, actor, ref, tokenizer, task, reward_fns, device)
+            metrics, batch = train_step(cfg, st, actor, ref, tokenizer, task, reward_fns, device, world)
             for s in sinks:
                 s.log(metrics)
-            for i in range(min(cfg.log_completions, len(batch.texts))):
-                samples_fh.write(_json_line(step=step, prompt=batch.rows[i // cfg.group_size]["prompt"],
-                                            completion=batch.texts[i], reward=batch.rewards.flatten()[i].item()))
-            samples_fh.flush()
+            if samples_fh:
+                for i in range(min(cfg.log_completions, len(batch.texts))):
+                    samples_fh.write(_json_line(step=step, prompt=batch.rows[i // cfg.group_size]["prompt"],
+                                                completion=batch.texts[i], reward=batch.rewards.flatten()[i].item()))
+                samples_fh.flush()
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps):
-                checkpoint.save(out, step, actor, tokenizer, st.to_dict(), cfg.keep_checkpoints)
+                if world.main:
+                    checkpoint.save(out, step, actor, tokenizer, st.to_dict(), cfg.keep_checkpoints)
+                world.barrier()
     finally:
         for s in sinks:
             s.close()
-        samples_fh.close()
+        if samples_fh:
+            samples_fh.close()
 
-    if st.eval_before is not None:
+    if st.eval_before is not None and world.main:
         summary["eval_before"] = st.eval_before
         with autocast(cfg, device):
             summary["eval_after"] = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
         log(f"held-out accuracy after:  {summary['eval_after']['accuracy']:.3f} "
             f"(before {st.eval_before['accuracy']:.3f}, n={cfg.eval_size})")
-    if cfg.save_model:
-        save_final(cfg, actor, tokenizer, out, summary)
-    summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1))
-    (out / "summary.json").write_text(_json_line(**summary, indent=2))
+    summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1),
+                   processes=world.size)
+    if world.main:
+        if cfg.save_model:
+            save_final(cfg, actor, tokenizer, out, summary)
+        (out / "summary.json").write_text(_json_line(**summary, indent=2))
+    world.barrier()
     return summary
 
 

@@ -184,7 +184,8 @@ def setup_batch(cfg, seed=0):
     if ref is not None:
         with torch.no_grad():
             ref_logp = policy.token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
-    return actor, ref, StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp)
+    return actor, ref, StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp, roll.lengths,
+                                 roll.truncated)
 
 
 def run_update(cfg, actor, ref, batch, lr=0.1):

@@ -1,0 +1,151 @@
+"""Data parallelism: 2 processes (gloo, on this CPU) compute what 1 process computes.
+
+One torchrun job (tests/dist_worker.py) trains every configuration below with 2 processes, B/2
+prompts each; the same configurations run here in 1 process with all B prompts. Sampling is seeded
+per prompt, so the whole runs must match: every step's loss, gradient norm, KL and reward, and the
+final weights. Then a 2-process checkpoint is resumed by 1 process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grpo.config import resolve
+from grpo.train import train
+
+HERE = Path(__file__).parent
+REWARD = f"{HERE / 'dist_worker.py'}:dense_reward"
+BASE = dict(max_steps=3, prompts_per_step=4, group_size=4, max_new_tokens=6, eval_size=0, lr=1e-3, device="cpu",
+            log_completions=0, reward=[REWARD], save_model=True)
+
+# every loss aggregation, every scope of reward scaling and baseline, token normalisation, split
+# updates (minibatches and micro-batches spanning ranks), the adaptive beta and the group filter
+CONFIGS = {
+    "deepseekmath": dict(preset="deepseekmath"),
+    "dapo": dict(preset="dapo"),
+    "dr_grpo": dict(preset="dr_grpo", grad_accum=2),
+    "seed-batch": dict(preset="seed", reward_scaling="batch", baseline="batch", token_norm=True, kl_target=0.01),
+    "minibatches": dict(preset="deepseekmath", reward_scaling="batch", minibatches=2, updates_per_batch=2,
+                        loss_aggregation="token_mean"),
+}
+COMPARED = ("loss", "grad_norm", "kl", "policy_loss", "entropy", "reward/mean", "length/mean", "beta",
+            "ratio/mean", "clip/low_frac", "clip/high_frac")
+
+
+def torchrun(nproc: int, script: Path, *args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={nproc}", str(script), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted((run / "model").glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def assert_weights_match(a: dict, b: dict, what: str) -> None:
+    """Each tensor within 1e-5 relative, as a whole: |a - b| / |a| (Adam amplifies last-bit
+    differences of near-zero gradient entries, so single entries are not compared alone)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        rel = ((a[k] - b[k]).norm() / a[k].norm().clamp(min=1e-12)).item()
+        assert rel <= 1e-5, f"{what}: {k} differs by {rel:.2e} relative"
+
+
+def assert_rows_match(a: list[dict], b: list[dict], what: str) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b], what
+    for ra, rb in zip(a, b):
+        for k in COMPARED:
+            if ra[k] is None or rb[k] is None:
+                assert ra[k] is None and rb[k] is None, f"{what} step {ra['step']} {k}"
+            else:
+                assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), f"{what} step {ra['step']} {k}"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """{name: (1-process run dir, 2-process run dir)}, plus the resume runs."""
+    root = tmp_path_factory.mktemp("dist")
+    spec = []
+    for name, extra in CONFIGS.items():
+        spec.append({**BASE, **extra, "model": str(tiny_model_dir), "output_dir": str(root / f"{name}-2")})
+    # 4 steps with a checkpoint at step 2, for the resume test
+    resume_cfg = {**BASE, **CONFIGS["deepseekmath"], "model": str(tiny_model_dir), "max_steps": 4, "save_every": 2,
+                  "keep_checkpoints": 3}
+    spec.append({**resume_cfg, "output_dir": str(root / "resume-2")})
+    (root / "spec.json").write_text(json.dumps(spec))
+    torchrun(2, HERE / "dist_worker.py", str(root / "spec.json"))
+    torch.set_num_threads(1)
+    for name, extra in CONFIGS.items():
+        train(resolve(overrides={**BASE, **extra, "model": str(tiny_model_dir),
+                                 "output_dir": str(root / f"{name}-1")}), log=lambda *a: None)
+    ckpt = root / "resume-2" / "checkpoints" / "step-000002"
+    train(resolve(overrides={**resume_cfg, "output_dir": str(root / "resume-1"), "resume": str(ckpt)}),
+          log=lambda *a: None)
+    return root
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_two_processes_give_the_one_process_run(runs, name):
+    one, two = runs / f"{name}-1", runs / f"{name}-2"
+    r1, r2 = rows(one), rows(two)
+    assert len(r1) == BASE["max_steps"]
+    assert any(r["loss"] not in (None, 0.0) for r in r1), "the run must actually update"
+    assert_rows_match(r2, r1, name)
+    assert_weights_match(weights(one), weights(two), name)
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    assert json.loads((one / "summary.json").read_text())["processes"] == 1
+
+
+def test_the_weights_moved(runs, tiny_model_dir):
+    """The comparison above is not between two untouched models."""
+    start = {}
+    for f in Path(tiny_model_dir).glob("*.safetensors"):
+        start.update(load_file(f))
+    end = weights(runs / "deepseekmath-2")
+    assert any(not torch.equal(end[k], start[k]) for k in end if k in start)
+
+
+def test_a_two_process_checkpoint_resumed_by_one_process_continues_the_run(runs):
+    full, resumed = rows(runs / "resume-2"), rows(runs / "resume-1")
+    assert [r["step"] for r in resumed] == [3, 4]
+    assert_rows_match(resumed, full[2:], "resume 2 -> 1")
+    assert_weights_match(weights(runs / "resume-2"), weights(runs / "resume-1"), "resume 2 -> 1")
+
+
+def test_nproc_flag_launches_torchrun(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "grpo", "train", "--nproc", "2", "--model", str(tiny_model_dir),
+                           "--max-steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+                           "--max-new-tokens", "4", "--eval-size", "0", "--no-save-model",
+                           "--output-dir", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((out / "summary.json").read_text())["processes"] == 2
+    assert len(rows(out)) == 1
+
+
+def test_uneven_split_is_refused(tiny_model_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "grpo", "train", "--nproc", "2", "--model", str(tiny_model_dir),
+                           "--max-steps", "1", "--prompts-per-step", "3", "--eval-size", "0",
+                           "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode != 0
+    assert "prompts_per_step: 3 prompts do not split evenly over 2 processes" in proc.stderr
