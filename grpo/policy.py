@@ -93,9 +93,46 @@ def add_lora(model, cfg):
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
                       lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lora)
+        model = get_peft_model(model, lora)
     except ValueError as e:
         raise ConfigError(f"lora_target_modules: {e}") from None
+    lean_lora(model)
+    return model
+
+
+def _plain_lora_layers(model):
+    """peft's LoRA linear layers that are plain: one nn.Linear base, vanilla LoRA (no DoRA or other
+    variant), no dropout. Only these take the leaner paths below."""
+    from peft.tuners.lora import Linear as LoraLinear
+    for m in model.modules():
+        if (isinstance(m, LoraLinear) and type(m.base_layer) is torch.nn.Linear and not m.lora_variant
+                and all(isinstance(d, torch.nn.Identity) for d in m.lora_dropout.values())):
+            yield m
+
+
+def lean_lora(model) -> None:
+    """Run each plain LoRA layer as base(x) + scale * (x A^T) B^T in one fused multiply-add
+    (torch.addmm with alpha = scale): the same function as peft's forward, without its two
+    full-size temporaries (the scaled adapter output and the sum) per projection. Anything else
+    (adapter disabled, merged, several adapters) goes through peft's own forward."""
+    for m in _plain_lora_layers(model):
+        m.forward = _lean_forward(m)
+
+
+def _lean_forward(m):
+    peft_forward = type(m).forward
+
+    def forward(x, *args, **kwargs):
+        active = [a for a in m.active_adapters if a in m.lora_A]
+        if m.disable_adapters or m.merged or len(active) != 1 or args or kwargs:
+            return peft_forward(m, x, *args, **kwargs)
+        name = active[0]
+        base = torch.nn.functional.linear(x, m.base_layer.weight, m.base_layer.bias)
+        h = torch.nn.functional.linear(x, m.lora_A[name].weight)                  # (..., r)
+        out = torch.addmm(base.reshape(-1, base.shape[-1]), h.reshape(-1, h.shape[-1]), m.lora_B[name].weight.t(),
+                          alpha=m.scaling[name])
+        return out.view(base.shape)
+    return forward
 
 
 def hf_model(model):
@@ -111,23 +148,25 @@ def lora_merged(model):
     where it removes two small matmuls per projection per token. Gradients are off inside."""
     swapped = []
     if hasattr(model, "get_base_model"):
-        from peft.tuners.lora import Linear as LoraLinear
         with torch.no_grad():
-            for m in model.modules():
-                if (isinstance(m, LoraLinear) and not m.merged and not m.disable_adapters and not m.lora_variant
-                        and type(m.base_layer) is torch.nn.Linear):
-                    w = m.base_layer.weight
-                    for name in m.active_adapters:
-                        if name in m.lora_A:
-                            w = w + m.get_delta_weight(name)
-                    m.forward = _fixed_linear(w, m.base_layer.bias)
-                    swapped.append(m)
+            for m in _plain_lora_layers(model):
+                if m.merged or m.disable_adapters:
+                    continue
+                w = m.base_layer.weight
+                for name in m.active_adapters:
+                    if name in m.lora_A:
+                        w = w + m.get_delta_weight(name)
+                swapped.append((m, vars(m).get("forward")))
+                m.forward = _fixed_linear(w, m.base_layer.bias)
     try:
         with torch.no_grad():
             yield model
     finally:
-        for m in swapped:
-            del m.forward
+        for m, previous in swapped:
+            if previous is None:
+                del m.forward
+            else:
+                m.forward = previous
 
 
 def _fixed_linear(weight: Tensor, bias: Tensor | None):

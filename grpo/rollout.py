@@ -90,14 +90,27 @@ def uniforms(n: int, generator, device) -> Tensor:
     return torch.rand(n, 1, generator=generator, dtype=torch.float64, device=device)
 
 
-def sample(weights: Tensor, generator: Generators = None) -> Tensor:
+def sample(weights: Tensor, generator: Generators = None, block: int = 512) -> Tensor:
     """One index per row, drawn with probability proportional to `weights` (N, V) >= 0, by
     inverting the row's cumulative sum at one uniform draw. Zero-weight entries are never drawn.
-    Far cheaper than torch.multinomial over a large vocabulary, which draws V exponentials per row."""
-    cdf = weights.cumsum(-1, dtype=torch.float64)
-    u = uniforms(weights.shape[0], generator, weights.device)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-    return idx.squeeze(-1).clamp_(max=weights.shape[-1] - 1)
+
+    In two levels, so the cumulative sum never runs over the whole vocabulary: blocks of `block`
+    entries are summed (float64), the draw picks a block on the cumulative block sums, then an
+    entry on that block's own cumulative sum. Far cheaper than torch.multinomial over a large
+    vocabulary, which draws V exponentials per row."""
+    N, V = weights.shape
+    pad = (-V) % block
+    w = torch.nn.functional.pad(weights, (0, pad)) if pad else weights
+    w = w.view(N, -1, block)                                                  # (N, nb, block)
+    cdf = w.sum(-1, dtype=torch.float64).cumsum(-1)                           # (N, nb)
+    target = uniforms(N, generator, weights.device) * cdf[:, -1:]             # (N, 1) in [0, total)
+    b = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)   # a block with mass
+    rest = target - torch.where(b > 0, cdf.gather(1, (b - 1).clamp(min=0)), 0.0)  # mass left inside it
+    inner = w[torch.arange(N, device=w.device), b.squeeze(1)]                 # (N, block)
+    j = torch.searchsorted(inner.cumsum(-1, dtype=torch.float64), rest, right=True)
+    # rounding may put `rest` at or past the block's own total: take its last positive entry
+    last = block - 1 - (inner > 0).flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
+    return (b * block + torch.minimum(j, last)).squeeze(-1)
 
 
 def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -114,8 +127,15 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
+def generate(*args, **kwargs) -> Rollout:
+    """`_generate` (below) with decoding's per-token temporaries served from the heap."""
+    from .sysmem import heap_allocations
+    with heap_allocations():
+        return _generate(*args, **kwargs)
+
+
 @torch.no_grad()
-def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, eos_ids: list[int],
+def _generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, eos_ids: list[int],
              pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              min_new_tokens: int = 0, greedy: bool = False, generator: Generators = None,
              num_samples: int = 1) -> Rollout:
@@ -143,7 +163,9 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: 
     tokens, logps, valid = [], [], []
     for t in range(max_new_tokens):
         scaled = logits.float() if temperature == 1.0 else logits.float() / temperature     # (N, V)
-        logp_all = torch.log_softmax(scaled, dim=-1)
+        top = scaled.amax(-1, keepdim=True)
+        weights = (scaled - top).exp_()                                 # unnormalised probabilities
+        log_z = top + weights.sum(-1, keepdim=True).log()                # log of the softmax normaliser
         if greedy:
             sample_from = scaled if t >= min_new_tokens else scaled.index_fill(-1, eos, float("-inf"))
             tok = sample_from.argmax(-1)
@@ -151,12 +173,12 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: 
             sample_from = scaled if t >= min_new_tokens else scaled.index_fill(-1, eos, float("-inf"))
             tok = sample(torch.softmax(filter_logits(sample_from, top_k, top_p), dim=-1), generator)
         else:
-            weights = logp_all.exp()
             tok = sample(weights if t >= min_new_tokens else weights.index_fill_(-1, eos, 0.0), generator)
         tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
         valid.append(~finished)
         tokens.append(tok)
-        logps.append(torch.where(finished, 0.0, logp_all.gather(-1, tok[:, None]).squeeze(-1)))
+        logp = (scaled.gather(-1, tok[:, None]) - log_z).squeeze(-1)    # log softmax at the sampled token
+        logps.append(torch.where(finished, 0.0, logp))
         finished = finished | torch.isin(tok, eos)
         if bool(finished.all()) or t == max_new_tokens - 1:
             break

@@ -367,14 +367,14 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     t = time.time()
     ref_logp = None
     if ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
-        with torch.no_grad(), autocast(cfg, device):
+        with torch.no_grad(), autocast(cfg, device), sysmem.heap_allocations():
             ref_logp = token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
     times["reference"] = time.time() - t
 
     batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp, lengths, truncated, first)
     sysmem.trim()                  # the heap holes left by decoding, before the update's peak
     t = time.time()
-    with autocast(cfg, device):
+    with autocast(cfg, device):               # mapped allocations here: this is the step's memory peak
         acc = update_policy(cfg, actor, ref, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen, world)
     times["policy"] = time.time() - t
     sysmem.trim()

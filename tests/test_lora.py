@@ -129,6 +129,9 @@ def test_merged_lora_sampling_equals_the_adapter_path_and_leaves_the_base_alone(
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
     actor.eval()
     base = {n: p.clone() for n, p in actor.named_parameters() if "base_layer" in n}
+    from grpo.policy import _plain_lora_layers
+    before = [(m, vars(m).get("forward")) for m in _plain_lora_layers(actor)]
+    assert before
     ids, mask = encode_prompts(tok, ["12+3=", "7+80="], "cpu")
     kw = dict(max_new_tokens=6, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, num_samples=3)
     with torch.no_grad():
@@ -146,4 +149,36 @@ def test_merged_lora_sampling_equals_the_adapter_path_and_leaves_the_base_alone(
     for n, p in actor.named_parameters():                  # base weights untouched, layers restored
         if n in base:
             assert torch.equal(p, base[n])
-    assert all("forward" not in vars(m) for m in actor.modules())
+    assert all(vars(m).get("forward") is f for m, f in before)           # the layers' own forwards are back
+
+
+def test_lean_lora_forward_equals_peft_values_and_gradients(tiny_model_dir, tiny_config):
+    """add_lora installs the fused forward; removing it gives peft's own: same outputs and the
+    same adapter gradients."""
+    from grpo.policy import _plain_lora_layers, hf_model
+    actor, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    actor = add_lora(actor, tiny_config(lora_rank=4))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        for name, p in actor.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    layers = list(_plain_lora_layers(actor))
+    assert layers and all("forward" in vars(m) for m in layers)
+    ids, mask = encode_prompts(tok, ["12+3=", "7+80=", "5+5="], "cpu")
+    w = torch.randn(3, ids.shape[1], generator=torch.Generator().manual_seed(0))
+
+    def run():
+        actor.zero_grad(set_to_none=True)
+        logits = hf_model(actor)(input_ids=ids, attention_mask=mask).logits
+        (torch.log_softmax(logits, -1)[..., 1] * w).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in actor.named_parameters() if p.requires_grad}
+
+    lean_out, lean_grads = run()
+    for m in layers:
+        del m.forward                                   # back to peft's forward
+    peft_out, peft_grads = run()
+    torch.testing.assert_close(lean_out, peft_out, atol=1e-5, rtol=1e-5)
+    assert lean_grads.keys() == peft_grads.keys() and all(g.abs().sum() > 0 for g in peft_grads.values())
+    for n in peft_grads:
+        torch.testing.assert_close(lean_grads[n], peft_grads[n], atol=1e-6, rtol=1e-4, msg=n)

@@ -292,3 +292,22 @@ def test_shared_prompt_forward_equals_plain_path_on_any_row_selection(tiny_model
     grads = grads_of(model, lambda: (token_stats(model, roll, temperature=1.0, chunk=5).logp * w).sum())
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
+    """Vocabulary not a multiple of the block, mass in a single late entry, whole blocks of zeros:
+    the draw lands only on positive entries, with the right frequencies."""
+    from grpo.rollout import sample
+    V = 1000
+    w = torch.zeros(3, V)
+    w[0, 999] = 1.0                                     # the very last entry, in the padded block
+    w[1, [3, 600, 998]] = torch.tensor([1.0, 2.0, 1.0])  # spread over blocks, most blocks empty
+    w[2] = torch.rand(V, generator=torch.Generator().manual_seed(0))
+    n = 20000
+    for block in (7, 64, 512, 4096):
+        draws = sample(w.repeat_interleave(n, 0), torch.Generator().manual_seed(block), block=block).view(3, n)
+        assert torch.all(draws[0] == 999)
+        freq = torch.bincount(draws[1], minlength=V).float() / n
+        assert set(torch.nonzero(freq).flatten().tolist()) == {3, 600, 998}
+        assert torch.allclose(freq[[3, 600, 998]], torch.tensor([0.25, 0.5, 0.25]), atol=0.015)
+        assert torch.all(w[2, draws[2]] > 0)
