@@ -127,15 +127,8 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
-def generate(*args, **kwargs) -> Rollout:
-    """`_generate` (below) with decoding's per-token temporaries served from the heap."""
-    from .sysmem import heap_allocations
-    with heap_allocations():
-        return _generate(*args, **kwargs)
-
-
 @torch.no_grad()
-def _generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, eos_ids: list[int],
+def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, eos_ids: list[int],
              pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              min_new_tokens: int = 0, greedy: bool = False, generator: Generators = None,
              num_samples: int = 1) -> Rollout:

@@ -12,14 +12,12 @@ demo's step time; 1 MiB costs it about 20%). No effect outside glibc.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import sys
 
 M_MMAP_THRESHOLD = -3
 _libc = None
-_applied = 0            # the threshold return_freed_memory set (0: untouched)
 
 
 def _c():
@@ -33,31 +31,10 @@ def return_freed_memory(threshold: int = 1024 * 1024) -> bool:
     """Ask glibc to map every allocation above `threshold` bytes on its own. True if applied."""
     if not sys.platform.startswith("linux"):
         return False
-    global _applied
     try:
-        ok = bool(_c().mallopt(M_MMAP_THRESHOLD, threshold))
+        return bool(_c().mallopt(M_MMAP_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
-    _applied = threshold if ok else 0
-    return ok
-
-
-@contextlib.contextmanager
-def heap_allocations(threshold: int = 256 * 1024 * 1024):
-    """Inside: blocks up to `threshold` come from the heap again, so a loop that allocates and
-    frees the same few-MB tensors every iteration (decoding: logits-sized temporaries per token)
-    reuses memory instead of paying a fresh mapping and its page faults each time (5-10x slower
-    per token on W1). On exit the threshold returns to the `grpo` command's setting and the heap's
-    free pages are handed back."""
-    if not _applied:
-        yield
-        return
-    _c().mallopt(M_MMAP_THRESHOLD, threshold)
-    try:
-        yield
-    finally:
-        _c().mallopt(M_MMAP_THRESHOLD, _applied)
-        trim()
 
 
 def trim() -> None:

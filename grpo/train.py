@@ -367,7 +367,7 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     t = time.time()
     ref_logp = None
     if ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
-        with torch.no_grad(), autocast(cfg, device), sysmem.heap_allocations():
+        with torch.no_grad(), autocast(cfg, device):
             ref_logp = token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
     times["reference"] = time.time() - t
 
