@@ -119,6 +119,9 @@ class TrainConfig:
     lora_target_modules: str = _f("all-linear", "Comma-separated module names to adapt, or `all-linear`.")
     save_merged: bool = _f(False, "With LoRA, also save the merged model to <output_dir>/merged.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    reference_in_file: bool = _f(
+        True, "Full fine-tuning on CPU: keep the frozen reference's weights in a file mapped into memory and resident "
+              "only during its forward pass, so the update's peak holds one copy of the weights fewer.")
     bf16: bool = _f(False, "bf16 autocast for forward passes (where the device supports it; master weights stay fp32).")
     logprob_chunk: int = _f(256, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import mmap
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from . import losses
 from .config import ConfigError
-from .rollout import Rollout, positions
+from .rollout import Rollout, few_rows_linear, positions
 
 
 def pick_device(name: str) -> torch.device:
@@ -171,7 +172,7 @@ def lora_merged(model):
 
 def _fixed_linear(weight: Tensor, bias: Tensor | None):
     def forward(x, *args, **kwargs):
-        return torch.nn.functional.linear(x, weight, bias)
+        return few_rows_linear(x, weight, bias)
     return forward
 
 
@@ -190,12 +191,68 @@ def _reference_scope(ref):
     return contextlib.nullcontext(), ref
 
 
-def frozen_copy(model):
-    """The reference policy: a copy of the actor with gradients off."""
+def frozen_copy(model, spill_dir: str | Path | None = None):
+    """The reference policy: a copy of the actor with gradients off. With `spill_dir` (CPU only),
+    its weights move to a file there (see `FileBackedWeights`)."""
     ref = copy.deepcopy(model)
     ref.eval()
     ref.requires_grad_(False)
+    if spill_dir is not None and all(t.device.type == "cpu" for t in ref.state_dict().values()):
+        ref.grpo_file_weights = FileBackedWeights(ref, spill_dir)
     return ref
+
+
+class FileBackedWeights:
+    """A frozen module's parameters and buffers, moved into one file that is mapped into memory.
+
+    The frozen reference is read once per step, in its own forward pass, and sits idle through the
+    update, which is the step's memory peak. Mapped from a file, its pages can be dropped after
+    each use (`release`) and are read back from the page cache, or the disk, on the next forward:
+    the process holds one copy of the weights fewer at the peak (0.54 GB on SmolLM2-135M). The
+    mapping is private and the file is unlinked as soon as it is mapped, so nothing stays on disk
+    after the process ends, however it ends."""
+
+    ALIGN = 64
+
+    def __init__(self, module: torch.nn.Module, folder: str | Path):
+        tensors, seen = [], set()
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point() and id(t) not in seen:       # tied weights are stored once
+                seen.add(id(t))
+                tensors.append(t)
+        offsets, size = [], 0
+        for t in tensors:
+            size += (-size) % self.ALIGN
+            offsets.append(size)
+            size += t.numel() * t.element_size()
+        fd, path = tempfile.mkstemp(prefix=".grpo-reference-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for t, off in zip(tensors, offsets):
+                    fh.seek(off)
+                    fh.write(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+                fh.truncate(size)
+            with open(path, "rb") as fh:
+                self._map = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY)   # private: never written back
+        finally:
+            os.unlink(path)
+        raw = torch.frombuffer(self._map, dtype=torch.uint8)
+        with torch.no_grad():
+            for t, off in zip(tensors, offsets):
+                n = t.numel() * t.element_size()
+                t.data = raw[off:off + n].view(t.dtype).view(t.shape)
+        self.nbytes = size
+
+    def release(self) -> None:
+        """Drop the resident pages (the next read maps them back in from the file)."""
+        self._map.madvise(mmap.MADV_DONTNEED)
+
+
+def release_weights(model) -> None:
+    """After a forward of a model from `frozen_copy(..., spill_dir)`: let its pages go."""
+    weights = getattr(model, "grpo_file_weights", None)
+    if weights is not None:
+        weights.release()
 
 
 @dataclass

@@ -3,21 +3,28 @@
 glibc serves large allocations with mmap only up to a threshold that grows each time such a
 block is freed; after the first training step, the step's big temporaries (gradients, logits
 chunks, activations) come from the heap instead and are kept by the process when freed, so the
-resident set stays near the high-water mark of everything ever allocated. Fixing the threshold at
-1 MiB makes every large tensor its own mapping, returned to the system on free: on the W1
-benchmark (bench/bench.py) peak RSS drops from 3.97 to 3.18 GB. A lower threshold saves no more
-there and makes the many small per-token allocations of decoding page-fault (128 KiB doubled the
-demo's step time; 1 MiB costs it about 20%). No effect outside glibc.
+resident set stays near the high-water mark of everything ever allocated. The command fixes the
+threshold at 1 MiB (`return_freed_memory`): every large tensor is then its own mapping, returned
+to the system on free. But a fresh mapping costs a page fault per 4 KiB touched: on the W1
+benchmark, 1.1-1.5 million faults and 6-11 s of system time in every update. So each phase of a
+training step runs inside `reuse_freed_memory`: large blocks come from the heap and are reused
+from one layer, chunk or token to the next, and the free heap is handed back when the phase
+ends, so no phase carries another's leftovers. Measured with bench/alloc_probe.py. No effect
+outside glibc.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
 
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 _libc = None
+_threshold = None          # the mmap threshold set by return_freed_memory, once applied
+REUSE = True               # reuse_freed_memory on (the probe in bench/ turns it off to compare)
 
 
 def _c():
@@ -31,10 +38,33 @@ def return_freed_memory(threshold: int = 1024 * 1024) -> bool:
     """Ask glibc to map every allocation above `threshold` bytes on its own. True if applied."""
     if not sys.platform.startswith("linux"):
         return False
+    global _threshold
     try:
-        return bool(_c().mallopt(M_MMAP_THRESHOLD, threshold))
+        ok = bool(_c().mallopt(M_MMAP_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
+    _threshold = threshold if ok else None
+    return ok
+
+
+@contextlib.contextmanager
+def reuse_freed_memory(limit: int = 32 * 1024 * 1024):
+    """Inside: allocations up to `limit` bytes (glibc allows 32 MiB at most) come from the heap,
+    and freed heap memory is kept for the next allocation instead of being handed back; on exit
+    the threshold is restored and the free heap trimmed. Does nothing unless `return_freed_memory`
+    was applied (a library user's process keeps glibc's own behaviour)."""
+    if _threshold is None or not REUSE:
+        yield
+        return
+    lib = _c()
+    lib.mallopt(M_TRIM_THRESHOLD, limit)
+    lib.mallopt(M_MMAP_THRESHOLD, limit)
+    try:
+        yield
+    finally:
+        lib.mallopt(M_MMAP_THRESHOLD, _threshold)
+        lib.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+        trim()
 
 
 def trim() -> None:

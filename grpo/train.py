@@ -35,7 +35,7 @@ from .distributed import World
 from .evaluate import evaluate
 from .metrics import ConsoleSink, JsonlSink
 from .policy import (AdapterDisabled, add_lora, allow_prefix_under_checkpointing, frozen_copy, hf_model, load_model,
-                     lora_merged, token_stats)
+                     lora_merged, release_weights, token_stats)
 from .prompts import encode_for_model
 from .rollout import Generators, Rollout, decode, generate
 from .tasks import build_task
@@ -339,7 +339,7 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     first = world.rank * b
     rows = every[first:first + b]
     actor.eval()
-    with autocast(cfg, device):
+    with autocast(cfg, device), sysmem.reuse_freed_memory():
         roll, texts = sample(cfg, actor, tokenizer, rows, sampling_generators(cfg, st.step, first, b, device))
     actor.train()
     times["generate"] = time.time() - t0
@@ -367,17 +367,18 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     t = time.time()
     ref_logp = None
     if ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
-        with torch.no_grad(), autocast(cfg, device):
+        with torch.no_grad(), autocast(cfg, device), sysmem.reuse_freed_memory():
             ref_logp = token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
+        release_weights(ref)           # the reference's pages leave memory until the next step
     times["reference"] = time.time() - t
 
     batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp, lengths, truncated, first)
-    sysmem.trim()                  # the heap holes left by decoding, before the update's peak
     t = time.time()
-    with autocast(cfg, device):               # mapped allocations here: this is the step's memory peak
+    with autocast(cfg, device), sysmem.reuse_freed_memory():
         acc = update_policy(cfg, actor, ref, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen, world)
     times["policy"] = time.time() - t
-    sysmem.trim()
+    if cfg.kl_estimator == "full":
+        release_weights(ref)       # read again inside the update for the full-vocabulary KL
     st.skipped_total += acc.skipped
     times["step"] = time.time() - t0
     metrics = step_metrics(cfg, st.step, batch, acc, st.beta_ctl.beta, st.sched.get_last_lr()[0], times,
@@ -386,8 +387,9 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     return metrics, batch
 
 
-def build_models(cfg: TrainConfig, device, log=print):
-    """Actor, reference (or None), tokenizer and the model path, as the config asks."""
+def build_models(cfg: TrainConfig, device, log=print, spill_dir: Path | None = None):
+    """Actor, reference (or None), tokenizer and the model path, as the config asks. A full
+    fine-tune's reference is kept in a file in `spill_dir` when `reference_in_file` is on."""
     if cfg.model:
         model_path = cfg.model
     else:
@@ -399,7 +401,8 @@ def build_models(cfg: TrainConfig, device, log=print):
         actor = add_lora(actor, cfg)
         ref = AdapterDisabled(actor) if needs_reference(cfg) else None      # no second copy of the weights
     else:
-        ref = frozen_copy(actor) if needs_reference(cfg) else None
+        spill = spill_dir if cfg.reference_in_file and torch.device(device).type == "cpu" else None
+        ref = frozen_copy(actor, spill) if needs_reference(cfg) else None
     if cfg.gradient_checkpointing:
         hf_model(actor).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         allow_prefix_under_checkpointing(actor)
@@ -431,7 +434,7 @@ def _train(cfg: TrainConfig, world: World, device, log) -> dict:
     out = Path(world.broadcast_object(str(out)))
     task = build_task(cfg)                                   # data and rewards first: their errors come
     reward_fns = rewards_mod.build_reward_fns(cfg, task, device)     # before the minutes a model load takes
-    actor, ref, tokenizer, model_path = build_models(cfg, device, log)
+    actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill_dir=out)
     world.broadcast_params(actor)
     st = new_run_state(cfg, actor, device)
     if resume_from is not None:

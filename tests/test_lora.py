@@ -58,8 +58,8 @@ def test_lora_trains_only_the_adapter_and_saves_it(tiny_config, tmp_path, monkey
     seen = {}
     real = train_mod.build_models
 
-    def spy(cfg, device, log=print):
-        out = real(cfg, device, log)
+    def spy(cfg, device, log=print, **kw):
+        out = real(cfg, device, log, **kw)
         seen["actor"] = out[0]
         seen["before"] = {n: p.detach().clone() for n, p in out[0].named_parameters()}
         return out

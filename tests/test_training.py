@@ -74,8 +74,8 @@ def preset_run(request, tiny_config, tiny_model_dir):
         seen["actor"], seen["initial"] = actor, state(actor)
         return actor, tok
 
-    def ref_spy(model):
-        seen["ref"] = policy.frozen_copy(model)
+    def ref_spy(model, spill_dir=None):
+        seen["ref"] = policy.frozen_copy(model, spill_dir)
         return seen["ref"]
 
     with pytest.MonkeyPatch.context() as mp:

@@ -1,0 +1,102 @@
+"""Per-phase wall time, system time, page faults and peak RSS of W1 (see bench.py) with our memory
+and decoding levers switched on or off, each variant in its own process, variants alternating.
+
+    python bench/alloc_probe.py --rounds 2 --steps 3 --variants all no-reuse no-file no-few-rows
+
+Variants (everything on, or one lever off):
+  all          the code as it ships
+  no-reuse     every large tensor a fresh mapping in every phase (sysmem.REUSE = False)
+  no-file      the reference's weights held in memory (reference_in_file=false)
+  no-few-rows  decoding matmuls as x W^T (rollout.FEW_ROWS = 0)
+The first step of each process is a warm-up and not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+THREADS = 2
+PHASES = {"sample": "generate", "token_stats": "forward", "update_policy": "update"}
+
+
+def child(variant: str, steps: int) -> None:
+    import torch
+    torch.set_num_threads(THREADS)
+    from grpo import rollout, sysmem
+    from grpo import train as train_mod
+    sysmem.return_freed_memory()                 # as the `grpo` command does at start
+    extra = {}
+    if variant == "no-reuse":
+        sysmem.REUSE = False
+    elif variant == "no-file":
+        extra["reference_in_file"] = False
+    elif variant == "no-few-rows":
+        rollout.FEW_ROWS = 0
+    log: list[dict] = []
+
+    def timed(name, f):
+        def g(*a, **k):
+            r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            out = f(*a, **k)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            log.append(dict(phase=PHASES[name], wall=time.perf_counter() - t, sys=r1.ru_stime - r0.ru_stime,
+                            faults=r1.ru_minflt - r0.ru_minflt))
+            return out
+        return g
+
+    for name in PHASES:
+        setattr(train_mod, name, timed(name, getattr(train_mod, name)))
+    sys.path.insert(0, str(HERE))
+    import bench
+    res = bench.run_ours("W1", bench.smollm2_folder(), steps, extra)
+    print("PROBE " + json.dumps(dict(log=log, step_s=res["step_s"],
+                                     peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", nargs="+", default=["all", "no-reuse", "no-file", "no-few-rows"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child[0], int(args.child[1]))
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
+    runs: dict[str, list[dict]] = {v: [] for v in args.variants}
+    for _ in range(args.rounds):
+        for v in args.variants:
+            p = subprocess.run([sys.executable, __file__, "--child", v, str(args.steps)], capture_output=True, text=True,
+                               env=env)
+            line = next((x for x in p.stdout.splitlines() if x.startswith("PROBE ")), None)
+            if line is None:
+                raise RuntimeError(f"{v} failed:\n{p.stderr[-3000:]}")
+            runs[v].append(json.loads(line[6:]))
+    for v, rs in runs.items():
+        steps = [s for r in rs for s in r["step_s"][1:]]
+        print(f"\n{v}: median {statistics.median(steps):.2f} s/step, peak RSS {max(r['peak_rss_gb'] for r in rs):.2f} GB")
+        for phase in dict.fromkeys(PHASES.values()):
+            # per process: drop the first step's calls (warm-up); the forward phase also counts the
+            # policy's own forward inside the update, so it is reported for the reference only
+            rows = []
+            for r in rs:
+                calls = [x for x in r["log"] if x["phase"] == phase]
+                per_step = len(calls) // len(r["step_s"])
+                rows += calls[per_step:]
+            if phase == "forward":
+                rows = rows[0::2] if len(rows) > 1 else rows
+            med = {k: statistics.median(x[k] for x in rows) for k in ("wall", "sys", "faults")}
+            print(f"  {phase:9s} wall {med['wall']:6.2f} s   system {med['sys']:5.2f} s   page faults {med['faults']:9.0f}")
+
+
+if __name__ == "__main__":
+    main()
