@@ -5,12 +5,14 @@ block is freed; after the first training step, the step's big temporaries (gradi
 chunks, activations) come from the heap instead and are kept by the process when freed, so the
 resident set stays near the high-water mark of everything ever allocated. The command fixes the
 threshold at 1 MiB (`return_freed_memory`): every large tensor is then its own mapping, returned
-to the system on free. But a fresh mapping costs a page fault per 4 KiB touched: on the W1
-benchmark, 1.1-1.5 million faults and 6-11 s of system time in every update. So each phase of a
-training step runs inside `reuse_freed_memory`: large blocks come from the heap and are reused
-from one layer, chunk or token to the next, and the free heap is handed back when the phase
-ends, so no phase carries another's leftovers. Measured with bench/alloc_probe.py. No effect
-outside glibc.
+to the system on free. But a fresh mapping costs a page fault per 4 KiB touched: SmolLM2-135M's
+reference forward on W1 took 0.7 million faults and 2.9 s of system time. So sampling and the
+reference forward, which sit below the step's memory peak, run inside `reuse_freed_memory`: their
+large blocks come from the heap and are reused from one layer, chunk or token to the next, and
+the free heap is handed back when the phase ends. The update, where the peak is, keeps fresh
+mappings: from the heap it was faster but its peak grew by 0.35-0.6 GB (blocks of many sizes,
+freed in a different order than allocated, leave holes the next block does not fit). Measured
+with bench/alloc_probe.py and docs/performance.md. No effect outside glibc.
 """
 
 from __future__ import annotations
