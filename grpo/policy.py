@@ -14,6 +14,7 @@ import hashlib
 import mmap
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,11 @@ def frozen_copy(model, spill_dir: str | Path | None = None):
     ref.eval()
     ref.requires_grad_(False)
     if spill_dir is not None and all(t.device.type == "cpu" for t in ref.state_dict().values()):
-        ref.grpo_file_weights = FileBackedWeights(ref, spill_dir)
+        try:
+            ref.grpo_file_weights = FileBackedWeights(ref, spill_dir)
+        except OSError as e:                      # a full disk, a folder that cannot map: stay in memory
+            warnings.warn(f"reference_in_file: cannot keep the reference's weights in a file in {spill_dir} "
+                          f"({e}); they stay in memory", stacklevel=2)
     return ref
 
 
