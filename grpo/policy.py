@@ -246,7 +246,6 @@ class FileBackedWeights:
             for t, off in zip(tensors, offsets):
                 n = t.numel() * t.element_size()
                 t.data = raw[off:off + n].view(t.dtype).view(t.shape)
-        self.nbytes = size
 
     def release(self) -> None:
         """Drop the resident pages (the next read maps them back in from the file)."""

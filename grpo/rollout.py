@@ -9,6 +9,7 @@ log-probs use) is recorded. After a sequence's EOS, it receives padding that is 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -106,19 +107,13 @@ def decoding_linears(model):
     patched = []
     for m in model.modules():
         if type(m) is torch.nn.Linear and "forward" not in vars(m):
-            m.forward = _few_rows_forward(m)
+            m.forward = functools.partial(few_rows_linear, weight=m.weight, bias=m.bias)
             patched.append(m)
     try:
         yield model
     finally:
         for m in patched:
             del m.forward
-
-
-def _few_rows_forward(m: torch.nn.Linear):
-    def forward(x):
-        return few_rows_linear(x, m.weight, m.bias)
-    return forward
 
 
 Generators = torch.Generator | list[torch.Generator] | None     # one, or one per prompt

@@ -401,8 +401,7 @@ def build_models(cfg: TrainConfig, device, log=print, spill_dir: Path | None = N
         actor = add_lora(actor, cfg)
         ref = AdapterDisabled(actor) if needs_reference(cfg) else None      # no second copy of the weights
     else:
-        spill = spill_dir if cfg.reference_in_file and torch.device(device).type == "cpu" else None
-        ref = frozen_copy(actor, spill) if needs_reference(cfg) else None
+        ref = frozen_copy(actor, spill_dir if cfg.reference_in_file else None) if needs_reference(cfg) else None
     if cfg.gradient_checkpointing:
         hf_model(actor).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         allow_prefix_under_checkpointing(actor)
