@@ -24,13 +24,15 @@ from .config import ConfigError
 STATE = "trainer_state.pt"
 
 
-def save(out_dir: Path, step: int, actor, tokenizer, state: dict, keep: int) -> Path:
+def save(out_dir: Path, step: int, actor, tokenizer, state: dict, keep: int, weights: dict | None = None) -> Path:
+    """Write checkpoint `step`. `weights`: the actor's whole state dict when the actor itself holds
+    only pieces (sharded training); else the actor's own are written."""
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step-{step:06d}-"))
     try:
-        actor.save_pretrained(tmp / "model")
+        actor.save_pretrained(tmp / "model", state_dict=weights)
         tokenizer.save_pretrained(tmp / "model")
         torch.save(state, tmp / STATE)
         if final.exists():

@@ -122,6 +122,9 @@ class TrainConfig:
     reference_in_file: bool = _f(
         True, "Full fine-tuning on CPU: keep the frozen reference's weights in a file mapped into memory and resident "
               "only during its forward pass, so the update's peak holds one copy of the weights fewer.")
+    fsdp: bool = _f(
+        False, "With several processes: shard every decoder layer's weights, gradients and AdamW moments over them "
+               "(FSDP2 fully_shard); embeddings and LM head stay whole. Ignored with one process.")
     bf16: bool = _f(False, "bf16 autocast for forward passes (where the device supports it; master weights stay fp32).")
     logprob_chunk: int = _f(256, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
 

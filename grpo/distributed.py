@@ -79,10 +79,14 @@ class World:
         return self.min(1.0 if flag else 0.0) > 0.5
 
     def sum_grads(self, params) -> None:
-        """Sum the gradients of `params` over ranks in place (a missing gradient counts as zero)."""
+        """Sum the gradients of `params` over ranks in place (a missing gradient counts as zero).
+        Sharded parameters (sharding.py) are skipped: FSDP has summed theirs already."""
         if not self.active:
             return
-        params = [p for p in params if p.requires_grad]
+        from .sharding import is_sharded
+        params = [p for p in params if p.requires_grad and not is_sharded(p)]
+        if not params:
+            return
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

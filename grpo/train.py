@@ -13,6 +13,7 @@ Where each preset departs from DeepSeekMath is listed in docs/algorithm.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -29,6 +30,7 @@ from . import checkpoint
 from . import distributed
 from . import losses
 from . import rewards as rewards_mod
+from . import sharding
 from . import sysmem
 from .config import ConfigError, TrainConfig, save_yaml
 from .distributed import World
@@ -179,6 +181,7 @@ def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, sh
     lo, hi = batch.first_prompt, batch.first_prompt + batch.rollout.completion_ids.shape[0] // G
     reuse_logp_as_old = cfg.updates_per_batch == 1 and cfg.minibatches == 1
     params = [p for p in actor.parameters() if p.requires_grad]
+    shard = sharded(cfg, world)
     tally = Tally()
     for _ in range(cfg.updates_per_batch):
         order = torch.randperm(B, generator=shuffle) if cfg.minibatches > 1 else torch.arange(B)
@@ -195,23 +198,33 @@ def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, sh
             opt.zero_grad(set_to_none=True)
             mb_loss, finite = 0.0, True
             for micro in torch.tensor_split(seqs, cfg.grad_accum):
-                if len(micro) == 0:
+                stand_in = len(micro) == 0
+                if stand_in and not shard:
                     continue
+                if stand_in:        # sharded layers reduce in every backward: each process runs each one
+                    micro = torch.zeros(1, dtype=torch.long, device=device)
                 terms = token_terms(cfg, actor, ref, batch, micro, beta, reuse_logp_as_old)
                 mask = batch.loss_mask[micro]
                 loss = losses.aggregate(terms.per_token, mask, cfg.loss_aggregation, cfg.max_new_tokens,
                                         num_seqs, num_tokens)
+                if stand_in:
+                    loss = loss * 0.0                                # zero gradients, same collectives
                 if not torch.isfinite(loss):
                     finite = False
-                    break
+                    if not shard:
+                        break
                 loss.backward()
-                mb_loss += loss.item()
-                tally.add(terms, mask)
+                if not stand_in:
+                    mb_loss += loss.item()
+                    tally.add(terms, mask)
             finite = world.all(finite)
             if finite:
                 world.sum_grads(params)
                 mb_loss = world.sum(torch.tensor([mb_loss], dtype=torch.float64, device=world.device)).item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+            if shard:
+                grad_norm = sharding.clip_grad_norm(params, cfg.max_grad_norm, world)
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
             if not finite or not torch.isfinite(grad_norm):
                 opt.zero_grad(set_to_none=True)     # weights untouched
                 tally.skipped += 1
@@ -308,14 +321,23 @@ class RunState:
         self.step, self.skipped_total, self.eval_before = d["step"], d["skipped_total"], d["eval_before"]
 
 
-def new_run_state(cfg: TrainConfig, actor, device) -> RunState:
+def new_run_state(cfg: TrainConfig, actor, device, shard: bool = False) -> RunState:
     params = [p for p in actor.parameters() if p.requires_grad]
     # fused: one kernel per step, without the foreach path's parameter-sized temporaries
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
+    opt = torch.optim.AdamW(sharding.param_groups(params) if shard else params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
                             fused=torch.device(device).type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     return RunState(opt, sched, random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1), BetaController(cfg),
                     deque(maxlen=cfg.baseline_window - 1))
+
+
+def sharded(cfg: TrainConfig, world: World) -> bool:
+    """The actor's decoder layers are sharded over the processes (sharding.py)."""
+    return cfg.fsdp and world.active
+
+
+def gathered_if(on: bool, model):
+    return sharding.gathered(model) if on else contextlib.nullcontext()
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
@@ -339,7 +361,7 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     first = world.rank * b
     rows = every[first:first + b]
     actor.eval()
-    with autocast(cfg, device), sysmem.reuse_freed_memory():
+    with autocast(cfg, device), sysmem.reuse_freed_memory(), gathered_if(sharded(cfg, world), actor):
         roll, texts = sample(cfg, actor, tokenizer, rows, sampling_generators(cfg, st.step, first, b, device))
     actor.train()
     times["generate"] = time.time() - t0
@@ -433,12 +455,24 @@ def _train(cfg: TrainConfig, world: World, device, log) -> dict:
     out = Path(world.broadcast_object(str(out)))
     task = build_task(cfg)                                   # data and rewards first: their errors come
     reward_fns = rewards_mod.build_reward_fns(cfg, task, device)     # before the minutes a model load takes
-    actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill_dir=out)
+    shard = sharded(cfg, world)
+    if cfg.fsdp and not shard:
+        log("fsdp: one process, nothing to shard; training unsharded")
+    actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill_dir=None if shard else out)
     world.broadcast_params(actor)
-    st = new_run_state(cfg, actor, device)
     if resume_from is not None:
         checkpoint.load_weights(actor, resume_from)
-        st.load(checkpoint.load_state(resume_from))
+    if shard:
+        sharding.shard(actor, device, world.size)
+        if ref is not None and not isinstance(ref, AdapterDisabled):
+            sharding.shard(ref, device, world.size)
+    st = new_run_state(cfg, actor, device, shard)
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        if shard:          # checkpoints hold one group of whole tensors (as unsharded runs write them)
+            state["opt"] = sharding.shard_optimizer_state(st.opt, trainable(actor), state["opt"])
+        state["sched"] = sharding.fit_scheduler_state(state["sched"], len(st.opt.param_groups))
+        st.load(state)
         for name in ("metrics.jsonl", "completions.jsonl"):
             checkpoint.truncate_jsonl(out / name, st.step)
         log(f"resuming from {resume_from} (step {st.step})")
@@ -448,10 +482,13 @@ def _train(cfg: TrainConfig, world: World, device, log) -> dict:
     summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
     eval_kw = dict(n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
                    reward_fns=reward_fns, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
-    if cfg.eval_size and st.eval_before is None and world.main:
-        with autocast(cfg, device):
-            st.eval_before = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
-        log(f"held-out accuracy before: {st.eval_before['accuracy']:.3f} (n={cfg.eval_size})")
+    if cfg.eval_size and st.eval_before is None:
+        with gathered_if(shard, actor):             # rank 0 evaluates; the others hold the gathered layers
+            if world.main:
+                with autocast(cfg, device):
+                    st.eval_before = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
+                log(f"held-out accuracy before: {st.eval_before['accuracy']:.3f} (n={cfg.eval_size})")
+            world.barrier()
     world.barrier()
 
     sinks = [JsonlSink(out / "metrics.jsonl"), ConsoleSink(cfg.max_steps)] if world.main else []
@@ -470,8 +507,9 @@ def _train(cfg: TrainConfig, world: World, device, log) -> dict:
                                                 completion=batch.texts[i], reward=batch.rewards.flatten()[i].item()))
                 samples_fh.flush()
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps):
+                weights, state = whole_state(actor, st, shard)
                 if world.main:
-                    checkpoint.save(out, step, actor, tokenizer, st.to_dict(), cfg.keep_checkpoints)
+                    checkpoint.save(out, step, actor, tokenizer, state, cfg.keep_checkpoints, weights)
                 world.barrier()
     finally:
         for s in sinks:
@@ -479,28 +517,57 @@ def _train(cfg: TrainConfig, world: World, device, log) -> dict:
         if samples_fh:
             samples_fh.close()
 
-    if st.eval_before is not None and world.main:
-        summary["eval_before"] = st.eval_before
-        with autocast(cfg, device):
-            summary["eval_after"] = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
-        log(f"held-out accuracy after:  {summary['eval_after']['accuracy']:.3f} "
-            f"(before {st.eval_before['accuracy']:.3f}, n={cfg.eval_size})")
+    if st.eval_before is not None:
+        with gathered_if(shard, actor):
+            if world.main:
+                summary["eval_before"] = st.eval_before
+                with autocast(cfg, device):
+                    summary["eval_after"] = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
+                log(f"held-out accuracy after:  {summary['eval_after']['accuracy']:.3f} "
+                    f"(before {st.eval_before['accuracy']:.3f}, n={cfg.eval_size})")
+            world.barrier()
     summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1),
-                   processes=world.size)
+                   processes=world.size, sharded=shard)
+    weights = sharding.full_state_dict(actor) if shard and cfg.save_model else None
     if world.main:
         if cfg.save_model:
-            save_final(cfg, actor, tokenizer, out, summary)
+            save_final(cfg, actor, tokenizer, out, summary, weights, model_path)
         (out / "summary.json").write_text(_json_line(**summary, indent=2))
     world.barrier()
     return summary
 
 
-def save_final(cfg, actor, tokenizer, out: Path, summary: dict) -> None:
-    actor.save_pretrained(out / "model")          # with LoRA: the adapter (peft format)
+def whole_state(actor, st: RunState, shard: bool) -> tuple[dict | None, dict]:
+    """(the actor's whole weights, or None to take them from the actor; the run state) for a
+    checkpoint. Sharded, every process must call: the pieces are gathered."""
+    state = st.to_dict()
+    if not shard:
+        return None, state
+    state["opt"] = sharding.full_optimizer_state(st.opt, trainable(actor))
+    state["sched"] = sharding.fit_scheduler_state(state["sched"], 1)
+    return sharding.full_state_dict(actor), state
+
+
+def trainable(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_final(cfg, actor, tokenizer, out: Path, summary: dict, weights: dict | None = None,
+               model_path=None) -> None:
+    """The trained model (with LoRA: the adapter, peft format) in <out>/model, and with
+    `save_merged` the merged model in <out>/merged. `weights`: the whole state dict of a sharded
+    actor."""
+    actor.save_pretrained(out / "model", state_dict=weights)
     tokenizer.save_pretrained(out / "model")
     summary["model_dir"] = str(out / "model")
     if cfg.lora_rank and cfg.save_merged:
-        actor.merge_and_unload().save_pretrained(out / "merged")
+        if weights is None:
+            merged = actor.merge_and_unload()
+        else:                     # the sharded actor cannot merge in place: base + saved adapter, afresh
+            from peft import PeftModel
+            base, _ = load_model(model_path, torch.device("cpu"), cfg.gguf_file)
+            merged = PeftModel.from_pretrained(base, out / "model").merge_and_unload()
+        merged.save_pretrained(out / "merged")
         tokenizer.save_pretrained(out / "merged")
         summary["merged_dir"] = str(out / "merged")
 

@@ -1,9 +1,11 @@
-"""Data parallelism: 2 processes (gloo, on this CPU) compute what 1 process computes.
+"""Data parallelism and sharding: 2 processes (gloo, on this CPU) compute what 1 process computes.
 
 One torchrun job (tests/dist_worker.py) trains every configuration below with 2 processes, B/2
-prompts each; the same configurations run here in 1 process with all B prompts. Sampling is seeded
-per prompt, so the whole runs must match: every step's loss, gradient norm, KL and reward, and the
-final weights. Then a 2-process checkpoint is resumed by 1 process.
+prompts each, once data-parallel and once with the decoder layers sharded (`fsdp`); the same
+configurations run here in 1 process with all B prompts. Sampling is seeded per prompt, so the
+whole runs must match: every step's loss, gradient norm, KL and reward, and the final weights.
+Then 2-process checkpoints (sharded or not) are resumed by 1 process, and a data-parallel one by 2
+sharded processes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ CONFIGS = {
     "seed-batch": dict(preset="seed", reward_scaling="batch", baseline="batch", token_norm=True, kl_target=0.01),
     "minibatches": dict(preset="deepseekmath", reward_scaling="batch", minibatches=2, updates_per_batch=2,
                         loss_aggregation="token_mean"),
+    "lora-checkpointing": dict(preset="deepseekmath", lora_rank=4, gradient_checkpointing=True),
+    "full-kl": dict(preset="deepseekmath", kl_estimator="full", gradient_checkpointing=True),
 }
+LAYOUTS = {"2": dict(fsdp=False), "2fsdp": dict(fsdp=True)}
 COMPARED = ("loss", "grad_norm", "kl", "policy_loss", "entropy", "reward/mean", "length/mean", "beta",
             "ratio/mean", "clip/low_frac", "clip/high_frac")
 
@@ -84,32 +89,40 @@ def runs(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     spec = []
     for name, extra in CONFIGS.items():
-        spec.append({**BASE, **extra, "model": str(tiny_model_dir), "output_dir": str(root / f"{name}-2")})
-    # 4 steps with a checkpoint at step 2, for the resume test
+        for layout, how in LAYOUTS.items():
+            spec.append({**BASE, **extra, **how, "model": str(tiny_model_dir), "output_dir": str(root / f"{name}-{layout}")})
+    # 4 steps with a checkpoint at step 2, for the resume tests
     resume_cfg = {**BASE, **CONFIGS["deepseekmath"], "model": str(tiny_model_dir), "max_steps": 4, "save_every": 2,
                   "keep_checkpoints": 3}
-    spec.append({**resume_cfg, "output_dir": str(root / "resume-2")})
+    for layout, how in LAYOUTS.items():
+        spec.append({**resume_cfg, **how, "output_dir": str(root / f"resume-{layout}")})
+    # the data-parallel checkpoint, continued by 2 sharded processes (the job runs the specs in order)
+    spec.append({**resume_cfg, "fsdp": True, "output_dir": str(root / "resume-2-to-2fsdp"),
+                 "resume": str(root / "resume-2" / "checkpoints" / "step-000002")})
     (root / "spec.json").write_text(json.dumps(spec))
     torchrun(2, HERE / "dist_worker.py", str(root / "spec.json"))
     torch.set_num_threads(1)
     for name, extra in CONFIGS.items():
         train(resolve(overrides={**BASE, **extra, "model": str(tiny_model_dir),
                                  "output_dir": str(root / f"{name}-1")}), log=lambda *a: None)
-    ckpt = root / "resume-2" / "checkpoints" / "step-000002"
-    train(resolve(overrides={**resume_cfg, "output_dir": str(root / "resume-1"), "resume": str(ckpt)}),
-          log=lambda *a: None)
+    for layout in LAYOUTS:
+        ckpt = root / f"resume-{layout}" / "checkpoints" / "step-000002"
+        train(resolve(overrides={**resume_cfg, "output_dir": str(root / f"resume-{layout}-to-1"), "resume": str(ckpt)}),
+              log=lambda *a: None)
     return root
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_two_processes_give_the_one_process_run(runs, name):
-    one, two = runs / f"{name}-1", runs / f"{name}-2"
+def test_two_processes_give_the_one_process_run(runs, name, layout):
+    one, two = runs / f"{name}-1", runs / f"{name}-{layout}"
     r1, r2 = rows(one), rows(two)
     assert len(r1) == BASE["max_steps"]
     assert any(r["loss"] not in (None, 0.0) for r in r1), "the run must actually update"
     assert_rows_match(r2, r1, name)
     assert_weights_match(weights(one), weights(two), name)
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    assert json.loads((two / "summary.json").read_text())["sharded"] is LAYOUTS[layout]["fsdp"]
     assert json.loads((one / "summary.json").read_text())["processes"] == 1
 
 
@@ -122,11 +135,34 @@ def test_the_weights_moved(runs, tiny_model_dir):
     assert any(not torch.equal(end[k], start[k]) for k in end if k in start)
 
 
-def test_a_two_process_checkpoint_resumed_by_one_process_continues_the_run(runs):
-    full, resumed = rows(runs / "resume-2"), rows(runs / "resume-1")
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_two_process_checkpoint_resumed_by_one_process_continues_the_run(runs, layout):
+    full, resumed = rows(runs / f"resume-{layout}"), rows(runs / f"resume-{layout}-to-1")
     assert [r["step"] for r in resumed] == [3, 4]
-    assert_rows_match(resumed, full[2:], "resume 2 -> 1")
-    assert_weights_match(weights(runs / "resume-2"), weights(runs / "resume-1"), "resume 2 -> 1")
+    assert_rows_match(resumed, full[2:], f"resume {layout} -> 1")
+    assert_weights_match(weights(runs / f"resume-{layout}"), weights(runs / f"resume-{layout}-to-1"),
+                         f"resume {layout} -> 1")
+
+
+def test_a_data_parallel_checkpoint_resumed_sharded_continues_the_run(runs):
+    full, resumed = rows(runs / "resume-2"), rows(runs / "resume-2-to-2fsdp")
+    assert [r["step"] for r in resumed] == [3, 4]
+    assert_rows_match(resumed, full[2:], "resume 2 -> 2 sharded")
+    assert_weights_match(weights(runs / "resume-2"), weights(runs / "resume-2-to-2fsdp"), "resume 2 -> 2 sharded")
+
+
+def test_sharded_checkpoints_hold_whole_tensors(runs):
+    """What a sharded run writes is an ordinary checkpoint: whole weights, whole AdamW moments."""
+    ckpt = runs / "resume-2fsdp" / "checkpoints" / "step-000002"
+    plain = runs / "resume-2" / "checkpoints" / "step-000002"
+    w, w_plain = weights(ckpt), weights(plain)
+    assert {k: v.shape for k, v in w.items()} == {k: v.shape for k, v in w_plain.items()}
+    opt = torch.load(ckpt / "trainer_state.pt", weights_only=False)["opt"]
+    opt_plain = torch.load(plain / "trainer_state.pt", weights_only=False)["opt"]
+    assert opt["state"].keys() == opt_plain["state"].keys()
+    for i, s in opt["state"].items():
+        assert type(s["exp_avg"]) is torch.Tensor
+        assert s["exp_avg"].shape == opt_plain["state"][i]["exp_avg"].shape
 
 
 def test_nproc_flag_launches_torchrun(tiny_model_dir, tmp_path):
