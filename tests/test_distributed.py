@@ -37,7 +37,7 @@ CONFIGS = {
     "seed-batch": dict(preset="seed", reward_scaling="batch", baseline="batch", token_norm=True, kl_target=0.01),
     "minibatches": dict(preset="deepseekmath", reward_scaling="batch", minibatches=2, updates_per_batch=2,
                         loss_aggregation="token_mean"),
-    "lora-checkpointing": dict(preset="deepseekmath", lora_rank=4, gradient_checkpointing=True),
+    "lora-checkpointing": dict(preset="deepseekmath", lora_rank=4, gradient_checkpointing=True, save_merged=True),
     "full-kl": dict(preset="deepseekmath", kl_estimator="full", gradient_checkpointing=True),
 }
 LAYOUTS = {"2": dict(fsdp=False), "2fsdp": dict(fsdp=True)}
@@ -57,9 +57,9 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
+def weights(run: Path, folder: str = "model") -> dict[str, torch.Tensor]:
     out = {}
-    for f in sorted((run / "model").glob("*.safetensors")):
+    for f in sorted((run / folder).glob("*.safetensors")):
         out.update(load_file(f))
     return out
 
@@ -124,6 +124,36 @@ def test_two_processes_give_the_one_process_run(runs, name, layout):
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
     assert json.loads((two / "summary.json").read_text())["sharded"] is LAYOUTS[layout]["fsdp"]
     assert json.loads((one / "summary.json").read_text())["processes"] == 1
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_merged_lora_model_is_the_same_with_two_processes(runs, layout):
+    one, two = runs / "lora-checkpointing-1", runs / f"lora-checkpointing-{layout}"
+    assert_weights_match(weights(one, "merged"), weights(two, "merged"), f"merged, {layout}")
+
+
+def test_clip_grad_norm_of_whole_gradients_is_torchs():
+    from grpo.distributed import World
+    from grpo.sharding import clip_grad_norm
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(3)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for p, q in zip(a, b):
+        p.grad = torch.randn_like(p) * 3
+        q.grad = p.grad.clone()
+    ours = clip_grad_norm(a, 1.0, World())
+    theirs = torch.nn.utils.clip_grad_norm_(b, 1.0)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6) and ours.item() > 1.0
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_scheduler_state_fits_any_number_of_groups():
+    from grpo.sharding import fit_scheduler_state
+    saved = {"base_lrs": [1e-3], "_last_lr": [5e-4], "last_epoch": 3, "lr_lambdas": [None]}
+    two = fit_scheduler_state(saved, 2)
+    assert two["base_lrs"] == [1e-3, 1e-3] and two["_last_lr"] == [5e-4, 5e-4] and two["last_epoch"] == 3
+    assert fit_scheduler_state(two, 1)["base_lrs"] == [1e-3]
 
 
 def test_the_weights_moved(runs, tiny_model_dir):

@@ -145,9 +145,59 @@ print(mapped, reused)
 @linux_only
 def test_reuse_freed_memory_serves_repeated_large_blocks_without_page_faults():
     # in a fresh process: the allocator's state is process-wide, and other tests leave theirs
-    out = subprocess.run([sys.executable, "-c", FAULT_PROBE], capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}          # 4 KiB pages, whatever the test process set
+    out = subprocess.run([sys.executable, "-c", FAULT_PROBE], capture_output=True, text=True, check=True,
+                         env=env).stdout
     if out.strip() == "skip":
         pytest.skip("glibc's mallopt is not available")
     mapped, reused = map(int, out.split())
     assert mapped > 20 * 1000, mapped                 # ~2048 pages of 4 KiB per block
     assert reused < mapped / 10, (mapped, reused)
+
+
+# -------------------------------------------------------------------------- huge pages
+HUGE_PROBE = """
+import os, resource, sys
+from grpo import sysmem
+print(sysmem.use_huge_pages(), os.environ["THP_MEM_ALLOC_ENABLE"])
+sysmem.return_freed_memory()                        # as the command does: every block a fresh mapping
+import torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.ones(8 * 2 ** 20)                         # 32 MiB, written in full
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def thp_mode() -> str | None:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return None
+    return text.split("[")[1].split("]")[0] if "[" in text else None
+
+
+def test_the_command_asks_for_huge_pages_before_torch_is_imported():
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", "import os, sys; import grpo.cli; "
+                          "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"],
+                         capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out == (["1"] if sys.platform.startswith("linux") else ["None"])
+
+
+@linux_only
+def test_huge_pages_cut_the_page_faults_of_fresh_large_tensors():
+    if thp_mode() not in ("always", "madvise"):
+        pytest.skip(f"transparent huge pages are off in this kernel ({thp_mode()})")
+    runs = {}
+    for setting in (None, "0"):               # None: use_huge_pages turns them on; "0": a user's choice wins
+        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        if setting is not None:
+            env["THP_MEM_ALLOC_ENABLE"] = setting
+        on, value, faults = subprocess.run([sys.executable, "-c", HUGE_PROBE], capture_output=True, text=True,
+                                           check=True, env=env).stdout.split()
+        runs[setting] = (on, value, int(faults))
+    assert runs[None][:2] == ("True", "1") and runs["0"][:2] == ("False", "0")
+    huge, small = runs[None][2], runs["0"][2]
+    assert small > 20 * 8000, small                  # 8192 pages of 4 KiB per block
+    assert huge < small / 2, (huge, small)
