@@ -86,6 +86,8 @@ def run_ours(workload: str, model: str, steps: int, extra: dict) -> dict:
             lora_target_modules="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
             output_dir=str(Path(out) / "run")), **extra})
     train(cfg, log=lambda *a: None)
+    if int(os.environ.get("RANK", "0")) != 0:          # under torchrun (bench/scale.py) rank 0 writes the metrics
+        return {"step_s": [], "phases": {}, "tokens": []}
     run_dir = Path(cfg.output_dir)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"step_s": [r["time/step"] for r in rows],

@@ -127,7 +127,12 @@ def ensure_demo_model(recipe: dict = RECIPE, log=print) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".building-"))
     try:
         build_sft_model(tmp, recipe)
-        os.replace(tmp, path)       # atomic: a crash never leaves a half-written cache entry
+        try:
+            os.replace(tmp, path)   # atomic: a crash never leaves a half-written cache entry
+        except OSError:
+            if not (path / "config.json").exists():
+                raise
+            # another process built it meanwhile (the build is deterministic): use theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import mmap
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -74,7 +75,12 @@ def load_model(path: str | Path, device: torch.device, gguf_file: str | None = N
                 tmp = Path(tempfile.mkdtemp(dir=cached.parent.mkdir(parents=True, exist_ok=True) or cached.parent))
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
-                os.replace(tmp, cached)
+                try:
+                    os.replace(tmp, cached)
+                except OSError:                 # another process (a rank beside this one) was first
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if not (cached / "config.json").exists():
+                        raise
             folder = str(cached)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

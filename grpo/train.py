@@ -455,6 +455,11 @@ def _train(cfg: TrainConfig, world: World, device, log) -> dict:
     out = Path(world.broadcast_object(str(out)))
     task = build_task(cfg)                                   # data and rewards first: their errors come
     reward_fns = rewards_mod.build_reward_fns(cfg, task, device)     # before the minutes a model load takes
+    if not cfg.model and world.active:         # the demo model is built once, by rank 0, if not cached
+        if world.main:
+            from .demo import ensure_demo_model
+            ensure_demo_model(log=log)
+        world.barrier()
     shard = sharded(cfg, world)
     if cfg.fsdp and not shard:
         log("fsdp: one process, nothing to shard; training unsharded")

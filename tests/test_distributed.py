@@ -215,3 +215,22 @@ def test_uneven_split_is_refused(tiny_model_dir, tmp_path):
                           timeout=600)
     assert proc.returncode != 0
     assert "prompts_per_step: 3 prompts do not split evenly over 2 processes" in proc.stderr
+
+
+def test_a_demo_model_built_by_another_process_meanwhile_is_used(tmp_path, monkeypatch):
+    """Two processes that find no cached demo model both build it; the second to finish keeps the
+    first one's (the build is deterministic) instead of failing."""
+    from grpo import demo
+    monkeypatch.setenv("GRPO_CACHE", str(tmp_path))
+    recipe = {"test": 1}
+    final = tmp_path / f"demo-{demo.recipe_key(recipe)}"
+
+    def build(folder, _recipe):
+        (Path(folder) / "config.json").write_text("{}")
+        final.mkdir()                                   # the other process renames its build into place
+        (final / "config.json").write_text('{"first": true}')
+
+    monkeypatch.setattr(demo, "build_sft_model", build)
+    assert demo.ensure_demo_model(recipe, log=lambda *a: None) == final
+    assert json.loads((final / "config.json").read_text()) == {"first": True}
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]        # no build folder left behind
