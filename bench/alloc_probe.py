@@ -1,14 +1,15 @@
 """Per-phase wall time, system time, page faults and peak RSS of W1 (see bench.py) with our memory
 and decoding levers switched on or off, each variant in its own process, variants alternating.
 
-    python bench/alloc_probe.py --rounds 2 --steps 3 --variants all no-reuse no-file no-few-rows no-thp
+    python bench/alloc_probe.py --rounds 2 --steps 3 --variants all no-reuse no-file no-few-rows
 
 Variants (everything on, or one lever off):
   all          the code as it ships
   no-reuse     every large tensor a fresh mapping in every phase (sysmem.REUSE = False)
   no-file      the reference's weights held in memory (reference_in_file=false)
   no-few-rows  decoding matmuls as x W^T (rollout.FEW_ROWS = 0)
-  no-thp       no transparent huge pages for large tensors (THP_MEM_ALLOC_ENABLE=0)
+  thp          (not a lever the command uses) torch's transparent-huge-page allocation for tensors
+               of 2 MiB and more (THP_MEM_ALLOC_ENABLE=1)
 The first step of each process is a warm-up and not counted.
 """
 
@@ -30,13 +31,11 @@ PHASES = {"sample": "generate", "token_stats": "forward", "update_policy": "upda
 
 
 def child(variant: str, steps: int) -> None:
-    from grpo import sysmem
-    sysmem.use_huge_pages()                      # as the `grpo` command does at start (no-thp: set to 0)
-    sysmem.return_freed_memory()
     import torch
     torch.set_num_threads(THREADS)
-    from grpo import rollout
+    from grpo import rollout, sysmem
     from grpo import train as train_mod
+    sysmem.return_freed_memory()                 # as the `grpo` command does at start
     extra = {}
     if variant == "no-reuse":
         sysmem.REUSE = False
@@ -67,7 +66,7 @@ def child(variant: str, steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", nargs="+", default=["all", "no-reuse", "no-file", "no-few-rows", "no-thp"])
+    ap.add_argument("--variants", nargs="+", default=["all", "no-reuse", "no-file", "no-few-rows"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -79,7 +78,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for v in args.variants:
             p = subprocess.run([sys.executable, __file__, "--child", v, str(args.steps)], capture_output=True, text=True,
-                               env={**env, "THP_MEM_ALLOC_ENABLE": "0"} if v == "no-thp" else env)
+                               env={**env, "THP_MEM_ALLOC_ENABLE": "1"} if v == "thp" else env)
             line = next((x for x in p.stdout.splitlines() if x.startswith("PROBE ")), None)
             if line is None:
                 raise RuntimeError(f"{v} failed:\n{p.stderr[-3000:]}")

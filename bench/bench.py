@@ -129,12 +129,11 @@ def run_trl(workload: str, model: str, steps: int) -> dict:
 def child(side: str, workload: str, model: str, steps: int, extra: dict) -> None:
     import resource
 
-    if side == "grpo":              # as the `grpo` command does at start (huge pages before torch)
-        from grpo import sysmem
-        sysmem.use_huge_pages()
-        sysmem.return_freed_memory()
     import torch
     torch.set_num_threads(THREADS)
+    if side == "grpo":              # as the `grpo` command does at start
+        from grpo.sysmem import return_freed_memory
+        return_freed_memory()
     res = run_ours(workload, model, steps, extra) if side == "grpo" else run_trl(workload, model, steps)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("BENCH " + json.dumps(res), flush=True)

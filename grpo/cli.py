@@ -12,13 +12,8 @@ import json
 import sys
 import warnings
 
-from . import sysmem
-
-sysmem.use_huge_pages()        # before torch is imported: PyTorch reads the setting once (sysmem.py)
-
-from .config import (ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, ConfigError, field_type,  # noqa: E402
-                     load_yaml, resolve)
-from .rewards import RewardError  # noqa: E402
+from .rewards import RewardError
+from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, ConfigError, field_type, load_yaml, resolve
 
 
 def flag(name: str) -> str:

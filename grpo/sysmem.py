@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import os
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -28,18 +27,6 @@ M_MMAP_THRESHOLD = -3
 _libc = None
 _threshold = None          # the mmap threshold set by return_freed_memory, once applied
 REUSE = True               # reuse_freed_memory on (the probe in bench/ turns it off to compare)
-
-
-def use_huge_pages() -> bool:
-    """Have PyTorch align tensors of 2 MiB and more to 2 MiB and mark them for transparent huge
-    pages (its THP_MEM_ALLOC_ENABLE setting; Linux only, and only where the kernel's
-    transparent_hugepage mode is `madvise` or `always`). PyTorch reads the setting once, at its
-    first allocation, so this must run before torch allocates anything; the `grpo` command calls
-    it before importing torch. A value already in the environment is left as it is. True if on."""
-    if not sys.platform.startswith("linux"):
-        return False
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    return os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
 
 
 def _c():
@@ -68,7 +55,7 @@ def reuse_freed_memory(limit: int = 32 * 1024 * 1024):
     and freed heap memory is kept for the next allocation instead of being handed back; on exit
     the threshold is restored and the free heap trimmed. Does nothing unless `return_freed_memory`
     was applied (a library user's process keeps glibc's own behaviour)."""
-    if _threshold is None or not REUSE or limit <= 0:
+    if _threshold is None or not REUSE:
         yield
         return
     lib = _c()
