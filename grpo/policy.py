@@ -51,9 +51,13 @@ def _gguf_cache(folder: str, gguf_file: str) -> Path:
     return cache_root() / f"gguf-{f.stem}-{key}"
 
 
-def load_model(path: str | Path, device: torch.device, gguf_file: str | None = None):
+def load_model(path: str | Path, device: torch.device, gguf_file: str | None = None, mmap: bool = True):
     """Actor and tokenizer from a Hugging Face folder, a .gguf file (de-quantised to fp32 once,
-    then cached as a safetensors folder), or a hub id when a hub is reachable."""
+    then cached as a safetensors folder), or a hub id when a hub is reachable.
+
+    With `mmap` (transformers' default) CPU weights are views of the mapped safetensors file, and
+    one tensor still in use keeps the whole file's touched pages resident; sharded training
+    replaces most weights by their pieces, so it reads the file into memory instead."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = os.path.expanduser(str(path))
@@ -83,7 +87,7 @@ def load_model(path: str | Path, device: torch.device, gguf_file: str | None = N
                         raise
             folder = str(cached)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, disable_mmap=not mmap)
     except (OSError, ValueError, FileNotFoundError) as e:
         where = f"{folder}/{gguf_file}" if gguf_file else folder
         raise ConfigError(f"model: cannot load a causal language model from {where!r}: {e}") from None

@@ -53,17 +53,27 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 
 def shard(model, device: torch.device, world_size: int) -> list:
-    """Shard every decoder layer of `model` over the default process group; the FSDP units."""
+    """Shard every decoder layer of `model` over the default process group; the FSDP modules.
+
+    The decoder around the layers becomes the FSDP root, managing none of its own weights (the
+    embeddings and final norm stay whole: they are `ignored_params`): one root schedules all
+    layers' gathers and gradient reductions, so a single reduction buffer is in flight at a time.
+    Separate roots per layer would each keep their last buffer until the end of backward."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (world_size,))
-    units = []
-    for layer in decoder_layers(model):
+    layers = decoder_layers(model)
+    for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)
-        layer.set_gradient_divide_factor(1.0)          # a sum over processes, as data parallelism takes,
-        layer.set_force_sum_reduction_for_comms(True)  # as a plain SUM (gloo has no pre-scaled sum)
-        units.append(layer)
+    decoder = hf_model(model).get_decoder()
+    inside = {id(p) for layer in layers for p in layer.parameters()}
+    if all(any(m is layer for m in decoder.modules()) for layer in layers):
+        fully_shard(decoder, mesh=mesh, ignored_params={p for p in decoder.parameters() if id(p) not in inside})
+    units = units_of(model)
+    for unit in units:
+        unit.set_gradient_divide_factor(1.0)          # a sum over processes, as data parallelism takes,
+        unit.set_force_sum_reduction_for_comms(True)  # as a plain SUM (gloo has no pre-scaled sum)
     return units
 
 

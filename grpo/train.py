@@ -409,16 +409,17 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     return metrics, batch
 
 
-def build_models(cfg: TrainConfig, device, log=print, spill_dir: Path | None = None):
+def build_models(cfg: TrainConfig, device, log=print, spill_dir: Path | None = None, shard: bool = False):
     """Actor, reference (or None), tokenizer and the model path, as the config asks. A full
-    fine-tune's reference is kept in a file in `spill_dir` when `reference_in_file` is on."""
+    fine-tune's reference is kept in a file in `spill_dir` when `reference_in_file` is on.
+    `shard`: the models will be sharded (weights read into memory, not mapped: see load_model)."""
     if cfg.model:
         model_path = cfg.model
     else:
         from .demo import DEMO_NOTE, ensure_demo_model
         model_path = ensure_demo_model(log=log)
         log(DEMO_NOTE.format(preset=cfg.preset))
-    actor, tokenizer = load_model(model_path, device, cfg.gguf_file)
+    actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
     if cfg.lora_rank:
         actor = add_lora(actor, cfg)
         ref = AdapterDisabled(actor) if needs_reference(cfg) else None      # no second copy of the weights
@@ -463,7 +464,7 @@ def _train(cfg: TrainConfig, world: World, device, log) -> dict:
     shard = sharded(cfg, world)
     if cfg.fsdp and not shard:
         log("fsdp: one process, nothing to shard; training unsharded")
-    actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill_dir=None if shard else out)
+    actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill_dir=None if shard else out, shard=shard)
     world.broadcast_params(actor)
     if resume_from is not None:
         checkpoint.load_weights(actor, resume_from)
