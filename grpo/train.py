@@ -495,7 +495,7 @@ def _train(cfg: TrainConfig, world: World, device, log) -> dict:
                     st.eval_before = evaluate(hf_model(actor), tokenizer, task, **eval_kw)
                 log(f"held-out accuracy before: {st.eval_before['accuracy']:.3f} (n={cfg.eval_size})")
             world.barrier()
-    world.barrier()
+        st.eval_before = world.broadcast_object(st.eval_before)     # every rank takes the same branches below
 
     sinks = [JsonlSink(out / "metrics.jsonl"), ConsoleSink(cfg.max_steps)] if world.main else []
     samples_fh = open(out / "completions.jsonl", "a") if world.main else None

@@ -200,10 +200,12 @@ def test_nproc_flag_launches_torchrun(tiny_model_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "grpo", "train", "--nproc", "2", "--model", str(tiny_model_dir),
                            "--max-steps", "1", "--prompts-per-step", "2", "--group-size", "2",
-                           "--max-new-tokens", "4", "--eval-size", "0", "--no-save-model",
+                           "--max-new-tokens", "4", "--eval-size", "4", "--eval-batch-size", "4", "--no-save-model",
                            "--output-dir", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert json.loads((out / "summary.json").read_text())["processes"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["eval_after"]["n"] == 4 and "done: held-out accuracy" in proc.stdout
     assert len(rows(out)) == 1
 
 
