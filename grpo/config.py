@@ -121,7 +121,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     reference_in_file: bool = _f(
         True, "Full fine-tuning on CPU: keep the frozen reference's weights in a file mapped into memory and resident "
-              "only during its forward pass, so the update's peak holds one copy of the weights fewer.")
+              "only during its forward pass, so the update's peak holds one copy of the weights fewer "
+              "(not with --fsdp: the reference is sharded instead).")
     fsdp: bool = _f(
         False, "With several processes: shard every decoder layer's weights, gradients and AdamW moments over them "
                "(FSDP2 fully_shard); embeddings and LM head stay whole. Ignored with one process.")

@@ -60,7 +60,14 @@ def shard(model, device: torch.device, world_size: int) -> list:
     layers' gathers and gradient reductions, so a single reduction buffer is in flight at a time.
     Separate roots per layer would each keep their last buffer until the end of backward."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError:
+        FSDPModule = None
+    if FSDPModule is None or not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
+        from .config import ConfigError
+        raise ConfigError(f"fsdp: torch {torch.__version__} lacks the FSDP2 interface this needs "
+                          "(fully_shard, set_force_sum_reduction_for_comms); install a newer torch or drop --fsdp")
 
     mesh = init_device_mesh(device.type, (world_size,))
     layers = decoder_layers(model)

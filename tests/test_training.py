@@ -69,8 +69,8 @@ def preset_run(request, tiny_config, tiny_model_dir):
     cfg = tiny_config(preset=request.param, task="dense", lr=1e-2)
     seen = {}
 
-    def load_spy(path, device, gguf_file=None):
-        actor, tok = policy.load_model(path, device, gguf_file)
+    def load_spy(path, device, gguf_file=None, **kw):
+        actor, tok = policy.load_model(path, device, gguf_file, **kw)
         seen["actor"], seen["initial"] = actor, state(actor)
         return actor, tok
 
