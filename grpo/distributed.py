@@ -26,6 +26,19 @@ import os
 import torch
 
 
+BUCKET = 32 * 1024 * 1024      # bytes of gradients summed per all_reduce
+
+
+def _all_reduce_flat(params) -> None:
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
 class World:
     """This process's place in the job: rank, size, and the collectives the trainer uses."""
 
@@ -90,13 +103,18 @@ class World:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        torch.distributed.all_reduce(flat)
-        offset = 0
+        # in buckets of about BUCKET bytes: one flat copy of every gradient at once would hold a
+        # second set of gradients at the step's memory peak
+        bucket: list = []
+        size = 0
         for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-            offset += n
+            bucket.append(p)
+            size += p.grad.numel() * p.grad.element_size()
+            if size >= BUCKET:
+                _all_reduce_flat(bucket)
+                bucket, size = [], 0
+        if bucket:
+            _all_reduce_flat(bucket)
 
     def broadcast_params(self, module) -> None:
         """Make every rank hold rank 0's trainable weights (e.g. a randomly initialised adapter)."""
