@@ -89,8 +89,8 @@ def few_rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     streams the weights from memory once per token. MKL does that far better with the weight as
     the left operand: on the 2-core development machine, SmolLM2-135M's 210 layer matmuls at 16
     rows took 73-76 ms per token this way against 90-127 ms as x W^T, its LM head 24-25 against
-    39-57 ms (two runs of bench/decode_matmul.py). The same products up to rounding; the result is a transposed view,
-    which the following ops accept."""
+    39-57 ms (two runs of bench/decode_matmul.py). The same products up to rounding; the result
+    is a transposed view, which the following ops accept."""
     rows = x.numel() // x.shape[-1] if x.numel() else 0
     if rows == 0 or rows > FEW_ROWS or x.device.type != "cpu" or x.dtype != weight.dtype:
         return torch.nn.functional.linear(x, weight, bias)

@@ -75,7 +75,7 @@ def shard(model, device: torch.device, world_size: int) -> list:
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)
     decoder = hf_model(model).get_decoder()
     inside = {id(p) for layer in layers for p in layer.parameters()}
-    if all(any(m is layer for m in decoder.modules()) for layer in layers):
+    if {id(layer) for layer in layers} <= {id(m) for m in decoder.modules()}:
         fully_shard(decoder, mesh=mesh, ignored_params={p for p in decoder.parameters() if id(p) not in inside})
     units = units_of(model)
     for unit in units:

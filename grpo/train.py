@@ -180,7 +180,7 @@ def update_policy(cfg, actor, ref, opt, sched, batch: StepBatch, beta: float, sh
     device = batch.rollout.completion_ids.device
     lo, hi = batch.first_prompt, batch.first_prompt + batch.rollout.completion_ids.shape[0] // G
     reuse_logp_as_old = cfg.updates_per_batch == 1 and cfg.minibatches == 1
-    params = [p for p in actor.parameters() if p.requires_grad]
+    params = trainable(actor)
     shard = sharded(cfg, world)
     tally = Tally()
     for _ in range(cfg.updates_per_batch):
@@ -322,9 +322,10 @@ class RunState:
 
 
 def new_run_state(cfg: TrainConfig, actor, device, shard: bool = False) -> RunState:
-    params = [p for p in actor.parameters() if p.requires_grad]
+    params = trainable(actor)
     # fused: one kernel per step, without the foreach path's parameter-sized temporaries
-    opt = torch.optim.AdamW(sharding.param_groups(params) if shard else params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
+    opt = torch.optim.AdamW(sharding.param_groups(params) if shard else params, lr=cfg.lr,
+                            betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
                             fused=torch.device(device).type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     return RunState(opt, sched, random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1), BetaController(cfg),
