@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicLayer
 
+from . import lean_decode
+
 
 @dataclass
 class Rollout:
@@ -190,12 +192,18 @@ def _generate(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_ids, pad_id
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True,
                 logits_to_keep=1)                                     # only the last position's logits
     cache, logits = out.cache, out.logits[:, -1]
-    if num_samples > 1:
+    lean = None if lean_decode.unsupported(model) else lean_decode.LeanDecoder(model, cache, prompt_mask, num_samples,
+                                                                               max_new_tokens)
+    if lean is not None:
+        out = cache = None                                              # the buffers hold the keys/values now
+    elif num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
+    if num_samples > 1:
         logits, pos = logits.repeat_interleave(num_samples, 0), pos.repeat_interleave(num_samples, 0)
         prompt_ids = prompt_ids.repeat_interleave(num_samples, 0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, 0)
-    reserve(cache, max_new_tokens)
+    if lean is None:
+        reserve(cache, max_new_tokens)
     N = prompt_ids.shape[0]
     mask = prompt_mask.clone()
     next_pos = pos[:, -1:] + 1
@@ -222,11 +230,14 @@ def _generate(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_ids, pad_id
         finished = finished | torch.isin(tok, eos)
         if bool(finished.all()) or t == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
+        if lean is not None:
+            logits = lean.step(tok, next_pos[:, 0])
+        else:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, cache=cache, use_cache=True)
+            cache, logits = out.cache, out.logits[:, -1]
         next_pos = next_pos + 1
-    del cache
+    del cache, lean
     completion_mask = torch.stack(valid, 1)
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=torch.stack(tokens, 1),
                    completion_mask=completion_mask, logprobs=torch.stack(logps, 1),
