@@ -9,6 +9,7 @@ Variants (everything on, or one lever off):
   no-file      the reference's weights held in memory (reference_in_file=false)
   no-few-rows  decoding matmuls as x W^T (rollout.FEW_ROWS = 0)
   no-lean      decoding through the model's forward instead of the lean step (lean_decode.ENABLED = False)
+  no-fused-head  log-probs through autograd's checkpointed log-softmax (policy.FUSED_HEAD = False)
   thp          (not a lever the command uses) torch's transparent-huge-page allocation for tensors
                of 2 MiB and more (THP_MEM_ALLOC_ENABLE=1)
 The first step of each process is a warm-up and not counted.
@@ -34,7 +35,7 @@ PHASES = {"sample": "generate", "token_stats": "forward", "update_policy": "upda
 def child(variant: str, steps: int) -> None:
     import torch
     torch.set_num_threads(THREADS)
-    from grpo import lean_decode, rollout, sysmem
+    from grpo import lean_decode, policy, rollout, sysmem
     from grpo import train as train_mod
     sysmem.return_freed_memory()                 # as the `grpo` command does at start
     extra = {}
@@ -46,6 +47,8 @@ def child(variant: str, steps: int) -> None:
         rollout.FEW_ROWS = 0
     elif variant == "no-lean":
         lean_decode.ENABLED = False
+    elif variant == "no-fused-head":
+        policy.FUSED_HEAD = False
     log: list[dict] = []
 
     def timed(name, f):

@@ -276,6 +276,9 @@ class TokenStats:
     full_kl: Tensor | None    # (N, L) KL(pi || pi_ref) over the vocabulary, when a reference was given
 
 
+FUSED_HEAD = True        # token_stats through _HeadLogProb where the head allows (bench/ turns it off to compare)
+
+
 def _hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     decoder = hf_model(model).get_decoder()
     out = decoder(inputs_embeds=_embed(decoder, input_ids), attention_mask=attention_mask,
@@ -444,6 +447,63 @@ def _head_logits(model, hidden: Tensor, temperature: float) -> Tensor:
     return logits if temperature == 1.0 else logits / temperature
 
 
+class _HeadLogProb(torch.autograd.Function):
+    """Log-prob of each row's target token and the distribution's entropy, straight from the
+    hidden states through a plain linear LM head: (m, H) -> (m,), (m,) (entropy not differentiable).
+
+    The same values as log_softmax(h W^T / T) gathered at the targets, without keeping any
+    (m, vocabulary) tensor for backward: only the rows' log-normaliser is saved, and backward
+    recomputes the logits once and turns them in place into their gradient,
+    g * (onehot(target) - softmax) / T. Autograd's own path (checkpointed) holds the recomputed
+    logits, their log-softmax, the gather's zero-filled gradient and the log-softmax's gradient,
+    each (m, vocabulary)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, inv_temperature: float):
+        logits = losses._upcast(torch.nn.functional.linear(h, weight, bias))
+        if inv_temperature != 1.0:
+            logits.mul_(inv_temperature)
+        top = logits.amax(-1, keepdim=True)
+        logits.sub_(top)                                                 # shifted: max 0 per row
+        p = logits.exp()
+        total = p.sum(-1)
+        log_total = total.log()
+        logp = logits.gather(-1, targets[:, None]).squeeze(-1) - log_total
+        expected = torch.bmm(p[:, None], logits[:, :, None]).view(-1) / total     # E_p[shifted logit]
+        entropy = log_total - expected
+        ctx.save_for_backward(h, weight, bias, targets, top.squeeze(-1) + log_total)
+        ctx.inv_temperature = inv_temperature
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, g, _g_entropy):
+        h, weight, bias, targets, log_z = ctx.saved_tensors
+        grad = losses._upcast(torch.nn.functional.linear(h, weight, bias))
+        if ctx.inv_temperature != 1.0:
+            grad.mul_(ctx.inv_temperature)
+        grad.sub_(log_z[:, None]).exp_().mul_(-g[:, None])              # -g * softmax
+        grad.scatter_add_(1, targets[:, None], g[:, None])                 # + g at the target
+        if ctx.inv_temperature != 1.0:
+            grad.mul_(ctx.inv_temperature)
+        grad = grad.to(h.dtype)
+        dh = grad @ weight if ctx.needs_input_grad[0] else None
+        dw = grad.t() @ h if ctx.needs_input_grad[1] else None
+        db = grad.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        return dh, dw, db, None, None
+
+
+def _plain_head(model):
+    """The model's LM head if it is a plain nn.Linear with no logit soft-capping, else None."""
+    net = hf_model(model)
+    head = net.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or "forward" in vars(head) or getattr(net.config, "final_logit_softcapping", None):
+        return None
+    if torch.is_autocast_enabled(head.weight.device.type):     # backward would not recompute the same logits
+        return None
+    return head
+
+
 def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_model=None) -> TokenStats:
     """Log-prob, entropy (and full KL to `ref_model`) of every valid completion token."""
     if isinstance(model, AdapterDisabled):          # the reference under LoRA (never differentiated)
@@ -469,14 +529,18 @@ def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_
             ref_logits = _head_logits(ref_net, ref_c, temperature)
         return logp, ent, losses.full_kl_from_logits(logits, ref_logits)
 
+    head = _plain_head(model) if ref_model is None and FUSED_HEAD else None
     parts = []
     for s in range(0, h.shape[0], chunk):
         args = (h[s:s + chunk], targets[s:s + chunk], None if ref_h is None else ref_h[s:s + chunk])
-        if torch.is_grad_enabled() and h.requires_grad:
+        if head is not None:
+            logp, ent = _HeadLogProb.apply(args[0], head.weight, head.bias, args[1], 1.0 / temperature)
+            parts.append((logp, ent, None))
+        elif torch.is_grad_enabled() and h.requires_grad:
             parts.append(checkpoint(piece, *args, use_reentrant=False))
         else:
             parts.append(piece(*args))
-    logp, ent, kl = (torch.cat(x) for x in zip(*parts)) if parts else (h.new_zeros(0),) * 3
+    logp, ent, kl = (torch.cat(x) if x[0] is not None else None for x in zip(*parts)) if parts else (h.new_zeros(0),) * 3
 
     def scatter(v):
         return torch.zeros(sel.shape, dtype=v.dtype, device=v.device).masked_scatter(sel, v)

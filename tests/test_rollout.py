@@ -311,3 +311,60 @@ def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
         assert set(torch.nonzero(freq).flatten().tolist()) == {3, 600, 998}
         assert torch.allclose(freq[[3, 600, 998]], torch.tensor([0.25, 0.5, 0.25]), atol=0.015)
         assert torch.all(w[2, draws[2]] > 0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_head_log_prob_and_entropy_equal_autograds_path(bias, temperature):
+    """policy._HeadLogProb against log_softmax + gather (and the entropy's definition): values,
+    and gradients into the hidden states, the weight and the bias."""
+    from grpo.policy import _HeadLogProb
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 30, bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(30, 8, generator=g))
+        if bias:
+            head.bias.copy_(torch.randn(30, generator=g))
+    h = torch.randn(11, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 30, (11,), generator=g)
+    w = torch.randn(11, generator=g)
+
+    logp_all = torch.log_softmax(head(h) / temperature, -1)
+    want = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    want_ent = -(logp_all.exp() * logp_all).sum(-1)
+    want_grads = torch.autograd.grad((want * w).sum(), [h, *head.parameters()])
+
+    logp, ent = _HeadLogProb.apply(h, head.weight, head.bias, targets, 1.0 / temperature)
+    torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, want_ent.detach(), atol=1e-5, rtol=1e-5)
+    assert not ent.requires_grad
+    grads = torch.autograd.grad((logp * w).sum(), [h, *head.parameters()])
+    for got, exp in zip(grads, want_grads):
+        torch.testing.assert_close(got, exp, atol=1e-5, rtol=1e-4)
+
+    head.requires_grad_(False)                           # a frozen head (LoRA): only the hidden states' gradient
+    logp, _ = _HeadLogProb.apply(h, head.weight, head.bias, targets, 1.0 / temperature)
+    (dh,) = torch.autograd.grad((logp * w).sum(), [h])
+    torch.testing.assert_close(dh, want_grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_token_stats_fused_head_equals_the_checkpointed_path(model_tok, monkeypatch):
+    from grpo import policy
+    model, tok = model_tok
+    roll = rollout(model, tok, repeats=2, temperature=0.8)
+    w = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(1))
+    calls = []
+    apply = policy._HeadLogProb.apply
+    monkeypatch.setattr(policy._HeadLogProb, "apply", lambda *a: calls.append(1) or apply(*a))
+    fused = token_stats(model, roll, temperature=0.8, chunk=5)
+    fused_grads = grads_of(model, lambda: (token_stats(model, roll, temperature=0.8, chunk=5).logp * w).sum())
+    assert calls
+    monkeypatch.setattr(policy, "FUSED_HEAD", False)
+    n = len(calls)
+    plain = token_stats(model, roll, temperature=0.8, chunk=5)
+    plain_grads = grads_of(model, lambda: (token_stats(model, roll, temperature=0.8, chunk=5).logp * w).sum())
+    assert len(calls) == n
+    torch.testing.assert_close(fused.logp, plain.logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.entropy, plain.entropy, atol=1e-5, rtol=1e-5)
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
