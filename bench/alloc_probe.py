@@ -9,7 +9,9 @@ Variants (everything on, or one lever off):
   no-file      the reference's weights held in memory (reference_in_file=false)
   no-few-rows  decoding matmuls as x W^T (rollout.FEW_ROWS = 0)
   no-lean      decoding through the model's forward instead of the lean step (lean_decode.ENABLED = False)
-  no-fused-head  log-probs through autograd's checkpointed log-softmax (policy.FUSED_HEAD = False)
+  no-trim      the update on fresh mappings, no heap reuse there (sysmem.UPDATE_TRIM_EVERY = None)
+  no-fused-head
+               log-probs through autograd's checkpointed log-softmax (policy.FUSED_HEAD = False)
   thp          (not a lever the command uses) torch's transparent-huge-page allocation for tensors
                of 2 MiB and more (THP_MEM_ALLOC_ENABLE=1)
 The first step of each process is a warm-up and not counted.
@@ -47,6 +49,8 @@ def child(variant: str, steps: int) -> None:
         rollout.FEW_ROWS = 0
     elif variant == "no-lean":
         lean_decode.ENABLED = False
+    elif variant == "no-trim":
+        sysmem.UPDATE_TRIM_EVERY = None
     elif variant == "no-fused-head":
         policy.FUSED_HEAD = False
     log: list[dict] = []

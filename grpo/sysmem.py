@@ -9,10 +9,13 @@ to the system on free. But a fresh mapping costs a page fault per 4 KiB touched:
 reference forward on W1 took 0.7 million faults and 2.9 s of system time. So sampling and the
 reference forward, which sit below the step's memory peak, run inside `reuse_freed_memory`: their
 large blocks come from the heap and are reused from one layer, chunk or token to the next, and
-the free heap is handed back when the phase ends. The update, where the peak is, keeps fresh
-mappings: from the heap it was faster but its peak grew by 0.35-0.6 GB (blocks of many sizes,
-freed in a different order than allocated, leave holes the next block does not fit). Measured
-with bench/alloc_probe.py and docs/performance.md. No effect outside glibc.
+the free heap is handed back when the phase ends. The update, where the peak is, reuses the heap
+too but hands its free pages back twice a second (`trim_every`): from the heap alone its peak grew
+by 0.35-0.6 GB (blocks of many sizes, freed in a different order than allocated, leave holes the
+next block does not fit: 0.36-0.45 GB free inside the heap through the whole update on W1), and
+with fresh mappings alone it took 2.2 million page faults and 7-8 s of system time per step.
+Trimmed every 0.5 s, W1's update took 0.8 million faults and 14.4-15.5 s against 18.3-18.8 s, at
+the same peak (2.75 GB). Measured with bench/alloc_probe.py and docs/performance.md. No effect outside glibc.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
+import threading
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 _libc = None
 _threshold = None          # the mmap threshold set by return_freed_memory, once applied
 REUSE = True               # reuse_freed_memory on (the probe in bench/ turns it off to compare)
+UPDATE_TRIM_EVERY = 0.5    # seconds between heap trims during the update (None: fresh mappings there)
 
 
 def _c():
@@ -50,20 +55,33 @@ def return_freed_memory(threshold: int = 1024 * 1024) -> bool:
 
 
 @contextlib.contextmanager
-def reuse_freed_memory(limit: int = 32 * 1024 * 1024):
+def reuse_freed_memory(limit: int = 32 * 1024 * 1024, trim_every: float | None = None):
     """Inside: allocations up to `limit` bytes (glibc allows 32 MiB at most) come from the heap,
     and freed heap memory is kept for the next allocation instead of being handed back; on exit
-    the threshold is restored and the free heap trimmed. Does nothing unless `return_freed_memory`
-    was applied (a library user's process keeps glibc's own behaviour)."""
+    the threshold is restored and the free heap trimmed. With `trim_every` (seconds), a helper
+    thread also trims the free heap at that interval while inside, which bounds the holes the
+    heap can gather. Does nothing unless `return_freed_memory` was applied (a library user's
+    process keeps glibc's own behaviour)."""
     if _threshold is None or not REUSE:
         yield
         return
     lib = _c()
     lib.mallopt(M_TRIM_THRESHOLD, limit)
     lib.mallopt(M_MMAP_THRESHOLD, limit)
+    stop = threading.Event()
+    trimmer = None
+    if trim_every:
+        def run():
+            while not stop.wait(trim_every):
+                trim()
+        trimmer = threading.Thread(target=run, name="grpo-heap-trim", daemon=True)
+        trimmer.start()
     try:
         yield
     finally:
+        stop.set()
+        if trimmer is not None:
+            trimmer.join()
         lib.mallopt(M_MMAP_THRESHOLD, _threshold)
         lib.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
         trim()

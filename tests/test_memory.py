@@ -154,3 +154,39 @@ def test_reuse_freed_memory_serves_repeated_large_blocks_without_page_faults():
     assert mapped > 20 * 1000, mapped                 # ~2048 pages of 4 KiB per block
     assert reused < mapped / 10, (mapped, reused)
 
+
+
+TRIM_PROBE = """
+import os, sys, time, torch
+from grpo import sysmem
+if not sysmem.return_freed_memory():
+    print("skip"); sys.exit()
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def holes(trim_every):
+    with sysmem.reuse_freed_memory(trim_every=trim_every):
+        blocks = [torch.ones(2 * 2 ** 20) for _ in range(10)]      # 80 MiB from the heap, written
+        keep = torch.ones(2 ** 14)                                  # a small block above them
+        before = rss()
+        del blocks                                                  # 80 MiB of holes below `keep`
+        time.sleep(0.5)
+        held = rss()
+        del keep
+    return (before - held) // 2 ** 20
+
+print(holes(None), holes(0.05))
+"""
+
+
+@linux_only
+def test_reuse_with_trim_every_hands_free_heap_pages_back_while_inside():
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}).stdout
+    if out.strip() == "skip":
+        pytest.skip("glibc's mallopt is not available")
+    kept_released, trimmed_released = map(int, out.split())      # MiB handed back while still inside
+    assert kept_released < 20, kept_released
+    assert trimmed_released > 60, trimmed_released
