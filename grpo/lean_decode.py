@@ -23,6 +23,24 @@ NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
 ENABLED = True          # bench/alloc_probe.py turns it off to compare
 
 
+def _kind(module) -> str:
+    """The class name of `module`, seen through FSDP2's wrapper (`fully_shard` turns a
+    LlamaDecoderLayer into an FSDPLlamaDecoderLayer subclass)."""
+    for cls in type(module).__mro__:
+        if not cls.__module__.startswith("torch.distributed"):
+            return cls.__name__
+    return type(module).__name__
+
+
+def _sharded(model) -> bool:
+    """Any parameter still a sharded DTensor (FSDP2 outside `sharding.gathered`)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def unsupported(model) -> str | None:
     """Why `model` (a transformers causal LM) cannot take the lean step, or None if it can."""
     if not ENABLED:
@@ -35,19 +53,21 @@ def unsupported(model) -> str | None:
         return "not on a CPU"
     if torch.is_autocast_enabled(p.device.type):
         return "autocast is on"
+    if _sharded(model):
+        return "sharded weights"
     cfg = model.config
     if getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True):
         return "sliding-window attention"
     if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
         return "attention other than full"
-    if type(dec.norm).__name__ not in NORMS:
-        return f"final norm {type(dec.norm).__name__}"
+    if _kind(dec.norm) not in NORMS:
+        return f"final norm {_kind(dec.norm)}"
     for layer in dec.layers:
-        if type(layer).__name__ not in LAYERS:
-            return f"decoder layer {type(layer).__name__}"
+        if _kind(layer) not in LAYERS:
+            return f"decoder layer {_kind(layer)}"
         norms = [layer.input_layernorm, layer.post_attention_layernorm]
         norms += [getattr(layer.self_attn, n) for n in ("q_norm", "k_norm") if hasattr(layer.self_attn, n)]
-        if any(type(n).__name__ not in NORMS for n in norms):
+        if any(_kind(n) not in NORMS for n in norms):
             return "a norm of another kind"
         if model.training and getattr(layer.self_attn, "attention_dropout", 0.0):
             return "attention dropout in training mode"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import zlib
+from pathlib import Path
 
 import torch
 
@@ -21,15 +22,26 @@ def dense_reward(prompts, completions, **_):
 
 
 def main(spec: str) -> None:
-    from grpo import distributed
+    from grpo import distributed, lean_decode
     from grpo.config import resolve
     from grpo.train import train
+    built = [0]
+    init = lean_decode.LeanDecoder.__init__
+
+    def counting_init(self, *a, **k):       # how often sampling took the lean step (checked by the test)
+        built[0] += 1
+        init(self, *a, **k)
+
+    lean_decode.LeanDecoder.__init__ = counting_init
     distributed.BUCKET = 4096          # the tiny model's gradients then go over in many all_reduce buckets
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")         # one group for every run of the job
     try:
         for overrides in json.loads(open(spec).read()):
+            built[0] = 0
             train(resolve(overrides=overrides), log=lambda *a: None)
+            rank = torch.distributed.get_rank()
+            (Path(overrides["output_dir"]) / f"lean-decoders-rank{rank}.txt").write_text(str(built[0]))
     finally:
         torch.distributed.destroy_process_group()
 

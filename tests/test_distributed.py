@@ -124,6 +124,8 @@ def test_two_processes_give_the_one_process_run(runs, name, layout):
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
     assert json.loads((two / "summary.json").read_text())["sharded"] is LAYOUTS[layout]["fsdp"]
     assert json.loads((one / "summary.json").read_text())["processes"] == 1
+    for rank in (0, 1):                     # sampling took the lean decoding step, sharded or not
+        assert int((two / f"lean-decoders-rank{rank}.txt").read_text()) > 0
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

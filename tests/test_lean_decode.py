@@ -121,3 +121,11 @@ def test_unsupported_models_and_settings_say_why():
         layer.self_attn.attention_dropout = 0.1
     assert lean_decode.unsupported(llama.eval()) is None                   # dropout is off outside training
     assert "dropout" in lean_decode.unsupported(llama.train())
+
+
+def test_a_wrapper_subclass_from_torch_distributed_is_seen_through():
+    base = transformers.models.llama.modeling_llama.LlamaDecoderLayer
+    wrapped = type("FSDPLlamaDecoderLayer", (base,), {"__module__": "torch.distributed.fsdp._fully_shard"})
+    user = type("MyLayer", (base,), {"__module__": "mycode"})
+    assert lean_decode._kind(wrapped.__new__(wrapped)) == "LlamaDecoderLayer"
+    assert lean_decode._kind(user.__new__(user)) == "MyLayer"        # a user's own subclass is not assumed
