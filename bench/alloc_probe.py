@@ -10,6 +10,7 @@ Variants (everything on, or one lever off):
   no-few-rows  decoding matmuls as x W^T (rollout.FEW_ROWS = 0)
   no-lean      decoding through the model's forward instead of the lean step (lean_decode.ENABLED = False)
   no-trim      the update on fresh mappings, no heap reuse there (sysmem.UPDATE_TRIM_EVERY = None)
+  no-keep      the LM head's logits recomputed in backward (head_keep_mb=0)
   no-fused-head
                log-probs through autograd's checkpointed log-softmax (policy.FUSED_HEAD = False)
   thp          (not a lever the command uses) torch's transparent-huge-page allocation for tensors
@@ -51,6 +52,8 @@ def child(variant: str, steps: int) -> None:
         lean_decode.ENABLED = False
     elif variant == "no-trim":
         sysmem.UPDATE_TRIM_EVERY = None
+    elif variant == "no-keep":
+        extra["head_keep_mb"] = 0
     elif variant == "no-fused-head":
         policy.FUSED_HEAD = False
     log: list[dict] = []

@@ -128,6 +128,9 @@ class TrainConfig:
                "(FSDP2 fully_shard); embeddings and LM head stay whole. Ignored with one process.")
     bf16: bool = _f(False, "bf16 autocast for forward passes (where the device supports it; master weights stay fp32).")
     logprob_chunk: int = _f(256, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
+    head_keep_mb: int = _f(
+        256, "Under autograd, keep the LM head's softmax of up to this many MB of completion tokens from the forward "
+             "pass to the backward pass instead of recomputing those logits (0 = always recompute).", min=0)
 
     # -------------------------------------------------------- eval & logs
     eval_size: int = _f(200, "Held-out problems scored before and after training (0 = no eval).", min=0)

@@ -451,15 +451,15 @@ class _HeadLogProb(torch.autograd.Function):
     """Log-prob of each row's target token and the distribution's entropy, straight from the
     hidden states through a plain linear LM head: (m, H) -> (m,), (m,) (entropy not differentiable).
 
-    The same values as log_softmax(h W^T / T) gathered at the targets, without keeping any
-    (m, vocabulary) tensor for backward: only the rows' log-normaliser is saved, and backward
-    recomputes the logits once and turns them in place into their gradient,
-    g * (onehot(target) - softmax) / T. Autograd's own path (checkpointed) holds the recomputed
-    logits, their log-softmax, the gather's zero-filled gradient and the log-softmax's gradient,
-    each (m, vocabulary)."""
+    The same values as log_softmax(h W^T / T) gathered at the targets, with one (m, vocabulary)
+    tensor at most kept for backward: with `keep`, the softmax itself (backward then needs no
+    product with the head); without, only the rows' log-normaliser, and backward recomputes the
+    logits once and turns them in place into their gradient, g * (onehot(target) - softmax) / T.
+    Autograd's own path (checkpointed) holds the recomputed logits, their log-softmax, the
+    gather's zero-filled gradient and the log-softmax's gradient, each (m, vocabulary)."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, inv_temperature: float):
+    def forward(ctx, h, weight, bias, targets, inv_temperature: float, keep: bool):
         logits = losses._upcast(torch.nn.functional.linear(h, weight, bias))
         if inv_temperature != 1.0:
             logits.mul_(inv_temperature)
@@ -471,18 +471,25 @@ class _HeadLogProb(torch.autograd.Function):
         logp = logits.gather(-1, targets[:, None]).squeeze(-1) - log_total
         expected = torch.bmm(p[:, None], logits[:, :, None]).view(-1) / total     # E_p[shifted logit]
         entropy = log_total - expected
-        ctx.save_for_backward(h, weight, bias, targets, top.squeeze(-1) + log_total)
-        ctx.inv_temperature = inv_temperature
+        del logits
+        if keep:
+            ctx.save_for_backward(h, weight, bias, targets, p.div_(total[:, None]))       # the softmax
+        else:
+            ctx.save_for_backward(h, weight, bias, targets, top.squeeze(-1) + log_total)
+        ctx.inv_temperature, ctx.keep = inv_temperature, keep
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, g, _g_entropy):
-        h, weight, bias, targets, log_z = ctx.saved_tensors
-        grad = losses._upcast(torch.nn.functional.linear(h, weight, bias))
-        if ctx.inv_temperature != 1.0:
-            grad.mul_(ctx.inv_temperature)
-        grad.sub_(log_z[:, None]).exp_().mul_(-g[:, None])              # -g * softmax
+        h, weight, bias, targets, saved = ctx.saved_tensors
+        if ctx.keep:
+            grad = saved * -g[:, None]                                   # -g * softmax (the saved one stays)
+        else:
+            grad = losses._upcast(torch.nn.functional.linear(h, weight, bias))
+            if ctx.inv_temperature != 1.0:
+                grad.mul_(ctx.inv_temperature)
+            grad.sub_(saved[:, None]).exp_().mul_(-g[:, None])          # -g * softmax
         grad.scatter_add_(1, targets[:, None], g[:, None])                 # + g at the target
         if ctx.inv_temperature != 1.0:
             grad.mul_(ctx.inv_temperature)
@@ -490,7 +497,7 @@ class _HeadLogProb(torch.autograd.Function):
         dh = grad @ weight if ctx.needs_input_grad[0] else None
         dw = grad.t() @ h if ctx.needs_input_grad[1] else None
         db = grad.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
-        return dh, dw, db, None, None
+        return dh, dw, db, None, None, None
 
 
 def _plain_head(model):
@@ -504,8 +511,11 @@ def _plain_head(model):
     return head
 
 
-def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_model=None) -> TokenStats:
-    """Log-prob, entropy (and full KL to `ref_model`) of every valid completion token."""
+def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_model=None,
+                keep_bytes: int = 0) -> TokenStats:
+    """Log-prob, entropy (and full KL to `ref_model`) of every valid completion token. Under
+    autograd, the LM head's softmax of the first chunks, up to `keep_bytes` in all, is kept for
+    backward instead of recomputed (see `_HeadLogProb`)."""
     if isinstance(model, AdapterDisabled):          # the reference under LoRA (never differentiated)
         with model.peft_model.disable_adapter():
             return token_stats(hf_model(model.peft_model), rollout, temperature=temperature, chunk=chunk,
@@ -530,11 +540,15 @@ def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_
         return logp, ent, losses.full_kl_from_logits(logits, ref_logits)
 
     head = _plain_head(model) if ref_model is None and FUSED_HEAD else None
+    budget = keep_bytes
     parts = []
     for s in range(0, h.shape[0], chunk):
         args = (h[s:s + chunk], targets[s:s + chunk], None if ref_h is None else ref_h[s:s + chunk])
         if head is not None:
-            logp, ent = _HeadLogProb.apply(args[0], head.weight, head.bias, args[1], 1.0 / temperature)
+            size = args[0].shape[0] * head.weight.shape[0] * 4
+            keep = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad) and size <= budget
+            budget -= size if keep else 0
+            logp, ent = _HeadLogProb.apply(args[0], head.weight, head.bias, args[1], 1.0 / temperature, keep)
             parts.append((logp, ent, None))
         elif torch.is_grad_enabled() and h.requires_grad:
             parts.append(checkpoint(piece, *args, use_reentrant=False))

@@ -114,7 +114,8 @@ def token_terms(cfg, actor, ref, batch: StepBatch, micro: torch.Tensor, beta: fl
     """Forward the actor on sequences `micro` and build the per-token loss (losses.py)."""
     roll = batch.rollout.select(micro)
     full_kl_ref = ref if cfg.kl_estimator == "full" else None
-    st = token_stats(actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk, ref_model=full_kl_ref)
+    st = token_stats(actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk, ref_model=full_kl_ref,
+                     keep_bytes=cfg.head_keep_mb * 2 ** 20)
     if cfg.ratio_vs == "ref":
         base = batch.ref_logp[micro]
     else:                           # pi_old: equal to pi_theta in value on the first and only update

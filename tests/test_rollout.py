@@ -313,9 +313,10 @@ def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
         assert torch.all(w[2, draws[2]] > 0)
 
 
+@pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_fused_head_log_prob_and_entropy_equal_autograds_path(bias, temperature):
+def test_fused_head_log_prob_and_entropy_equal_autograds_path(bias, temperature, keep):
     """policy._HeadLogProb against log_softmax + gather (and the entropy's definition): values,
     and gradients into the hidden states, the weight and the bias."""
     from grpo.policy import _HeadLogProb
@@ -334,7 +335,7 @@ def test_fused_head_log_prob_and_entropy_equal_autograds_path(bias, temperature)
     want_ent = -(logp_all.exp() * logp_all).sum(-1)
     want_grads = torch.autograd.grad((want * w).sum(), [h, *head.parameters()])
 
-    logp, ent = _HeadLogProb.apply(h, head.weight, head.bias, targets, 1.0 / temperature)
+    logp, ent = _HeadLogProb.apply(h, head.weight, head.bias, targets, 1.0 / temperature, keep)
     torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent, want_ent.detach(), atol=1e-5, rtol=1e-5)
     assert not ent.requires_grad
@@ -343,22 +344,31 @@ def test_fused_head_log_prob_and_entropy_equal_autograds_path(bias, temperature)
         torch.testing.assert_close(got, exp, atol=1e-5, rtol=1e-4)
 
     head.requires_grad_(False)                           # a frozen head (LoRA): only the hidden states' gradient
-    logp, _ = _HeadLogProb.apply(h, head.weight, head.bias, targets, 1.0 / temperature)
+    logp, _ = _HeadLogProb.apply(h, head.weight, head.bias, targets, 1.0 / temperature, keep)
     (dh,) = torch.autograd.grad((logp * w).sum(), [h])
     torch.testing.assert_close(dh, want_grads[0], atol=1e-5, rtol=1e-4)
 
 
-def test_token_stats_fused_head_equals_the_checkpointed_path(model_tok, monkeypatch):
+@pytest.mark.parametrize("keep_bytes", [0, 1000, 10 ** 6])
+def test_token_stats_fused_head_equals_the_checkpointed_path(model_tok, monkeypatch, keep_bytes):
+    """The fused head with the softmax recomputed in backward (0), kept for the first chunks only
+    (1000 bytes: two chunks of 5 tokens x 17 logits x 4 bytes) or kept for every chunk."""
     from grpo import policy
     model, tok = model_tok
     roll = rollout(model, tok, repeats=2, temperature=0.8)
     w = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(1))
     calls = []
     apply = policy._HeadLogProb.apply
-    monkeypatch.setattr(policy._HeadLogProb, "apply", lambda *a: calls.append(1) or apply(*a))
-    fused = token_stats(model, roll, temperature=0.8, chunk=5)
-    fused_grads = grads_of(model, lambda: (token_stats(model, roll, temperature=0.8, chunk=5).logp * w).sum())
-    assert calls
+    monkeypatch.setattr(policy._HeadLogProb, "apply", lambda *a: calls.append(a[-1]) or apply(*a))
+    with torch.no_grad():
+        fused = token_stats(model, roll, temperature=0.8, chunk=5, keep_bytes=keep_bytes)
+    assert calls and not any(calls)                                        # nothing kept without autograd
+    calls.clear()
+    fused_grads = grads_of(model, lambda: (token_stats(model, roll, temperature=0.8, chunk=5,
+                                                       keep_bytes=keep_bytes).logp * w).sum())
+    assert len(calls) > 2
+    kept = {0: 0, 1000: 2, 10 ** 6: len(calls)}[keep_bytes]
+    assert calls == [True] * kept + [False] * (len(calls) - kept)
     monkeypatch.setattr(policy, "FUSED_HEAD", False)
     n = len(calls)
     plain = token_stats(model, roll, temperature=0.8, chunk=5)
