@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import mmap
 import os
@@ -182,9 +183,9 @@ def lora_merged(model):
 
 
 def _fixed_linear(weight: Tensor, bias: Tensor | None):
-    def forward(x, *args, **kwargs):
-        return few_rows_linear(x, weight, bias)
-    return forward
+    """A forward for a linear layer with these weights: few_rows_linear bound to them (the lean
+    decoding step reads them back from the partial)."""
+    return functools.partial(few_rows_linear, weight=weight, bias=bias)
 
 
 class AdapterDisabled:

@@ -129,3 +129,25 @@ def test_a_wrapper_subclass_from_torch_distributed_is_seen_through():
     user = type("MyLayer", (base,), {"__module__": "mycode"})
     assert lean_decode._kind(wrapped.__new__(wrapped)) == "LlamaDecoderLayer"
     assert lean_decode._kind(user.__new__(user)) == "MyLayer"        # a user's own subclass is not assumed
+
+
+def test_projections_are_read_as_weights_where_their_forward_is_a_plain_linear_map():
+    from grpo.policy import _fixed_linear
+    from grpo.rollout import decoding_linears
+    plain = torch.nn.Linear(4, 3)
+    w, b = lean_decode._weights(plain)
+    assert w is plain.weight and b is plain.bias
+    merged_w = torch.randn(3, 4)
+    merged = torch.nn.Linear(4, 3, bias=False)
+    merged.forward = _fixed_linear(merged_w, None)                   # LoRA's merged weight (policy.lora_merged)
+    assert lean_decode._weights(merged)[0] is merged_w
+    holder = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with decoding_linears(holder):                                   # few-row matmuls bound to the weights
+        assert lean_decode._weights(holder[0])[0] is holder[0].weight
+    other = torch.nn.Linear(4, 3)
+    other.forward = lambda x: x[..., :3] * 2                         # anything else: the module is called
+    assert lean_decode._weights(other) is None
+    assert lean_decode._projection(other, True, torch.float32) is other
+    x = torch.randn(5, 4)
+    for left in (True, False):
+        torch.testing.assert_close(lean_decode._projection(plain, left, torch.float32)(x), plain(x))
