@@ -14,8 +14,9 @@ too but hands its free pages back twice a second (`trim_every`): from the heap a
 by 0.35-0.6 GB (blocks of many sizes, freed in a different order than allocated, leave holes the
 next block does not fit: 0.36-0.45 GB free inside the heap through the whole update on W1), and
 with fresh mappings alone it took 2.2 million page faults and 7-8 s of system time per step.
-Trimmed every 0.5 s, W1's update took 0.8 million faults and 14.4-15.5 s against 18.3-18.8 s, at
-the same peak (2.75 GB). Measured with bench/alloc_probe.py and docs/performance.md. No effect outside glibc.
+Trimmed every 0.5 s, W1's update took 0.77 million faults and 13.2 s against 16.6 s, at the same
+peak (2.76 against 2.78 GB; `python bench/alloc_probe.py --rounds 2 --steps 3 --variants all
+no-trim`, docs/performance.md). No effect outside glibc.
 """
 
 from __future__ import annotations
