@@ -37,11 +37,10 @@ def _kind(module) -> str:
 
 def _sharded(model) -> bool:
     """Any parameter still a sharded DTensor (FSDP2 outside `sharding.gathered`)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:
+    if not torch.distributed.is_available():
         return False
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    from .sharding import is_sharded
+    return any(is_sharded(p) for p in model.parameters())
 
 
 def unsupported(model) -> str | None:
@@ -147,8 +146,8 @@ class LeanDecoder:
             layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)] for layer in self.dec.layers]
         self.head = _projection(model.lm_head, left, dtype)
         # additive mask over the buffer: -inf at the prompts' padding, 0 elsewhere
-        dtype = self.keys[0].dtype if self.keys else torch.float32
-        self.mask = torch.zeros(self.rows, 1, 1, P + max_new_tokens, dtype=dtype, device=prompt_mask.device)
+        self.mask = torch.zeros(self.rows, 1, 1, P + max_new_tokens, dtype=self.keys[0].dtype,
+                                device=prompt_mask.device)
         self.mask[..., :P].masked_fill_(~prompt_mask.bool().repeat_interleave(samples, 0)[:, None, None], float("-inf"))
 
     def step(self, tokens: Tensor, positions: Tensor) -> Tensor:

@@ -277,9 +277,6 @@ class TokenStats:
     full_kl: Tensor | None    # (N, L) KL(pi || pi_ref) over the vocabulary, when a reference was given
 
 
-FUSED_HEAD = True        # token_stats through _HeadLogProb where the head allows (bench/ turns it off to compare)
-
-
 def _hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     decoder = hf_model(model).get_decoder()
     out = decoder(inputs_embeds=_embed(decoder, input_ids), attention_mask=attention_mask,
@@ -448,6 +445,9 @@ def _head_logits(model, hidden: Tensor, temperature: float) -> Tensor:
     return logits if temperature == 1.0 else logits / temperature
 
 
+FUSED_HEAD = True        # token_stats through _HeadLogProb where the head allows (bench/ turns it off to compare)
+
+
 class _HeadLogProb(torch.autograd.Function):
     """Log-prob of each row's target token and the distribution's entropy, straight from the
     hidden states through a plain linear LM head: (m, H) -> (m,), (m,) (entropy not differentiable).
@@ -542,11 +542,13 @@ def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref_
 
     head = _plain_head(model) if ref_model is None and FUSED_HEAD else None
     budget = keep_bytes
+    if head is not None:        # bytes per kept row: the softmax in the upcast dtype (losses._upcast)
+        row_bytes = head.weight.shape[0] * torch.promote_types(head.weight.dtype, torch.float32).itemsize
     parts = []
     for s in range(0, h.shape[0], chunk):
         args = (h[s:s + chunk], targets[s:s + chunk], None if ref_h is None else ref_h[s:s + chunk])
         if head is not None:
-            size = args[0].shape[0] * head.weight.shape[0] * 4
+            size = args[0].shape[0] * row_bytes
             keep = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad) and size <= budget
             budget -= size if keep else 0
             logp, ent = _HeadLogProb.apply(args[0], head.weight, head.bias, args[1], 1.0 / temperature, keep)
