@@ -8,6 +8,7 @@ Variants (everything on, or one lever off):
   no-reuse     every large tensor a fresh mapping in every phase (sysmem.REUSE = False)
   no-file      the reference's weights held in memory (reference_in_file=false)
   no-few-rows  decoding matmuls as x W^T (rollout.FEW_ROWS = 0)
+  no-native    decoding's few-row products through MKL, not the compiled kernel (native.ENABLED = False)
   no-lean      decoding through the model's forward instead of the lean step (lean_decode.ENABLED = False)
   no-trim      the update on fresh mappings, no heap reuse there (sysmem.UPDATE_TRIM_EVERY = None)
   no-keep      the LM head's logits recomputed in backward (head_keep_mb=0)
@@ -38,7 +39,7 @@ PHASES = {"sample": "generate", "token_stats": "forward", "update_policy": "upda
 def child(variant: str, steps: int) -> None:
     import torch
     torch.set_num_threads(THREADS)
-    from grpo import lean_decode, policy, rollout, sysmem
+    from grpo import lean_decode, native, policy, rollout, sysmem
     from grpo import train as train_mod
     sysmem.return_freed_memory()                 # as the `grpo` command does at start
     extra = {}
@@ -48,6 +49,8 @@ def child(variant: str, steps: int) -> None:
         extra["reference_in_file"] = False
     elif variant == "no-few-rows":
         rollout.FEW_ROWS = 0
+    elif variant == "no-native":
+        native.ENABLED = False
     elif variant == "no-lean":
         lean_decode.ENABLED = False
     elif variant == "no-trim":

@@ -1,6 +1,8 @@
 """Decoding's matmuls alone: SmolLM2-135M's 210 layer weights and its LM head (random values, same
 shapes), multiplied by a few rows at a time the way one decoding step does, as x W^T (what
-nn.Linear runs) and as (W x^T)^T (what rollout.few_rows_linear runs).
+nn.Linear runs), as (W x^T)^T through MKL (what rollout.few_rows_linear runs above
+native.MAX_ROWS rows, below native.MIN_ROWS, or where the compiled kernel is unavailable) and through grpo/native.py's
+compiled kernel (from native.MIN_ROWS to native.MAX_ROWS rows).
 
     python bench/decode_matmul.py
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 import time
 
 import torch
+
+from grpo import native
 
 LAYER = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]   # q k v o gate up down
 HEAD = (49152, 576)
@@ -40,9 +44,15 @@ def main() -> None:
     head = torch.randn(*HEAD)
     ways = {"x W^T": lambda x, w: torch.nn.functional.linear(x, w),
             "(W x^T)^T": lambda x, w: torch.mm(w, x.t()).t()}
+    if native.why_not() is None:
+        ways["kernel"] = lambda x, w: native.left_product(w, x)
+    else:
+        print(f"compiled kernel unavailable: {native.why_not()}")
     print("rows  way          210 layer matmuls   LM head   (ms per decoding step, fp32, 2 threads)")
-    for rows in (1, 4, 16, 32, 64, 128):
+    for rows in (1, 4, 8, 16, 32, 64, 128):
         for name, f in ways.items():
+            if name == "kernel" and not native.MIN_ROWS <= rows <= native.MAX_ROWS:
+                continue
             layers, h = per_token(f, weights, head, rows)
             print(f"{rows:4d}  {name:11s}  {layers * 1e3:17.1f}  {h * 1e3:8.1f}")
 

@@ -99,8 +99,10 @@ def _projection(linear, left: bool, dtype):
         return linear
     weight, bias = wb
     if left:
+        from .rollout import left_product
+
         def project(x):
-            out = torch.mm(weight, x.t()).t()
+            out = left_product(weight, x)
             return out if bias is None else out + bias
     else:
         def project(x):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicLayer
 
-from . import lean_decode
+from . import lean_decode, native
 
 
 @dataclass
@@ -91,15 +91,24 @@ def few_rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     streams the weights from memory once per token. MKL does that far better with the weight as
     the left operand: on the 2-core development machine, SmolLM2-135M's 210 layer matmuls at 16
     rows took 73-76 ms per token this way against 90-127 ms as x W^T, its LM head 24-25 against
-    39-57 ms (two runs of bench/decode_matmul.py). The same products up to rounding; the result
-    is a transposed view, which the following ops accept."""
+    39-57 ms (two runs of bench/decode_matmul.py). From `native.MIN_ROWS` to `native.MAX_ROWS`
+    rows the compiled kernel of `native` does it faster still (16 rows: 34 + 7.5 against 50 + 17
+    ms). The same products up to rounding; the result is a transposed view, which the following
+    ops accept."""
     rows = x.numel() // x.shape[-1] if x.numel() else 0
     if rows == 0 or rows > FEW_ROWS or x.device.type != "cpu" or x.dtype != weight.dtype:
         return torch.nn.functional.linear(x, weight, bias)
-    out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t()).t()                 # (rows, out)
+    out = left_product(weight, x.reshape(rows, x.shape[-1]))                     # (rows, out)
     if bias is not None:
         out = out + bias
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def left_product(weight: Tensor, x: Tensor) -> Tensor:
+    """x W^T for a 2-D x on a CPU, as a transposed view of W x^T: the compiled few-row kernel
+    where it applies (`native.left_product`), else MKL's product with the weight on the left."""
+    out = native.left_product(weight, x)
+    return out if out is not None else torch.mm(weight, x.t()).t()
 
 
 @contextlib.contextmanager
