@@ -168,12 +168,13 @@ def rss():
 
 def holes(trim_every, trim_above=None):
     with sysmem.reuse_freed_memory(trim_every=trim_every, trim_above=trim_above):
-        blocks = [torch.ones(2 * 2 ** 20) for _ in range(21)]      # 8 MiB each from the heap, written
+        blocks = [torch.ones(2 * 2 ** 20) for _ in range(10)]      # 80 MiB from the heap, written
+        keep = torch.ones(2 ** 14)                                  # a small block above them
         before = rss()
-        del blocks[0:20:2]          # 80 MiB of holes, each between two live blocks (none merges)
+        del blocks                                                  # 80 MiB of holes below `keep`
         time.sleep(0.5)
         held = rss()
-        del blocks
+        del keep
     return (before - held) // 2 ** 20
 
 print(holes(None), holes(0.05), holes(0.05, 200 * 2 ** 20), holes(0.05, 40 * 2 ** 20))
@@ -199,9 +200,10 @@ from grpo import sysmem
 if not sysmem.return_freed_memory() or sysmem.heap_slack() is None:
     print("skip"); sys.exit()
 with sysmem.reuse_freed_memory():
-    blocks = [torch.ones(2 * 2 ** 20) for _ in range(21)]
+    blocks = [torch.ones(2 * 2 ** 20) for _ in range(10)]
+    keep = torch.ones(2 ** 14)
     a = sysmem.heap_slack()
-    del blocks[0:20:2]              # 80 MiB of holes between live blocks
+    del blocks
     b = sysmem.heap_slack()
     sysmem.trim()
     c = sysmem.heap_slack()
