@@ -9,8 +9,6 @@ Variants (everything on, or one lever off):
   no-file      the reference's weights held in memory (reference_in_file=false)
   no-few-rows  decoding matmuls as x W^T (rollout.FEW_ROWS = 0)
   no-native    decoding's few-row products through MKL, not the compiled kernel (native.ENABLED = False)
-  trim-E-M     (a setting to compare) the update's heap trimmed every E seconds, only once its slack
-               grew by M MiB (sysmem.UPDATE_TRIM_EVERY, UPDATE_TRIM_ABOVE)
   no-lean      decoding through the model's forward instead of the lean step (lean_decode.ENABLED = False)
   no-trim      the update on fresh mappings, no heap reuse there (sysmem.UPDATE_TRIM_EVERY = None)
   no-keep      the LM head's logits recomputed in backward (head_keep_mb=0)
@@ -51,9 +49,6 @@ def child(variant: str, steps: int) -> None:
         extra["reference_in_file"] = False
     elif variant == "no-few-rows":
         rollout.FEW_ROWS = 0
-    elif variant.startswith("trim-"):         # trim-EVERY-ABOVE_MB, e.g. trim-0.1-128
-        _, every, above = variant.split("-")
-        sysmem.UPDATE_TRIM_EVERY, sysmem.UPDATE_TRIM_ABOVE = float(every), int(above) * 2 ** 20
     elif variant == "no-native":
         native.ENABLED = False
     elif variant == "no-lean":

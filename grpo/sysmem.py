@@ -33,7 +33,6 @@ _libc = None
 _threshold = None          # the mmap threshold set by return_freed_memory, once applied
 REUSE = True               # reuse_freed_memory on (the probe in bench/ turns it off to compare)
 UPDATE_TRIM_EVERY = 0.5    # seconds between heap trims during the update (None: fresh mappings there)
-UPDATE_TRIM_ABOVE = None   # trim only once the heap's slack grew by this many bytes (None: every time)
 
 
 def _c():
@@ -57,16 +56,13 @@ def return_freed_memory(threshold: int = 1024 * 1024) -> bool:
 
 
 @contextlib.contextmanager
-def reuse_freed_memory(limit: int = 32 * 1024 * 1024, trim_every: float | None = None,
-                       trim_above: int | None = None):
+def reuse_freed_memory(limit: int = 32 * 1024 * 1024, trim_every: float | None = None):
     """Inside: allocations up to `limit` bytes (glibc allows 32 MiB at most) come from the heap,
     and freed heap memory is kept for the next allocation instead of being handed back; on exit
     the threshold is restored and the free heap trimmed. With `trim_every` (seconds), a helper
     thread also trims the free heap at that interval while inside, which bounds the holes the
-    heap can gather; with `trim_above` (bytes) too, it trims only once the resident memory not
-    held by live allocations (`heap_slack`) has grown by that much since the last trim. Does
-    nothing unless `return_freed_memory` was applied (a library user's process keeps glibc's own
-    behaviour)."""
+    heap can gather. Does nothing unless `return_freed_memory` was applied (a library user's
+    process keeps glibc's own behaviour)."""
     if _threshold is None or not REUSE:
         yield
         return
@@ -76,16 +72,9 @@ def reuse_freed_memory(limit: int = 32 * 1024 * 1024, trim_every: float | None =
     stop = threading.Event()
     trimmer = None
     if trim_every:
-        def slack():
-            return heap_slack() if trim_above else None
-
         def run():
-            base = slack()
             while not stop.wait(trim_every):
-                now = slack()
-                if base is None or now is None or now - base > trim_above:
-                    trim()
-                    base = slack()
+                trim()
         trimmer = threading.Thread(target=run, name="grpo-heap-trim", daemon=True)
         trimmer.start()
     try:
@@ -107,28 +96,3 @@ def trim() -> None:
             _c().malloc_trim(0)
         except (OSError, AttributeError):
             pass
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def heap_slack() -> int | None:
-    """Resident bytes not held by live malloc blocks: the resident set less glibc's bytes in use
-    (heap blocks and mapped blocks). Freed heap blocks that are still resident (the heap's holes)
-    make it grow; a trim makes it shrink. None where glibc's mallinfo2 or /proc is missing."""
-    try:
-        with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * _page_size()
-        fn = _c().mallinfo2
-    except (OSError, AttributeError, ValueError, IndexError):
-        return None
-    fn.restype = _MallInfo2
-    info = fn()
-    return rss - info.uordblks - info.hblkhd
-
-
-def _page_size() -> int:
-    import os
-    return os.sysconf("SC_PAGE_SIZE")

@@ -399,8 +399,7 @@ def train_step(cfg, st: RunState, actor, ref, tokenizer, task, reward_fns, devic
     batch = StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp, lengths, truncated, first)
     t = time.time()
     # the step's memory peak: the heap is reused but trimmed every half second (sysmem.py)
-    update_memory = (sysmem.reuse_freed_memory(trim_every=sysmem.UPDATE_TRIM_EVERY, trim_above=sysmem.UPDATE_TRIM_ABOVE)
-                     if sysmem.UPDATE_TRIM_EVERY
+    update_memory = (sysmem.reuse_freed_memory(trim_every=sysmem.UPDATE_TRIM_EVERY) if sysmem.UPDATE_TRIM_EVERY
                      else contextlib.nullcontext())
     with autocast(cfg, device), update_memory:
         acc = update_policy(cfg, actor, ref, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen, world)
