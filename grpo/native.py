@@ -169,8 +169,13 @@ def left_product(weight: Tensor, x: Tensor) -> Tensor | None:
             or torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad) or why_not() is not None):
         return None
     n = (rows + 15) // 16 * 16
-    xt = x.new_zeros(x.shape[1], n)
-    xt[:, :rows] = x.t()
+    if n == rows and x.t().is_contiguous():
+        xt = x.t()          # already laid out as (in, rows): the kernel's own output is
+    else:
+        xt = x.new_empty(x.shape[1], n)
+        xt[:, :rows] = x.t()
+        if n > rows:
+            xt[:, rows:].zero_()
     y = x.new_empty(weight.shape[0], n)
     _lib.grpo_wxt(weight.data_ptr(), xt.data_ptr(), y.data_ptr(), weight.shape[0], weight.shape[1], n)
-    return y[:, :rows].t()
+    return y.t() if n == rows else y[:, :rows].t()
