@@ -97,6 +97,7 @@ void grpo_wxt(const float *W, const float *xt, float *y, long O, long K, long N)
 }
 """
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _lib = None
 _reason: str | None = None     # why the kernel is unavailable, once tried
 _tried = False
@@ -163,7 +164,8 @@ def left_product(weight: Tensor, x: Tensor) -> Tensor | None:
     """x W^T for a 2-D x of MIN_ROWS to MAX_ROWS rows, as a (rows, out) transposed view of the
     kernel's (out, rows) result; None when the kernel does not apply (then use torch)."""
     rows = x.shape[0]
-    if (rows < MIN_ROWS or rows > MAX_ROWS or weight.dtype != torch.float32 or x.dtype != torch.float32
+    if (rows < MIN_ROWS or rows > MAX_ROWS or type(weight) not in _PLAIN or type(x) not in _PLAIN   # no DTensor etc.
+            or weight.dtype != torch.float32 or x.dtype != torch.float32
             or weight.device.type != "cpu" or x.device.type != "cpu" or weight.dim() != 2
             or not weight.is_contiguous() or weight.numel() == 0
             or torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad) or why_not() is not None):

@@ -70,6 +70,11 @@ def test_declines_what_it_does_not_cover(monkeypatch):
     assert native.left_product(w.requires_grad_(), x) is None                       # would lose the gradient
     with torch.no_grad():
         assert native.left_product(w, x) is not None
+        assert native.left_product(torch.nn.Parameter(w.detach()), x) is not None
+
+        class Wrapped(torch.Tensor):          # a tensor subclass (a sharded DTensor, say): its data
+            pass                              # pointer need not be the whole matrix
+        assert native.left_product(w.detach().as_subclass(Wrapped), x) is None
     monkeypatch.setattr(native, "ENABLED", False)
     assert native.left_product(w.detach(), x) is None
     assert "switched off" in native.why_not()
