@@ -9,6 +9,7 @@ Variants (everything on, or one lever off):
   no-file      the reference's weights held in memory (reference_in_file=false)
   no-few-rows  decoding matmuls as x W^T (rollout.FEW_ROWS = 0)
   no-native    decoding's few-row products through MKL, not the compiled kernel (native.ENABLED = False)
+  set-K=V      (a setting to compare) our setting K set to V, e.g. set-logprob_chunk=512
   no-lean      decoding through the model's forward instead of the lean step (lean_decode.ENABLED = False)
   no-trim      the update on fresh mappings, no heap reuse there (sysmem.UPDATE_TRIM_EVERY = None)
   no-keep      the LM head's logits recomputed in backward (head_keep_mb=0)
@@ -49,6 +50,9 @@ def child(variant: str, steps: int) -> None:
         extra["reference_in_file"] = False
     elif variant == "no-few-rows":
         rollout.FEW_ROWS = 0
+    elif variant.startswith("set-"):          # set-KEY=VALUE: one of our settings changed, e.g. set-logprob_chunk=512
+        key, value = variant[4:].split("=", 1)
+        extra[key] = json.loads(value)
     elif variant == "no-native":
         native.ENABLED = False
     elif variant == "no-lean":
