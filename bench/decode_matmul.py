@@ -1,8 +1,8 @@
 """Decoding's matmuls alone: SmolLM2-135M's 210 layer weights and its LM head (random values, same
 shapes), multiplied by a few rows at a time the way one decoding step does, as x W^T (what
-nn.Linear runs), as (W x^T)^T through MKL (what rollout.few_rows_linear runs above
-native.MAX_ROWS rows, below native.MIN_ROWS, or where the compiled kernel is unavailable) and through grpo/native.py's
-compiled kernel (from native.MIN_ROWS to native.MAX_ROWS rows).
+nn.Linear runs), as (W x^T)^T through MKL (what rollout.few_rows_linear runs outside
+native.MIN_ROWS..native.MAX_ROWS rows, or where the compiled kernel is unavailable) and through
+grpo/native.py's compiled kernel (from native.MIN_ROWS to native.MAX_ROWS rows).
 
     python bench/decode_matmul.py
 

@@ -104,10 +104,6 @@ _reason: str | None = None     # why the kernel is unavailable, once tried
 _tried = False
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo")) / "native"
-
-
 def _cpu_has(*flags: str) -> bool:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -127,7 +123,8 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
     if not cc:
         return None, "no C compiler (cc or gcc) on PATH"
     tag = hashlib.sha256((SOURCE + " ".join(FLAGS) + cc).encode()).hexdigest()[:16]
-    folder = _cache_dir()
+    from .demo import cache_root      # the project's cache folder ($GRPO_CACHE or ~/.cache/grpo)
+    folder = cache_root() / "native"
     lib = folder / f"few_rows-{tag}.so"
     if not lib.exists():
         try:
