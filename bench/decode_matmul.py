@@ -1,8 +1,8 @@
 """Decoding's matmuls alone: SmolLM2-135M's 210 layer weights and its LM head (random values, same
 shapes), multiplied by a few rows at a time the way one decoding step does, as x W^T (what
-nn.Linear runs), as (W x^T)^T through MKL (what rollout.few_rows_linear runs outside
+nn.Linear runs), as (W x^T)^T through MKL (what grpo/fast/few_rows.py runs outside
 native.MIN_ROWS..native.MAX_ROWS rows, or where the compiled kernel is unavailable) and through
-grpo/native.py's compiled kernel (from native.MIN_ROWS to native.MAX_ROWS rows).
+grpo/fast/native.py's compiled kernel (from native.MIN_ROWS to native.MAX_ROWS rows).
 
     python bench/decode_matmul.py
 
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from grpo import native
+from grpo.fast import native
 
 LAYER = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]   # q k v o gate up down
 HEAD = (49152, 576)

@@ -11,8 +11,8 @@ import argparse
 import torch
 
 from grpo.demo import ensure_demo_model
-from grpo.policy import load_model
-from grpo.tasks import get_task
+from grpo.data.tasks import get_task
+from grpo.models.loading import load_model
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import json
 import sys
 import warnings
 
-from .rewards import RewardError
 from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, ConfigError, field_type, load_yaml, resolve
+from .rewards import RewardError
 
 
 def flag(name: str) -> str:
@@ -93,7 +93,7 @@ def cmd_train(args, argv: list[str]) -> int:
             raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
                               f"{args.nproc} processes (each process takes whole groups); "
                               f"use a multiple of {args.nproc}")
-        from .distributed import launch
+        from .parallel.world import launch
         return launch(args.nproc, _without_nproc(argv))
     from .train import train
     summary = train(config_from_args(args))
@@ -126,10 +126,13 @@ def cmd_explain(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate
-    from .policy import add_lora, load_model, pick_device
+    from .common import pick_device
+    from .config import Levers
+    from .data.tasks import build_task
+    from .models.loading import load_model
     from .rewards import build_reward_fns
-    from .tasks import build_task
+    from .train.evaluate import evaluate
+    from .train.levers import plug
     cfg = config_from_args(args)
     if args.samples < 1:
         raise ConfigError(f"--samples: must be >= 1, got {args.samples}")
@@ -145,7 +148,8 @@ def cmd_eval(args) -> int:
     res = evaluate(model, tok, task, n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
                    reward_fns=build_reward_fns(cfg, task, device), system_prompt=cfg.system_prompt,
                    chat_template=cfg.chat_template, samples=args.samples, greedy=greedy,
-                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)
+                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed,
+                   engine=plug(Levers.of(cfg)).engine)
     res = {"model": str(path), "task": task.name, "decoding": "greedy" if greedy else f"sampled, T={cfg.temperature}",
            **res}
     if args.json:
@@ -171,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
-    from .sysmem import return_freed_memory
-    return_freed_memory()
+    from .train.levers import set_process_memory_policy
+    set_process_memory_policy()
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()     # our own bars only
     try:

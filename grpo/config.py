@@ -89,6 +89,9 @@ class TrainConfig:
     overlong_penalty_factor: float = _f(1.0, "Penalty at (and past) `max_new_tokens`.", min=0.0)
 
     # ---------------------------------------------------------------- loss
+    advantage_estimator: Literal["grpo"] = _f(
+        "grpo", "How rewards become per-token advantages: `grpo` = reward_scaling, then baseline, token_credit and "
+                "token_norm (grpo/algo/advantages.py).")
     policy_loss: Literal["clip", "reinforce"] = _f(
         "clip", "`clip`: -min(rho A, clip(rho) A); `reinforce`: -A log pi (the article's first form).")
     ratio_vs: Literal["ref", "old"] = _f(
@@ -119,18 +122,35 @@ class TrainConfig:
     lora_target_modules: str = _f("all-linear", "Comma-separated module names to adapt, or `all-linear`.")
     save_merged: bool = _f(False, "With LoRA, also save the merged model to <output_dir>/merged.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    reference_in_file: bool = _f(
-        True, "Full fine-tuning on CPU: keep the frozen reference's weights in a file mapped into memory and resident "
-              "only during its forward pass, so the update's peak holds one copy of the weights fewer "
-              "(not with --fsdp: the reference is sharded instead).")
     fsdp: bool = _f(
         False, "With several processes: shard every decoder layer's weights, gradients and AdamW moments over them "
                "(FSDP2 fully_shard); embeddings and LM head stay whole. Ignored with one process.")
     bf16: bool = _f(False, "bf16 autocast for forward passes (where the device supports it; master weights stay fp32).")
     logprob_chunk: int = _f(256, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
+
+    # ------------------------------------------- speed and memory levers (grpo/fast, see `Levers`)
+    lean_decode: bool = _f(True, "Sample from Llama-family models on a CPU through the lean decoding step "
+                                 "(plain tensor ops) instead of the model's forward.")
+    few_rows_max: int = _f(128, "Decoding products of at most this many rows on a CPU are computed with the weight "
+                                "on the left, W x^T (0 = off).", min=0)
+    native_kernel: bool = _f(True, "Decoding's 6-32-row products through the compiled AVX2 kernel where it builds "
+                                   "(also off with GRPO_NATIVE=0 in the environment).")
+    fused_head: bool = _f(True, "Log-probs and entropy through the LM head in one autograd function that keeps no "
+                                "(tokens x vocabulary) tensor for backward.")
     head_keep_mb: int = _f(
-        256, "Under autograd, keep the LM head's softmax of up to this many MB of completion tokens from the forward "
-             "pass to the backward pass instead of recomputing those logits (0 = always recompute).", min=0)
+        256, "With fused_head: under autograd, keep the LM head's softmax of up to this many MB of completion tokens "
+             "from the forward pass to the backward pass instead of recomputing those logits (0 = always recompute).",
+        min=0)
+    heap_reuse: bool = _f(True, "The `grpo` command: sampling and the reference pass reuse freed heap memory "
+                                "instead of fresh mappings (glibc).")
+    heap_trim_every: float = _f(0.5, "The `grpo` command: the update reuses the heap too and hands its free pages "
+                                     "back every this many seconds (0 = fresh mappings during the update).", min=0.0)
+    reference_in_file: bool = _f(
+        True, "Full fine-tuning on CPU: keep the frozen reference's weights in a file mapped into memory and resident "
+              "only during its forward pass, so the update's peak holds one copy of the weights fewer "
+              "(not with --fsdp: the reference is sharded instead).")
+    grad_bucket_mb: float = _f(32.0, "Data parallelism: gradients summed over processes this many MB at a time.",
+                               gt=0.0)
 
     # -------------------------------------------------------- eval & logs
     eval_size: int = _f(200, "Held-out problems scored before and after training (0 = no eval).", min=0)
@@ -142,25 +162,55 @@ class TrainConfig:
     resume: Optional[str] = _f(None, "Continue from a checkpoint folder, or `latest` (the newest in --output-dir).")
 
 
+@dataclass(frozen=True)
+class Levers:
+    """The speed and memory levers, as the seams they serve read them (grpo/fast plugs them in;
+    grpo/train/levers.py wires them). Each is also a `TrainConfig` field of the same name (a flag
+    and a YAML key). With every lever off, or without grpo/fast, the plain paths run and a run
+    gives the same results within float tolerance (tests/test_levers.py)."""
+    lean_decode: bool = True
+    few_rows_max: int = 128
+    native_kernel: bool = True
+    fused_head: bool = True
+    head_keep_mb: int = 256
+    heap_reuse: bool = True
+    heap_trim_every: float = 0.5
+    reference_in_file: bool = True
+    grad_bucket_mb: float = 32.0
+
+    @classmethod
+    def of(cls, cfg) -> "Levers":
+        """The levers of a TrainConfig."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def all_off(cls) -> "Levers":
+        return cls(lean_decode=False, few_rows_max=0, native_kernel=False, fused_head=False, head_keep_mb=0,
+                   heap_reuse=False, heap_trim_every=0.0, reference_in_file=False)
+
+
+LEVER_FIELDS = tuple(f.name for f in dataclasses.fields(Levers))
+
+
 # Each preset sets every algorithm field, so a preset alone fully defines the algorithm.
 PRESETS: dict[str, dict[str, Any]] = {
     # The article ("LLM training: GRPO explained").
-    "seed": dict(reward_scaling="none", baseline="group", token_credit="discounted", gamma=0.99,
+    "seed": dict(advantage_estimator="grpo", reward_scaling="none", baseline="group", token_credit="discounted", gamma=0.99,
                  token_norm=True, ratio_vs="ref", policy_loss="clip", kl_estimator="k1", beta=0.05,
                  loss_aggregation="seq_mean_token_mean", epsilon=0.2, epsilon_high=None,
                  filter_zero_variance_groups=False, overlong_penalty=False),
     # Shao et al. 2024, outcome supervision, as public trainers implement it.
-    "deepseekmath": dict(reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
+    "deepseekmath": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
                          token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.04,
                          loss_aggregation="seq_mean_token_mean", epsilon=0.2, epsilon_high=None,
                          filter_zero_variance_groups=False, overlong_penalty=False),
     # Liu et al. 2025 ("Understanding R1-Zero-like training"): no std scaling, no length normalisation.
-    "dr_grpo": dict(reward_scaling="none", baseline="group", token_credit="uniform", gamma=1.0,
+    "dr_grpo": dict(advantage_estimator="grpo", reward_scaling="none", baseline="group", token_credit="uniform", gamma=1.0,
                     token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
                     loss_aggregation="seq_mean_token_sum_norm", epsilon=0.2, epsilon_high=None,
                     filter_zero_variance_groups=False, overlong_penalty=False),
     # Yu et al. 2025: clip-higher, token-level loss, zero-variance group filter, soft overlong penalty.
-    "dapo": dict(reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
+    "dapo": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
                  token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
                  loss_aggregation="token_mean", epsilon=0.2, epsilon_high=0.28,
                  filter_zero_variance_groups=True, overlong_penalty=True),
@@ -321,3 +371,8 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def save_yaml(cfg: TrainConfig, path: str) -> None:
     with open(path, "w") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def needs_reference(cfg: TrainConfig) -> bool:
+    """The run needs pi_ref: a KL term (or an adaptive beta), or the ratio taken against it."""
+    return cfg.beta > 0 or cfg.ratio_vs == "ref" or cfg.kl_target is not None

@@ -22,8 +22,8 @@ def dense_reward(prompts, completions, **_):
 
 
 def main(spec: str) -> None:
-    from grpo import distributed, lean_decode
     from grpo.config import resolve
+    from grpo.fast import lean_decode
     from grpo.train import train
     built = [0]
     init = lean_decode.LeanDecoder.__init__
@@ -33,7 +33,6 @@ def main(spec: str) -> None:
         init(self, *a, **k)
 
     lean_decode.LeanDecoder.__init__ = counting_init
-    distributed.BUCKET = 4096          # the tiny model's gradients then go over in many all_reduce buckets
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")         # one group for every run of the job
     try:

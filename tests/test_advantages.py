@@ -11,7 +11,7 @@ import statistics
 import pytest
 import torch
 
-from grpo.advantages import (
+from grpo.algo.advantages import (
     EPS,
     compute_advantages,
     completion_mask,

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from grpo import data
+from grpo.data import readers as data
 from grpo.config import ConfigError, resolve
-from grpo.tasks import build_task
+from grpo.data.tasks import build_task
 
 ROWS = [{"question": f"q{i}?", "answer": str(i), "level": i % 3} for i in range(10)]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from grpo import tasks
-from grpo.evaluate import evaluate
-from grpo.policy import load_model
+from grpo.data import tasks
+from grpo.train.evaluate import evaluate
+from grpo.models.loading import load_model
 
 
 def test_pass_at_k_counts_problems_solved_by_any_sample(tiny_model_dir):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from grpo.advantages import compute_advantages
+from grpo.algo.advantages import compute_advantages
 from grpo.config import PRESETS, ConfigError, resolve
 from grpo.explain import explain, main, parse_groups, render
 

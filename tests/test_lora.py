@@ -9,10 +9,14 @@ import torch
 
 import zlib
 
-from grpo import tasks as tasks_mod
-from grpo import train as train_mod
-from grpo.policy import AdapterDisabled, add_lora, load_model, token_stats
-from grpo.rollout import encode_prompts, generate
+from grpo.data import tasks as tasks_mod
+from grpo.data.prompts import encode_prompts
+from grpo.models.loading import load_model
+from grpo.models.logprobs import reference_logprobs, token_stats
+from grpo.models.lora import add_lora
+from grpo.models.reference import Reference
+from grpo.rollout import generate
+from grpo.train import loop as train_mod
 from grpo.train import train
 
 
@@ -44,14 +48,15 @@ def test_adapter_disabled_reference_is_the_base_model(tiny_model_dir, tiny_confi
     roll = generate(base, ids, mask, max_new_tokens=4, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
                     generator=torch.Generator().manual_seed(0))
     kw = dict(temperature=1.0, chunk=16)
+    reference = Reference.adapter_disabled(actor)
     with torch.no_grad():
-        ref = token_stats(AdapterDisabled(actor), roll, **kw).logp
+        ref = reference_logprobs(reference, roll, **kw)
         plain = token_stats(base, roll, **kw).logp
         adapted = token_stats(actor, roll, **kw).logp
     assert torch.allclose(ref, plain, atol=1e-6)          # adapter off == the base weights
     assert not torch.allclose(adapted, plain, atol=1e-3)  # adapter on changes the policy
-    # and the reference holds no weights of its own
-    assert not any(True for _ in vars(AdapterDisabled(actor)).values() if isinstance(_, torch.nn.Parameter))
+    # and the reference holds no weights of its own: its model is the actor
+    assert reference.model is actor and reference.shares_actor
 
 
 def test_lora_trains_only_the_adapter_and_saves_it(tiny_config, tmp_path, monkeypatch):
@@ -119,7 +124,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tmp_path):
 
 
 def test_merged_lora_sampling_equals_the_adapter_path_and_leaves_the_base_alone(tiny_model_dir, tiny_config):
-    from grpo.policy import hf_model, lora_merged
+    from grpo.models.loading import hf_model
+    from grpo.models.lora import lora_merged
     actor, tok = load_model(tiny_model_dir, torch.device("cpu"))
     actor = add_lora(actor, tiny_config(lora_rank=4, lora_dropout=0.0))
     with torch.no_grad():
@@ -129,8 +135,8 @@ def test_merged_lora_sampling_equals_the_adapter_path_and_leaves_the_base_alone(
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
     actor.eval()
     base = {n: p.clone() for n, p in actor.named_parameters() if "base_layer" in n}
-    from grpo.policy import _plain_lora_layers
-    before = [(m, vars(m).get("forward")) for m in _plain_lora_layers(actor)]
+    from grpo.models.lora import plain_lora_layers
+    before = [(m, vars(m).get("forward")) for m in plain_lora_layers(actor)]
     assert before
     ids, mask = encode_prompts(tok, ["12+3=", "7+80="], "cpu")
     kw = dict(max_new_tokens=6, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, num_samples=3)
@@ -155,7 +161,8 @@ def test_merged_lora_sampling_equals_the_adapter_path_and_leaves_the_base_alone(
 def test_lean_lora_forward_equals_peft_values_and_gradients(tiny_model_dir, tiny_config):
     """add_lora installs the fused forward; removing it gives peft's own: same outputs and the
     same adapter gradients."""
-    from grpo.policy import _plain_lora_layers, hf_model
+    from grpo.models.loading import hf_model
+    from grpo.models.lora import plain_lora_layers
     actor, tok = load_model(tiny_model_dir, torch.device("cpu"))
     actor = add_lora(actor, tiny_config(lora_rank=4))
     with torch.no_grad():
@@ -163,7 +170,7 @@ def test_lean_lora_forward_equals_peft_values_and_gradients(tiny_model_dir, tiny
         for name, p in actor.named_parameters():
             if "lora_B" in name:
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
-    layers = list(_plain_lora_layers(actor))
+    layers = list(plain_lora_layers(actor))
     assert layers and all("forward" in vars(m) for m in layers)
     ids, mask = encode_prompts(tok, ["12+3=", "7+80=", "5+5="], "cpu")
     w = torch.randn(3, ids.shape[1], generator=torch.Generator().manual_seed(0))

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from grpo.losses import (
+from grpo.algo.losses import (
     aggregate,
     clipped_policy_loss,
     entropy_from_logits,
@@ -259,7 +259,7 @@ def test_aggregate_micro_batches_add_up_to_the_whole_batch(mode):
 
 
 def test_logprobs_and_entropy_match_the_separate_functions():
-    from grpo.losses import logprobs_and_entropy
+    from grpo.algo.losses import logprobs_and_entropy
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(7, 11, generator=g, requires_grad=True)
     tokens = torch.randint(0, 11, (7,), generator=g)

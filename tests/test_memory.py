@@ -1,5 +1,5 @@
 """The memory and decoding levers equal the plain paths: few-row matmuls in decoding, the reference
-kept in a file-backed mapping, and heap reuse inside a training phase."""
+kept in a file-backed mapping, and heap reuse inside a training phase (grpo/fast)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ import sys
 import pytest
 import torch
 
-from grpo import rollout as rollout_mod
-from grpo.policy import FileBackedWeights, frozen_copy, hf_model, load_model, release_weights, token_stats
-from grpo.rollout import decoding_linears, encode_prompts, few_rows_linear, generate
+from grpo.data.prompts import encode_prompts
+from grpo.fast.few_rows import FewRows
+from grpo.fast.file_weights import FileBackedWeights, spill_to
+from grpo.models.loading import hf_model, load_model
+from grpo.models.logprobs import reference_logprobs
+from grpo.models.reference import Reference
+from grpo.rollout import HFEngine, generate
 from grpo.train import train
+
+few_rows_linear = FewRows().linear
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux memory accounting")
 
@@ -40,7 +46,7 @@ def test_few_rows_linear_equals_linear(shape, bias):
 
 
 def test_many_rows_take_the_plain_linear():
-    x, w = torch.randn(rollout_mod.FEW_ROWS + 1, 8), torch.randn(5, 8)
+    x, w = torch.randn(FewRows().max_rows + 1, 8), torch.randn(5, 8)
     assert torch.equal(few_rows_linear(x, w, None), torch.nn.functional.linear(x, w))
 
 
@@ -48,20 +54,19 @@ def test_decoding_linears_patches_plain_linears_and_restores_them():
     net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     x = torch.randn(4, 8)
     plain = net(x)
-    with decoding_linears(net):
+    with FewRows().decoding_linears(net):
         assert all("forward" in vars(m) for m in net if isinstance(m, torch.nn.Linear))
         torch.testing.assert_close(net(x), plain, atol=1e-6, rtol=1e-6)
     assert not any("forward" in vars(m) for m in net)
 
 
-def test_decoding_with_few_row_matmuls_equals_plain_decoding(tiny_model_dir, monkeypatch):
+def test_decoding_with_few_row_matmuls_equals_plain_decoding(tiny_model_dir):
     model, tok = load_model(tiny_model_dir, torch.device("cpu"))
     model.eval()
     ids, mask = encode_prompts(tok, ["1+2=", "33+44=", "5+67="], "cpu")
     kw = dict(max_new_tokens=8, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, greedy=True, num_samples=2)
-    fast = generate(model, ids, mask, **kw)
-    monkeypatch.setattr(rollout_mod, "FEW_ROWS", 0)              # every matmul as x W^T
-    plain = generate(model, ids, mask, **kw)
+    fast = generate(model, ids, mask, engine=HFEngine(scope=FewRows().decoding_linears), **kw)
+    plain = generate(model, ids, mask, engine=HFEngine(), **kw)              # every matmul as x W^T
     assert torch.equal(fast.completion_ids, plain.completion_ids)
     torch.testing.assert_close(fast.logprobs, plain.logprobs, atol=1e-5, rtol=0)
 
@@ -72,43 +77,43 @@ def test_file_backed_reference_equals_the_in_memory_copy_and_leaves_no_file(tiny
     ids, mask = encode_prompts(tok, ["1+2=", "33+44="], "cpu")
     roll = generate(model, ids, mask, max_new_tokens=6, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
                     generator=torch.Generator().manual_seed(0), num_samples=3)
-    in_memory, in_file = frozen_copy(model), frozen_copy(model, tmp_path)
+    in_memory, in_file = Reference.frozen_copy(model), Reference.frozen_copy(model, spill_to(tmp_path))
     assert list(tmp_path.iterdir()) == []                        # unlinked once mapped
-    assert isinstance(in_file.grpo_file_weights, FileBackedWeights)
-    for (n, a), (_, b) in zip(in_memory.state_dict().items(), in_file.state_dict().items()):
+    assert isinstance(in_file.spilled, FileBackedWeights) and in_memory.spilled is None
+    for (n, a), (_, b) in zip(in_memory.model.state_dict().items(), in_file.model.state_dict().items()):
         assert torch.equal(a, b), n
     if model.config.tie_word_embeddings:                         # still one tensor, not two
-        assert hf_model(in_file).get_input_embeddings().weight is hf_model(in_file).get_output_embeddings().weight
+        net = hf_model(in_file.model)
+        assert net.get_input_embeddings().weight is net.get_output_embeddings().weight
     for _ in range(2):                                           # the second time reads the dropped pages back
-        with torch.no_grad():
-            a = token_stats(in_memory, roll, temperature=1.0, chunk=4).logp
-            b = token_stats(in_file, roll, temperature=1.0, chunk=4).logp
-        release_weights(in_file)
+        a = reference_logprobs(in_memory, roll, temperature=1.0, chunk=4)
+        b = reference_logprobs(in_file, roll, temperature=1.0, chunk=4)
+        in_file.release()
         assert torch.equal(a, b)
 
 
 def test_a_reference_that_cannot_go_to_a_file_stays_in_memory_with_a_warning(tmp_path):
     net = torch.nn.Linear(4, 3)
     with pytest.warns(UserWarning, match="reference_in_file: cannot keep"):
-        ref = frozen_copy(net, tmp_path / "no-such-folder")
-    assert not hasattr(ref, "grpo_file_weights")
-    assert torch.equal(ref.weight, net.weight) and not ref.weight.requires_grad
-    release_weights(ref)                                         # nothing to release: no error
+        ref = Reference.frozen_copy(net, spill_to(tmp_path / "no-such-folder"))
+    assert ref.spilled is None
+    assert torch.equal(ref.model.weight, net.weight) and not ref.model.weight.requires_grad
+    ref.release()                                                # nothing to release: no error
 
 
 @linux_only
 def test_releasing_a_file_backed_module_hands_its_pages_back(tmp_path):
     big = torch.nn.Linear(2048, 4096, bias=False)                  # 32 MiB of weights
-    ref = frozen_copy(big, tmp_path)
+    ref = Reference.frozen_copy(big, spill_to(tmp_path))
     del big
     x = torch.randn(2, 2048)
     with torch.no_grad():
-        ref(x)                                                   # every page read: resident
+        ref.model(x)                                             # every page read: resident
     resident = rss_bytes()
-    release_weights(ref)
+    ref.release()
     assert resident - rss_bytes() > 24 * 2 ** 20
     with torch.no_grad():
-        torch.testing.assert_close(ref(x), x @ ref.weight.t())  # and the weights are still there
+        torch.testing.assert_close(ref.model(x), x @ ref.model.weight.t())   # and the weights are still there
 
 
 def test_training_with_the_reference_in_a_file_equals_the_in_memory_reference(tiny_config):
@@ -124,7 +129,7 @@ def test_training_with_the_reference_in_a_file_equals_the_in_memory_reference(ti
 # -------------------------------------------------------------------------- heap reuse
 FAULT_PROBE = """
 import resource, sys, torch
-from grpo import sysmem
+from grpo.fast import heap as sysmem
 if not sysmem.return_freed_memory():
     print("skip"); sys.exit()
 
@@ -158,7 +163,7 @@ def test_reuse_freed_memory_serves_repeated_large_blocks_without_page_faults():
 
 TRIM_PROBE = """
 import os, sys, time, torch
-from grpo import sysmem
+from grpo.fast import heap as sysmem
 if not sysmem.return_freed_memory():
     print("skip"); sys.exit()
 

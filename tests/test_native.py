@@ -1,12 +1,13 @@
-"""The compiled few-row kernel (grpo/native.py): equal to torch's product, used by decoding, and
-out of the way wherever it does not apply."""
+"""The compiled few-row kernel (grpo/fast/native.py): equal to torch's product, used by decoding,
+and out of the way wherever it does not apply."""
 
 import shutil
 
 import pytest
 import torch
 
-from grpo import native, rollout
+from grpo.fast import native
+from grpo.fast.few_rows import FewRows
 
 HAS_TOOLS = shutil.which("cc") is not None and native._cpu_has("avx2", "fma")
 
@@ -24,9 +25,9 @@ def fresh(monkeypatch, tmp_path):
 @pytest.mark.skipif(not HAS_TOOLS, reason="needs a C compiler and an AVX2+FMA CPU")
 def test_builds_here_and_caches(fresh):
     assert native.why_not() is None
-    built = list((fresh / "native").glob("few_rows-*.so"))
+    built = list((fresh / "native").glob("few_rows-*/few_rows.so"))
     assert len(built) == 1
-    assert not [p for p in (fresh / "native").iterdir() if p.is_dir()]      # no temporary folder left
+    assert not [p for p in (fresh / "native").iterdir() if p.name.startswith(".")]   # no temporary folder left
 
 
 @pytest.mark.skipif(not HAS_TOOLS, reason="needs a C compiler and an AVX2+FMA CPU")
@@ -75,7 +76,7 @@ def test_declines_what_it_does_not_cover(monkeypatch):
         class Wrapped(torch.Tensor):          # a tensor subclass (a sharded DTensor, say): its data
             pass                              # pointer need not be the whole matrix
         assert native.left_product(w.detach().as_subclass(Wrapped), x) is None
-    monkeypatch.setattr(native, "ENABLED", False)
+    monkeypatch.setenv("GRPO_NATIVE", "0")
     assert native.left_product(w.detach(), x) is None
     assert "switched off" in native.why_not()
 
@@ -88,7 +89,7 @@ def test_build_failure_is_reported_and_torch_used(fresh, monkeypatch):
         assert "failed" in reason
     w, x = torch.randn(10, 8), torch.randn(8, 8)
     assert native.left_product(w, x) is None
-    torch.testing.assert_close(rollout.few_rows_linear(x, w, None), x @ w.t())
+    torch.testing.assert_close(FewRows().linear(x, w, None), x @ w.t())
 
 
 @pytest.mark.skipif(not HAS_TOOLS, reason="needs a C compiler and an AVX2+FMA CPU")
@@ -104,7 +105,11 @@ def test_decoding_linears_take_the_kernel(monkeypatch):
     monkeypatch.setattr(native, "left_product", counting)
     lin = torch.nn.Linear(24, 40)
     x = torch.randn(2, 4, 24)
-    with torch.no_grad(), rollout.decoding_linears(lin):
+    with torch.no_grad(), FewRows().decoding_linears(lin):
         got = lin(x)
     assert calls == [True]
+    calls.clear()
+    with torch.no_grad(), FewRows(use_native=False).decoding_linears(lin):       # the lever off: MKL's product
+        torch.testing.assert_close(lin(x), got, rtol=1e-5, atol=1e-5)
+    assert calls == []
     torch.testing.assert_close(got, torch.nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)

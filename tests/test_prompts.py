@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from grpo import demo
-from grpo.prompts import encode_for_model, format_prompts
+from grpo.data.prompts import encode_for_model, format_prompts
 
 TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
             "{% if add_generation_prompt %}[assistant]{% endif %}")

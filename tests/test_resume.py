@@ -10,9 +10,9 @@ import zlib
 import pytest
 import torch
 
-from grpo import checkpoint
-from grpo import tasks as tasks_mod
-from grpo import train as train_mod
+from grpo.data import tasks as tasks_mod
+from grpo.train import checkpoint
+from grpo.train import loop as train_mod
 from grpo.config import ConfigError
 from grpo.train import train
 
@@ -48,10 +48,10 @@ def test_crash_then_resume_equals_uninterrupted(tiny_config, monkeypatch, tmp_pa
     crashed = tiny_config(**common, output_dir=str(tmp_path / "crashed"))
     real_step = train_mod.train_step
 
-    def crash_at_5(cfg, st, *a, **k):
+    def crash_at_5(run, st):
         if st.step == 5:
             raise KeyboardInterrupt("simulated crash")
-        return real_step(cfg, st, *a, **k)
+        return real_step(run, st)
 
     with monkeypatch.context() as mp:
         mp.setattr(train_mod, "train_step", crash_at_5)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo import tasks
+from grpo.data import tasks
 from grpo.config import ConfigError, TrainConfig
-from grpo.reward_model import RewardModel
+from grpo.rewards.reward_model import RewardModel
 from grpo.rewards import build_reward_fns, score
 
 CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from grpo import tasks
+from grpo.data import tasks
 from grpo.config import ConfigError, TrainConfig
-from grpo.rewards import (RewardError, build_reward_fns, exact_match, format_reward, load_function,
+from grpo.rewards.scoring import (RewardError, build_reward_fns, exact_match, format_reward, load_function,
                           math_verify, overlong_reward, parse_spec, score, think_answer_format)
 
 

@@ -11,8 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo.policy import frozen_copy, load_model, token_stats
-from grpo.rollout import Rollout, decode, encode_prompts, generate, positions
+from grpo.data.prompts import encode_prompts, positions
+from grpo.models.loading import load_model
+from grpo.models.logprobs import token_stats
+from grpo.models.reference import Reference
+from grpo.rollout import Rollout, decode, generate
+
+
+def frozen_copy(model) -> Reference:
+    return Reference.frozen_copy(model)
 
 PROMPTS = ["1+2=", "33+44=", "5+67=", "98+9="]          # different lengths: left padding is exercised
 MAX_NEW = 8
@@ -192,17 +199,17 @@ def test_full_kl_equals_explicit_vocabulary_sum(model_tok):
     ref = frozen_copy(model)
     with torch.no_grad():
         g = torch.Generator().manual_seed(3)
-        for p in ref.parameters():
+        for p in ref.model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
         logp = torch.log_softmax(plain_logits(model, roll, T), -1)          # (N, L, V)
-        ref_logp = torch.log_softmax(plain_logits(ref, roll, T), -1)
+        ref_logp = torch.log_softmax(plain_logits(ref.model, roll, T), -1)
         explicit = (logp.exp() * (logp - ref_logp)).sum(-1) * roll.completion_mask
         for chunk in (1, 4, 1024):
-            st = token_stats(model, roll, temperature=T, chunk=chunk, ref_model=ref)
+            st = token_stats(model, roll, temperature=T, chunk=chunk, ref=ref)
             torch.testing.assert_close(st.full_kl, explicit, atol=1e-5, rtol=1e-4)
         assert (st.full_kl[roll.completion_mask] > 0).all()
 
-        same = token_stats(model, roll, temperature=T, chunk=3, ref_model=frozen_copy(model))
+        same = token_stats(model, roll, temperature=T, chunk=3, ref=frozen_copy(model))
         torch.testing.assert_close(same.full_kl, torch.zeros_like(same.full_kl), atol=1e-6, rtol=0)
 
 
@@ -210,21 +217,23 @@ def test_full_kl_does_not_touch_the_reference_gradients(model_tok):
     model, tok = model_tok
     roll = rollout(model, tok, repeats=1)
     ref = frozen_copy(model)
-    st = token_stats(model, roll, temperature=1.0, chunk=4, ref_model=ref)
+    st = token_stats(model, roll, temperature=1.0, chunk=4, ref=ref)
     (st.logp.sum() + st.full_kl.sum()).backward()
-    assert all(p.grad is None for p in ref.parameters())
+    assert all(p.grad is None for p in ref.model.parameters())
     assert all(p.grad is not None for p in model.parameters())
     model.zero_grad(set_to_none=True)
 
 
-def test_shared_prefill_equals_one_prefill_per_sample(tiny_model_dir):
+@pytest.mark.parametrize("engine", ["hf", "lean"])
+def test_shared_prefill_equals_one_prefill_per_sample(tiny_model_dir, engine):
     """Prefilling each prompt once and copying its KV cache to the G samples gives the samples
-    (and log-probs) of prefilling every repeated row."""
-    from grpo.policy import load_model
-    from grpo.rollout import encode_prompts, generate
+    (and log-probs) of prefilling every repeated row, with either engine."""
+    from grpo.fast.lean_decode import LeanEngine
+    from grpo.rollout import HFEngine
     model, tok = load_model(tiny_model_dir, torch.device("cpu"))
     ids, mask = encode_prompts(tok, ["12+3=", "7+80=", "5+5="], "cpu")
-    kw = dict(max_new_tokens=6, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    kw = dict(max_new_tokens=6, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+              engine=HFEngine() if engine == "hf" else LeanEngine())
     shared = generate(model, ids, mask, num_samples=4, generator=torch.Generator().manual_seed(7), **kw)
     plain = generate(model, ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0),
                      generator=torch.Generator().manual_seed(7), **kw)
@@ -235,7 +244,7 @@ def test_shared_prefill_equals_one_prefill_per_sample(tiny_model_dir):
 
 
 def test_inverse_cdf_sampler_draws_each_index_with_its_probability():
-    from grpo.rollout import sample
+    from grpo.rollout.sampling import sample
     w = torch.tensor([[0.0, 1.0, 3.0, 0.0, 6.0], [5.0, 0.0, 0.0, 0.0, 5.0]])
     n = 40000
     draws = sample(w.repeat_interleave(n, 0), torch.Generator().manual_seed(0)).view(2, n)
@@ -249,7 +258,7 @@ def test_reserved_cache_gives_the_dynamic_cache_results(model_tok):
     """Decoding with the reserved-capacity cache equals decoding with transformers' growing one,
     including a row that runs past the reservation (falls back to growing)."""
     from transformers.cache_utils import DynamicCache
-    from grpo.rollout import ReservedLayer, reserve
+    from grpo.compat import ReservedLayer, reserve
     model, tok = model_tok
     ids, mask = encode_prompts(tok, PROMPTS, "cpu")
     outs = []
@@ -275,7 +284,7 @@ def test_shared_prompt_forward_equals_plain_path_on_any_row_selection(tiny_model
     """Rows are grouped by prompt inside token_stats (one prompt forward per distinct prompt); a
     shuffled subset mixing groups, with and without checkpointed layers, gives the plain
     per-row forward's log-probs and gradients."""
-    from grpo.policy import _can_share_prefix, allow_prefix_under_checkpointing
+    from grpo.models.logprobs import allow_prefix_under_checkpointing, can_share_prefix
     model, tok = load_model(tiny_model_dir, torch.device("cpu"))
     model.eval()
     roll = rollout(model, tok, repeats=3).select(torch.tensor([5, 0, 11, 3, 4, 9, 1]))
@@ -284,7 +293,7 @@ def test_shared_prompt_forward_equals_plain_path_on_any_row_selection(tiny_model
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         allow_prefix_under_checkpointing(model)
     with torch.enable_grad():
-        assert _can_share_prefix(model, model.get_decoder())
+        assert can_share_prefix(model, model.get_decoder())
     w = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(1))
     ref_grads = grads_of(model, lambda: (plain_logp(model, roll, 1.0) * w).sum())
     st = token_stats(model, roll, temperature=1.0, chunk=5)
@@ -297,7 +306,7 @@ def test_shared_prompt_forward_equals_plain_path_on_any_row_selection(tiny_model
 def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
     """Vocabulary not a multiple of the block, mass in a single late entry, whole blocks of zeros:
     the draw lands only on positive entries, with the right frequencies."""
-    from grpo.rollout import sample
+    from grpo.rollout.sampling import sample
     V = 1000
     w = torch.zeros(3, V)
     w[0, 999] = 1.0                                     # the very last entry, in the padded block
@@ -317,9 +326,9 @@ def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_fused_head_log_prob_and_entropy_equal_autograds_path(bias, temperature, keep):
-    """policy._HeadLogProb against log_softmax + gather (and the entropy's definition): values,
-    and gradients into the hidden states, the weight and the bias."""
-    from grpo.policy import _HeadLogProb
+    """fast.fused_head.HeadLogProb against log_softmax + gather (and the entropy's definition):
+    values, and gradients into the hidden states, the weight and the bias."""
+    from grpo.fast.fused_head import HeadLogProb as _HeadLogProb
     g = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(8, 30, bias=bias)
     with torch.no_grad():
@@ -353,23 +362,23 @@ def test_fused_head_log_prob_and_entropy_equal_autograds_path(bias, temperature,
 def test_token_stats_fused_head_equals_the_checkpointed_path(model_tok, monkeypatch, keep_bytes):
     """The fused head with the softmax recomputed in backward (0), kept for the first chunks only
     (1000 bytes: two chunks of 5 tokens x 17 logits x 4 bytes) or kept for every chunk."""
-    from grpo import policy
+    from grpo.fast import fused_head
     model, tok = model_tok
     roll = rollout(model, tok, repeats=2, temperature=0.8)
     w = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(1))
     calls = []
-    apply = policy._HeadLogProb.apply
-    monkeypatch.setattr(policy._HeadLogProb, "apply", lambda *a: calls.append(a[-1]) or apply(*a))
+    apply = fused_head.HeadLogProb.apply
+    monkeypatch.setattr(fused_head.HeadLogProb, "apply", lambda *a: calls.append(a[-1]) or apply(*a))
+    head = fused_head.FusedHead(keep_bytes)
     with torch.no_grad():
-        fused = token_stats(model, roll, temperature=0.8, chunk=5, keep_bytes=keep_bytes)
+        fused = token_stats(model, roll, temperature=0.8, chunk=5, head=head)
     assert calls and not any(calls)                                        # nothing kept without autograd
     calls.clear()
     fused_grads = grads_of(model, lambda: (token_stats(model, roll, temperature=0.8, chunk=5,
-                                                       keep_bytes=keep_bytes).logp * w).sum())
+                                                       head=head).logp * w).sum())
     assert len(calls) > 2
     kept = {0: 0, 1000: 2, 10 ** 6: len(calls)}[keep_bytes]
     assert calls == [True] * kept + [False] * (len(calls) - kept)
-    monkeypatch.setattr(policy, "FUSED_HEAD", False)
     n = len(calls)
     plain = token_stats(model, roll, temperature=0.8, chunk=5)
     plain_grads = grads_of(model, lambda: (token_stats(model, roll, temperature=0.8, chunk=5).logp * w).sum())

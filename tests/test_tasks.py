@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from grpo import tasks
+from grpo.data import tasks
 from grpo.config import ConfigError, resolve
-from grpo.tasks import build_task, extract_answer, reasoning_gym_task
+from grpo.data.tasks import build_task, extract_answer, reasoning_gym_task
 
 
 def cfg(**kw):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import zlib
 from pathlib import Path
 
@@ -18,13 +17,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from grpo import advantages as adv_mod
-from grpo import losses, policy
-from grpo import tasks as tasks_mod
-from grpo import train as train_mod
+from grpo.algo import losses
 from grpo.config import PRESETS, load_yaml, resolve
+from grpo.data import tasks as tasks_mod
+from grpo.models import loading
+from grpo.models.logprobs import token_stats
+from grpo.models.reference import Reference
+from grpo.parallel.world import World
 from grpo.rewards import RewardError, score
-from grpo.train import StepBatch, needs_reference, train, update_policy
+from grpo.train import build_run, collect_batch, needs_reference, train, update_policy
+from grpo.train import setup as setup_mod
+from grpo.train.state import new_run_state
 
 REQUIRED_KEYS = [
     "step", "loss", "kl", "beta", "reward/mean", "reward/std", "time/step",
@@ -70,18 +73,21 @@ def preset_run(request, tiny_config, tiny_model_dir):
     seen = {}
 
     def load_spy(path, device, gguf_file=None, **kw):
-        actor, tok = policy.load_model(path, device, gguf_file, **kw)
+        actor, tok = loading.load_model(path, device, gguf_file, **kw)
         seen["actor"], seen["initial"] = actor, state(actor)
         return actor, tok
 
-    def ref_spy(model, spill_dir=None):
-        seen["ref"] = policy.frozen_copy(model, spill_dir)
-        return seen["ref"]
+    real_copy = Reference.frozen_copy
+
+    def ref_spy(model, spill=None):
+        ref = real_copy(model, spill)
+        seen["ref"] = ref.model
+        return ref
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(tasks_mod.TASKS, "dense", dense_task)
-        mp.setattr(train_mod, "load_model", load_spy)
-        mp.setattr(train_mod, "frozen_copy", ref_spy)
+        mp.setattr(setup_mod, "load_model", load_spy)
+        mp.setattr(Reference, "frozen_copy", staticmethod(ref_spy))
         summary = train(cfg, log=lambda *a: None)
     return cfg, summary, seen
 
@@ -163,33 +169,19 @@ def test_same_seed_same_metrics(preset_run, tiny_config):
             == (cfg_out(again) / "completions.jsonl").read_text())
 
 
-# ------------------------------------------------------------------- one hand-built batch
-def setup_batch(cfg, seed=0):
-    """Actor, reference (or None) and one StepBatch, built as train() builds them."""
-    torch.manual_seed(seed)
-    actor, tok = policy.load_model(cfg.model, torch.device("cpu"))
-    ref = policy.frozen_copy(actor) if needs_reference(cfg) else None
-    rows = tasks_mod.get_task("dense").sample_train(random.Random(seed), cfg.prompts_per_step)
-    actor.eval()
-    roll, texts = train_mod.sample(cfg, actor, tok, rows, torch.Generator().manual_seed(seed))
-    actor.train()
-    rewards, per_fn = train_mod.score(cfg, rows, texts, roll, {"crc": (crc_reward, 1.0)})
-    adv = adv_mod.compute_advantages(rewards, roll.lengths, roll.completion_ids.shape[1],
-                                     reward_scaling=cfg.reward_scaling, baseline=cfg.baseline,
-                                     token_credit=cfg.token_credit, gamma=cfg.gamma, token_norm=cfg.token_norm)
-    keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups
-            else torch.ones(len(rows), dtype=torch.bool))
-    loss_mask = roll.completion_mask & keep.repeat_interleave(cfg.group_size)[:, None]
-    ref_logp = None
-    if ref is not None:
-        with torch.no_grad():
-            ref_logp = policy.token_stats(ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk).logp
-    return actor, ref, StepBatch(rows, roll, texts, rewards, per_fn, adv, loss_mask, ref_logp, roll.lengths,
-                                 roll.truncated)
+# ------------------------------------------------------------------- one batch, as the trainer builds it
+def setup_batch(cfg, tmp_path=None):
+    """The trainer's own Run (actor, reference, rewards, ...) and the StepBatch its first step
+    builds (grpo.train.collect_batch: sampling, scoring, advantages, loss mask, reference log-probs)."""
+    run, _ = build_run(cfg, World(), torch.device("cpu"), Path(cfg.output_dir), log=lambda *a: None)
+    st = new_run_state(cfg, run.actor, run.device)
+    st.step = 1
+    return run, collect_batch(run, st, run.phases())
 
 
-def run_update(cfg, actor, ref, batch, lr=0.1):
+def run_update(run, batch, lr=0.1):
     """update_policy with plain SGD, so equal gradients give equal weights to float precision."""
+    actor = run.actor
     opt = torch.optim.SGD([p for p in actor.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     grads = {}
@@ -200,7 +192,7 @@ def run_update(cfg, actor, ref, batch, lr=0.1):
         return real_step(*a, **k)
 
     opt.step = step_and_record
-    acc = update_policy(cfg, actor, ref, opt, sched, batch, cfg.beta, torch.Generator().manual_seed(1))
+    acc = update_policy(run, opt, sched, batch, run.cfg.beta, torch.Generator().manual_seed(1))
     acc.last_grads = grads
     return acc
 
@@ -215,11 +207,11 @@ def test_grad_accum_and_minibatches_are_invariant(tiny_config, preset, aggregati
         results = []
         for grad_accum in accums:
             cfg = tiny_config(**base, minibatches=minibatches, grad_accum=grad_accum)
-            actor, ref, batch = setup_batch(cfg)
-            initial = state(actor)
-            acc = run_update(cfg, actor, ref, batch)
+            run, batch = setup_batch(cfg)
+            initial = state(run.actor)
+            acc = run_update(run, batch)
             assert acc["n_updates"] == minibatches and acc["skipped"] == 0
-            results.append((state(actor), acc.last_grads, acc["loss"]))
+            results.append((state(run.actor), acc.last_grads, acc["loss"]))
         w0, g0, loss0 = results[0]
         assert all(not torch.equal(w0[n], initial[n]) for n in w0), "the update should move every weight"
         for grad_accum, (w, g, loss) in zip(accums[1:], results[1:]):
@@ -233,13 +225,13 @@ def test_grad_accum_and_minibatches_are_invariant(tiny_config, preset, aggregati
 def test_micro_batch_loss_sum_equals_plain_full_batch_loss(tiny_config):
     """The accumulated loss equals the aggregation of the whole batch computed in one piece."""
     cfg = tiny_config(preset="deepseekmath", task="dense", prompts_per_step=4, grad_accum=16)
-    actor, ref, batch = setup_batch(cfg)
+    run, batch = setup_batch(cfg)
     with torch.no_grad():
-        st = policy.token_stats(actor, batch.rollout, temperature=1.0, chunk=1024)
+        st = token_stats(run.actor, batch.rollout, temperature=1.0, chunk=1024)
         pg, *_ = losses.clipped_policy_loss(st.logp, st.logp, batch.adv.normalized, 0.2, 0.2)
         kl = losses.kl_estimate(st.logp, batch.ref_logp, "k3")
         expected = losses.aggregate(pg + cfg.beta * kl, batch.loss_mask, cfg.loss_aggregation, cfg.max_new_tokens)
-    acc = run_update(cfg, actor, ref, batch)
+    acc = run_update(run, batch)
     assert acc["loss"] == pytest.approx(expected.item(), abs=1e-6)
 
 
@@ -260,12 +252,13 @@ def nan_on_call(monkeypatch, which: int):
 @pytest.mark.parametrize("which", [1, 2])        # the first micro-batch, or the second after a backward
 def test_non_finite_loss_skips_the_update(tiny_config, monkeypatch, which):
     cfg = tiny_config(preset="deepseekmath", task="dense", grad_accum=2)
-    actor, ref, batch = setup_batch(cfg)
+    run, batch = setup_batch(cfg)
+    actor = run.actor
     initial = state(actor)
     nan_on_call(monkeypatch, which)
     opt = torch.optim.AdamW(actor.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    acc = update_policy(cfg, actor, ref, opt, sched, batch, cfg.beta, torch.Generator())
+    acc = update_policy(run, opt, sched, batch, cfg.beta, torch.Generator())
     assert acc["skipped"] == 1 and acc["n_updates"] == 0
     for n, p in actor.named_parameters():
         assert torch.equal(p.detach(), initial[n]), n
@@ -275,10 +268,11 @@ def test_non_finite_loss_skips_the_update(tiny_config, monkeypatch, which):
 
 def test_non_finite_gradient_skips_the_update(tiny_config):
     cfg = tiny_config(preset="dr_grpo", task="dense")
-    actor, ref, batch = setup_batch(cfg)
+    run, batch = setup_batch(cfg)
+    actor = run.actor
     initial = state(actor)
     actor.model.norm.weight.register_hook(lambda g: g * float("inf"))
-    acc = run_update(cfg, actor, ref, batch)
+    acc = run_update(run, batch)
     assert acc["skipped"] == 1 and acc["n_updates"] == 0
     assert all(torch.equal(p.detach(), initial[n]) for n, p in actor.named_parameters())
 

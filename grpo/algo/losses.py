@@ -1,0 +1,168 @@
+"""The GRPO loss, per token, then aggregated. Pure tensor functions; no model or I/O.
+
+Per token i,t (all tensors (N, T) unless noted; `mask` marks valid completion tokens):
+  log-ratio  l = log pi_theta - log pi_X,  rho = exp(l),  pi_X = pi_ref (article) or pi_old (standard)
+  policy     clip:      -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)
+             reinforce: -A log pi_theta
+  KL         k1 log(pi/pi_ref) | k2 1/2 log(pi/pi_ref)^2 | k3 pi_ref/pi - log(pi_ref/pi) - 1 | full sum_v
+  total      policy + beta * KL, aggregated by `aggregate`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+def upcast(x: Tensor) -> Tensor:
+    """Half-precision logits to float32 for the softmax; float32 and float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log softmax(logits)[token] without materialising the log-softmax.  (..., V), (...) -> (...)."""
+    logits = upcast(logits)
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits).  (..., V) -> (...)."""
+    logits = upcast(logits)
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def logprobs_and_entropy(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """token_logprobs and (detached) entropy_from_logits from one log-softmax, with one extra
+    (..., V) buffer for the entropy instead of three.  (..., V), (...) -> (...), (...)."""
+    logp_all = torch.log_softmax(upcast(logits), dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        p_logp = logp_all.detach().exp().mul_(logp_all.detach())
+        entropy = -p_logp.sum(-1)
+    return logp, entropy
+
+
+def full_kl_from_logits(logits: Tensor, ref_logits: Tensor) -> Tensor:
+    """KL(pi_theta || pi_ref) summed over the whole vocabulary.  (..., V), (..., V) -> (...).
+    Callers pass chunks of positions so the (tokens x V) tensors of a whole batch never exist."""
+    logp = torch.log_softmax(upcast(logits), dim=-1)
+    ref_logp = torch.log_softmax(upcast(ref_logits), dim=-1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1)
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
+    """Sampled-token KL estimators.  k1 is unbiased but can be negative; k3 is unbiased and >= 0;
+    k2 is biased, >= 0, and its gradient equals the true KL's gradient to first order."""
+    log_ratio = logp - ref_logp                                     # log(pi / pi_ref)
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio ** 2
+    if estimator == "k3":
+        # clamp keeps exp finite when the policy has drifted far from the reference
+        neg = (-log_ratio).clamp(max=20.0)                          # log(pi_ref / pi)
+        return torch.exp(neg) - neg - 1.0
+    raise ValueError(f"unknown sampled-token KL estimator {estimator!r} (`full` needs the logits)")
+
+
+def clipped_policy_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, eps_low: float, eps_high: float):
+    """PPO-style clipped surrogate, as a loss (the negated objective).
+
+    Returns (loss, ratio, clipped_low, clipped_high): clipped_low marks tokens where the lower
+    bound binds (rho < 1 - eps_low with A < 0), clipped_high where the upper bound binds."""
+    ratio = torch.exp(logp - base_logp.detach())
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    clipped_low = (ratio < 1.0 - eps_low) & (adv < 0)
+    clipped_high = (ratio > 1.0 + eps_high) & (adv > 0)
+    return loss, ratio, clipped_low, clipped_high
+
+
+def reinforce_policy_loss(logp: Tensor, adv: Tensor) -> Tensor:
+    """-A log pi_theta: the article's first form (no ratio, no clip)."""
+    return -adv * logp
+
+
+# ---------------------------------------------------------------------- the policy-loss registry
+class PolicyTerms(NamedTuple):
+    """One policy loss's per-token output, all (n, L)."""
+    loss: Tensor              # differentiable through logp
+    ratio: Tensor             # detached rho, for the health figures
+    clipped_low: Tensor       # bool: the lower clip bound binds
+    clipped_high: Tensor      # bool: the upper clip bound binds
+
+
+# A policy loss: loss(logp, base_logp, adv, mask, settings) -> PolicyTerms, every tensor (n, L);
+# base_logp is pi_X of the ratio (reference or sampling policy), `settings` any object with the
+# fields the loss reads (a TrainConfig). Adding one: a function registered here, its name in the
+# `policy_loss` literal of grpo/config.py, and its tests.
+POLICY_LOSSES: dict = {}
+
+
+def register_policy_loss(name: str):
+    def add(fn):
+        POLICY_LOSSES[name] = fn
+        return fn
+    return add
+
+
+@register_policy_loss("clip")
+def clip_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settings) -> PolicyTerms:
+    """`clipped_policy_loss` with epsilon below 1 and epsilon_high (else epsilon) above."""
+    eps_high = settings.epsilon_high if settings.epsilon_high is not None else settings.epsilon
+    loss, ratio, low, high = clipped_policy_loss(logp, base_logp, adv, settings.epsilon, eps_high)
+    return PolicyTerms(loss, ratio.detach(), low, high)
+
+
+@register_policy_loss("reinforce")
+def reinforce_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settings) -> PolicyTerms:
+    """`reinforce_policy_loss`; the ratio is still reported, nothing is clipped."""
+    never = torch.zeros_like(mask, dtype=torch.bool)
+    return PolicyTerms(reinforce_policy_loss(logp, adv), torch.exp(logp.detach() - base_logp), never, never)
+
+
+def policy_loss(name: str):
+    """The registered policy loss `name`."""
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; registered: {', '.join(POLICY_LOSSES)}")
+    return POLICY_LOSSES[name]
+
+
+def sequence_count(mask: Tensor) -> Tensor:
+    """Sequences with at least one valid token (filtered groups have none)."""
+    return (mask.sum(-1) > 0).sum()
+
+
+def aggregate(values: Tensor, mask: Tensor, mode: str, max_new_tokens: int,
+              num_seqs: Tensor | float | None = None, num_tokens: Tensor | float | None = None) -> Tensor:
+    """Reduce per-token values (N, T) to a scalar.
+
+    seq_mean_token_mean      (1/N_seq) sum_i (1/T_i) sum_t v     (article, DeepSeekMath)
+    token_mean               sum_{i,t} v / sum_i T_i            (DAPO, TRL and verl default)
+    seq_mean_token_sum_norm  sum_{i,t} v / (N_seq * max_new_tokens)   (Dr. GRPO)
+
+    `num_seqs` / `num_tokens` override the normalisers so that micro-batches (or processes) that
+    each see part of a batch add up to the loss of the whole batch; by default they are this
+    batch's own counts."""
+    mask = mask.to(values.dtype)
+    if num_seqs is None:
+        num_seqs = sequence_count(mask)
+    if num_tokens is None:
+        num_tokens = mask.sum()
+    if mode == "seq_mean_token_mean":
+        per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_seq.sum() / max(float(num_seqs), 1.0)
+    if mode == "token_mean":
+        return (values * mask).sum() / max(float(num_tokens), 1.0)
+    if mode == "seq_mean_token_sum_norm":
+        return (values * mask).sum() / (max(float(num_seqs), 1.0) * max_new_tokens)
+    raise ValueError(f"unknown loss aggregation {mode!r}")
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)

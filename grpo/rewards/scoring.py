@@ -1,0 +1,158 @@
+"""Scoring completions: reward functions called in batches, combined with weights.
+
+A reward function takes `(prompts, completions, **columns)` (lists, one entry per completion;
+`columns` are the data row's other fields, e.g. `answer`, plus `completion_length`, the token
+count of each completion) and returns one float per completion, or None for "cannot score"
+(counted, and treated as 0).
+
+`build_reward_fns(cfg, task)` turns the `--reward NAME[:WEIGHT]` specs, `--reward-model` and
+`--overlong-penalty` into the run's `{name: (fn, weight)}`; `score` calls them and sums.
+See docs/rewards.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import warnings
+from typing import Callable
+
+import torch
+
+from ..common import pick_device
+from ..config import ConfigError
+from .builtins import (BUILTINS, exact_match, format_reward, math_verify, overlong_reward,  # noqa: F401
+                       think_answer_format)
+from .user import load_function, parse_spec
+
+
+class RewardError(RuntimeError):
+    """A reward function raised, or returned something other than one number per completion."""
+
+
+def _call(name: str, fn: Callable, prompts, completions, columns) -> list:
+    try:
+        return list(fn(prompts, completions, **columns))
+    except Exception as batch_error:
+        # find the first sample that fails on its own, to name it
+        for i in range(len(completions)):
+            try:
+                fn(prompts[i:i + 1], completions[i:i + 1], **{k: v[i:i + 1] for k, v in columns.items()})
+            except Exception as e:
+                raise RewardError(f"reward function {name!r} raised {type(e).__name__}: {e} on sample {i} "
+                                  f"(prompt {prompts[i]!r}, completion {completions[i]!r})") from e
+        raise RewardError(f"reward function {name!r} raised {type(batch_error).__name__}: {batch_error} "
+                          f"on a batch of {len(completions)} completions") from batch_error
+
+
+def score(reward_fns: dict[str, tuple[Callable, float]], prompts: list[str], completions: list[str],
+          columns: dict[str, list]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Weighted sum of every reward function.  Returns (total (N,), per-function (N,) each, unscorable count)."""
+    n = len(completions)
+    total = torch.zeros(n, dtype=torch.float32)
+    per_fn, unscorable = {}, 0
+    for name, (fn, weight) in reward_fns.items():
+        values = _call(name, fn, prompts, completions, columns)
+        if len(values) != n:
+            raise RewardError(f"reward function {name!r} returned {len(values)} values for {n} completions")
+        clean = []
+        for i, v in enumerate(values):
+            if v is None:
+                unscorable += 1
+                clean.append(0.0)
+                continue
+            # plain numbers, numpy scalars and 0-d tensors/arrays are all accepted
+            number = isinstance(v, numbers.Real) or (hasattr(v, "item") and getattr(v, "ndim", None) == 0)
+            if not number or isinstance(v, str) or not math.isfinite(float(v)):
+                raise RewardError(f"reward function {name!r} returned {v!r} for sample {i}; "
+                                  "expected a finite number or None")
+            clean.append(float(v))
+        per_fn[name] = torch.tensor(clean, dtype=torch.float32)
+        total += weight * per_fn[name]
+    return total, per_fn, unscorable
+
+
+# ====================================================================== the run's reward functions
+def _builtin(name: str, cfg, task) -> list[tuple[str, Callable]]:
+    if name == "exact_match":
+        return [(name, exact_match)]
+    if name == "math_verify":
+        try:
+            import math_verify as _  # noqa: F401
+        except ImportError:
+            raise ConfigError("reward: math_verify needs the math-verify package (pip install math-verify)") from None
+        return [(name, math_verify)]
+    if name == "format":
+        if not cfg.format_regex:
+            raise ConfigError("reward: the format reward needs --format-regex (the pattern a completion must "
+                              "contain; anchor it with ^...$ to demand a whole-completion match)")
+        return [(name, format_reward(cfg.format_regex))]
+    if name == "think_answer_format":
+        return [(name, think_answer_format)]
+    if name == "task":
+        if not task.rewards:
+            raise ConfigError(f"reward: task {task.name!r} has no reward function of its own; "
+                              "name one with --reward")
+        return list(task.rewards.items())
+    if name == "overlong":
+        return [(name, overlong_reward(cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty_factor))]
+    raise AssertionError(name)
+
+
+def _unknown(name: str, task) -> ConfigError:
+    known = list(BUILTINS) + [n for n in task.rewards if n not in BUILTINS]
+    if name == "reward_model":
+        return ConfigError("reward: a reward model is given with --reward-model PATH (and --reward-model-weight), "
+                           "not --reward reward_model")
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return ConfigError(f"reward: unknown reward {name!r}; {hint}built-in rewards: {', '.join(known)}; "
+                       "a function of your own is given as module:function or path/to/file.py:function")
+
+
+def build_reward_fns(cfg, task, device=None) -> dict[str, tuple[Callable, float]]:
+    """The run's weighted reward functions, in this order: the --reward specs (default: the task's own
+    rewards, weight 1), then --reward-model as "reward_model", then "overlong" when --overlong-penalty
+    is on and no `overlong` spec was given.  Raises ConfigError on any bad spec."""
+    task_rewards = dict(getattr(task, "rewards", None) or {})
+    names = tuple(BUILTINS) + tuple(task_rewards)
+    fns: dict[str, tuple[Callable, float]] = {}
+
+    def add(name: str, fn: Callable, weight: float, spec: str) -> None:
+        if name in fns:
+            raise ConfigError(f"reward: {name!r} is given twice (again by {spec!r}); give each reward once")
+        fns[name] = (fn, weight)
+
+    for spec in cfg.reward or []:
+        target, weight = parse_spec(spec, names)
+        if ":" in target:
+            fname, fn = load_function(target)
+            add(fname if fname not in fns else target, fn, weight, spec)
+        elif target in BUILTINS:
+            for name, fn in _builtin(target, cfg, task):
+                add(name, fn, weight, spec)
+        elif target in task_rewards:
+            add(target, task_rewards[target], weight, spec)
+        else:
+            raise _unknown(target, task)
+    if not cfg.reward:
+        for name, fn in task_rewards.items():
+            add(name, fn, 1.0, "the task's rewards")
+
+    if cfg.reward_model:
+        from .reward_model import RewardModel      # loads transformers' model classes: only when asked
+        if device is None:
+            device = pick_device(cfg.device)
+        add("reward_model", RewardModel(cfg.reward_model, device, cfg.reward_model_batch_size),
+            cfg.reward_model_weight, "--reward-model")
+    if cfg.overlong_penalty and "overlong" not in fns:
+        add("overlong", overlong_reward(cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty_factor),
+            1.0, "--overlong-penalty")
+    if cfg.format_regex and not any(getattr(fn, "pattern", None) == cfg.format_regex for fn, _ in fns.values()):
+        warnings.warn("format_regex is set but no `format` reward uses it; add --reward format[:WEIGHT]",
+                      stacklevel=2)
+    if not fns:
+        raise ConfigError(f"reward: no reward function: task {getattr(task, 'name', '?')!r} has none of its own; "
+                          "give --reward or --reward-model")
+    return fns

@@ -1,0 +1,103 @@
+"""The plain decoding loop over a Hugging Face causal LM, with its KV cache.
+
+B prompts x G completions are decoded together, one token per forward. Each prompt is prefilled
+once and its keys/values copied to its G samples. After a sequence's EOS it receives padding
+that is masked out. What runs each decoding step after the prefill is a *stepper*: by default the
+model's own forward over the cache (`ForwardStepper`); an engine may bring a faster one
+(grpo/fast's lean step) through `generate_with`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from .. import compat
+from ..data.prompts import positions
+from .base import Generators, Rollout, SamplingSettings
+from .sampling import next_token
+
+
+class ForwardStepper:
+    """Each decoding step through the model's forward, over its cache repeated to every sample
+    and given room for the whole completion (compat.reserve)."""
+
+    def __init__(self, model, cache, prompt_mask: Tensor, sampling: SamplingSettings):
+        if sampling.num_samples > 1:
+            cache.batch_repeat_interleave(sampling.num_samples)
+        compat.reserve(cache, sampling.max_new_tokens)
+        self.model, self.cache = model, cache
+        self.mask = prompt_mask.repeat_interleave(sampling.num_samples, 0)
+
+    def step(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Logits (rows, vocab) after feeding `tokens` (rows,) at `positions` (rows,)."""
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions[:, None],
+                         cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+
+def _prefill(model, prompt_ids: Tensor, prompt_mask: Tensor):
+    """(the last position's logits (B, V), the prompts' cache)."""
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.cache
+
+
+@torch.no_grad()
+def generate_with(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
+                  generator: Generators = None, fast_stepper=None) -> Rollout:
+    """The loop. `fast_stepper(model, cache, prompt_mask, sampling)` may return a stepper to use
+    instead of `ForwardStepper` (None: it does not apply to this model)."""
+    if isinstance(generator, (list, tuple)) and len(generator) != prompt_ids.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {prompt_ids.shape[0]} prompts")
+    logits, cache = _prefill(model, prompt_ids, prompt_mask)
+    stepper = fast_stepper(model, cache, prompt_mask, sampling) if fast_stepper is not None else None
+    if stepper is None:
+        stepper = ForwardStepper(model, cache, prompt_mask, sampling)
+    del cache
+    k = sampling.num_samples
+    if k > 1:
+        logits = logits.repeat_interleave(k, 0)
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
+    return _decode(stepper, logits, prompt_ids, prompt_mask, sampling, generator)
+
+
+def _decode(stepper, logits: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
+            generator) -> Rollout:
+    device = prompt_ids.device
+    eos = torch.tensor(list(sampling.eos_ids), device=device)
+    next_pos = positions(prompt_mask)[:, -1] + 1                             # (N,)
+    finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=device)
+    tokens, logps, valid = [], [], []
+    for t in range(sampling.max_new_tokens):
+        tok, logp = next_token(logits, t, sampling, eos, generator)
+        tokens.append(torch.where(finished, torch.full_like(tok, sampling.pad_id), tok))
+        logps.append(torch.where(finished, 0.0, logp))
+        valid.append(~finished)
+        finished = finished | torch.isin(tokens[-1], eos)
+        if bool(finished.all()) or t == sampling.max_new_tokens - 1:
+            break
+        logits = stepper.step(tokens[-1], next_pos)
+        next_pos = next_pos + 1
+    del stepper
+    completion_mask = torch.stack(valid, 1)
+    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=torch.stack(tokens, 1),
+                   completion_mask=completion_mask, logprobs=torch.stack(logps, 1),
+                   lengths=completion_mask.sum(1), truncated=~finished)
+
+
+class HFEngine:
+    """The plain engine: the loop above with the model's forward at every step. `scope(model)`,
+    when given, is a context the whole generation runs in (grpo/fast's few-row products)."""
+
+    def __init__(self, scope=None):
+        self.scope = scope
+
+    def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
+                 generator: Generators = None) -> Rollout:
+        with self.scope(model) if self.scope is not None else contextlib.nullcontext():
+            return generate_with(model, prompt_ids, prompt_mask, sampling, generator)

@@ -1,0 +1,80 @@
+"""Drawing the next token: the sampler every engine shares.
+
+Each sampled token's log-prob under the sampling policy (softmax of logits / temperature, before
+top-k/top-p truncation and before the min_new_tokens EOS ban, i.e. the same distribution the
+trainer's log-probs use) is recorded beside it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Generators, SamplingSettings
+
+
+def uniforms(n: int, generator, device) -> Tensor:
+    """(n, 1) float64 uniforms. With a list of k generators, rows are split into k equal blocks and
+    block i draws from generator i (one generator per prompt: its samples then do not depend on
+    which other prompts share the batch)."""
+    if isinstance(generator, (list, tuple)):
+        per = n // len(generator)
+        return torch.cat([torch.rand(per, 1, generator=g, dtype=torch.float64, device=device) for g in generator])
+    return torch.rand(n, 1, generator=generator, dtype=torch.float64, device=device)
+
+
+def sample(weights: Tensor, generator: Generators = None, block: int = 512) -> Tensor:
+    """One index per row, drawn with probability proportional to `weights` (N, V) >= 0, by
+    inverting the row's cumulative sum at one uniform draw. Zero-weight entries are never drawn.
+
+    In two levels, so the cumulative sum never runs over the whole vocabulary: blocks of `block`
+    entries are summed (float64), the draw picks a block on the cumulative block sums, then an
+    entry on that block's own cumulative sum. Far cheaper than torch.multinomial over a large
+    vocabulary, which draws V exponentials per row."""
+    N, V = weights.shape
+    pad = (-V) % block
+    w = torch.nn.functional.pad(weights, (0, pad)) if pad else weights
+    w = w.view(N, -1, block)                                                  # (N, nb, block)
+    cdf = w.sum(-1, dtype=torch.float64).cumsum(-1)                           # (N, nb)
+    target = uniforms(N, generator, weights.device) * cdf[:, -1:]             # (N, 1) in [0, total)
+    b = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)   # a block with mass
+    rest = target - torch.where(b > 0, cdf.gather(1, (b - 1).clamp(min=0)), 0.0)  # mass left inside it
+    inner = w[torch.arange(N, device=w.device), b.squeeze(1)]                 # (N, block)
+    j = torch.searchsorted(inner.cumsum(-1, dtype=torch.float64), rest, right=True)
+    # rounding may put `rest` at or past the block's own total: take its last positive entry
+    last = block - 1 - (inner > 0).flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
+    return (b * block + torch.minimum(j, last)).squeeze(-1)
+
+
+def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Set logits outside the top-k / nucleus to -inf.  (N, V) -> (N, V)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, t: int, sampling: SamplingSettings, eos: Tensor, generator) -> tuple[Tensor, Tensor]:
+    """The token drawn at step `t` for each row of `logits` (N, V) and its log-prob under
+    softmax(logits / temperature): (N,), (N,)."""
+    T = sampling.temperature
+    scaled = logits.float().contiguous() if T == 1.0 else logits.float() / T    # (N, V)
+    top = scaled.amax(-1, keepdim=True)
+    weights = (scaled - top).exp_()                                 # unnormalised probabilities
+    log_z = top + weights.sum(-1, keepdim=True).log()                # log of the softmax normaliser
+    allowed = t >= sampling.min_new_tokens
+    if sampling.greedy:
+        tok = (scaled if allowed else scaled.index_fill(-1, eos, float("-inf"))).argmax(-1)
+    elif sampling.top_k or sampling.top_p < 1.0:
+        sample_from = scaled if allowed else scaled.index_fill(-1, eos, float("-inf"))
+        tok = sample(torch.softmax(filter_logits(sample_from, sampling.top_k, sampling.top_p), dim=-1), generator)
+    else:
+        tok = sample(weights if allowed else weights.index_fill_(-1, eos, 0.0), generator)
+    logp = (scaled.gather(-1, tok[:, None]) - log_z).squeeze(-1)    # log softmax at the sampled token
+    return tok, logp

@@ -1,0 +1,77 @@
+"""Where the speed and memory levers of grpo/fast plug into the seams they serve.
+
+The only module that imports grpo/fast. `plug(levers)` gives each seam its piece: the rollout
+engine, the LM-head computation of log-probs, the product LoRA's merged weights sample with, the
+reference's file-backed weights, and the heap policy of each training phase. A lever that is off,
+or grpo/fast missing, gives the plain piece.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..config import Levers
+from ..rollout import HFEngine, RolloutEngine
+
+try:                                         # grpo/fast is optional: without it, every lever is off
+    from ..fast import file_weights, fused_head, heap, lean_decode
+    from ..fast.few_rows import FewRows
+except ImportError:
+    FewRows = None
+
+
+def _no_memory_policy(phase: str):
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Plugged:
+    """What the levers give each seam."""
+    engine: RolloutEngine                              # sampling and evaluation
+    head: object | None = None                         # models.logprobs.token_stats' `head`
+    merged_product: Callable = torch.nn.functional.linear   # models.lora.lora_merged's `product`
+    spill: Callable | None = None                      # folder -> Reference.frozen_copy's `spill`
+    memory: Callable = _no_memory_policy               # phase name -> context for its allocations
+
+
+def plug(levers: Levers) -> Plugged:
+    """The pieces `levers` ask for (the plain ones without grpo/fast)."""
+    if FewRows is None:
+        return Plugged(HFEngine())
+    products = FewRows(levers.few_rows_max, levers.native_kernel)
+    if levers.lean_decode:
+        engine = lean_decode.LeanEngine(products)
+    elif levers.few_rows_max:
+        engine = HFEngine(scope=products.decoding_linears)
+    else:
+        engine = HFEngine()
+    return Plugged(engine=engine,
+                   head=fused_head.FusedHead(levers.head_keep_mb * 2 ** 20) if levers.fused_head else None,
+                   merged_product=products.linear if levers.few_rows_max else torch.nn.functional.linear,
+                   spill=file_weights.spill_to if levers.reference_in_file else None,
+                   memory=_heap_policy(levers))
+
+
+def _heap_policy(levers: Levers) -> Callable:
+    """Sampling and the reference pass reuse the heap; the update reuses it and trims it every
+    `heap_trim_every` seconds (0: fresh mappings there); scoring keeps the process default."""
+    if not levers.heap_reuse:
+        return _no_memory_policy
+
+    def memory(phase: str):
+        if phase in ("generate", "reference"):
+            return heap.reuse_freed_memory()
+        if phase == "policy" and levers.heap_trim_every:
+            return heap.reuse_freed_memory(trim_every=levers.heap_trim_every)
+        return contextlib.nullcontext()
+    return memory
+
+
+def set_process_memory_policy() -> bool:
+    """The `grpo` command's process-wide allocation policy (fast.heap.return_freed_memory): every
+    large block its own mapping, returned on free. True if applied."""
+    return heap.return_freed_memory() if FewRows is not None else False

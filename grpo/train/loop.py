@@ -1,0 +1,180 @@
+"""The training loop: set up, evaluate, step `max_steps` times (step.py), log, checkpoint, save.
+
+Under torchrun (WORLD_SIZE > 1) this runs on every rank, data-parallel or sharded
+(grpo/parallel); rank 0 logs, evaluates and writes. Where each preset departs from DeepSeekMath
+is listed in docs/algorithm.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..common import json_line
+from ..config import ConfigError, Levers, TrainConfig, save_yaml
+from ..data.tasks import build_task
+from ..demo import ensure_demo_model
+from ..models.loading import hf_model
+from ..parallel import fsdp
+from ..parallel.world import World, close, init
+from ..rewards import build_reward_fns
+from ..sinks import CompletionsSink, ConsoleSink, JsonlSink
+from . import checkpoint
+from .evaluate import evaluate
+from .levers import plug
+from .phases import autocast
+from .setup import build_models, make_output_dir, save_final
+from .state import RunState, new_run_state, whole_state
+from .step import Run, train_step
+from .update import trainable
+
+
+def train(cfg: TrainConfig, log=print, watch=None) -> dict:
+    """Train as `cfg` says; the run's summary (also written to summary.json). `watch(phase)`: a
+    context wrapped around each phase of each step (for measurements)."""
+    world, device = init(cfg.device, bucket_bytes=int(cfg.grad_bucket_mb * 2 ** 20))
+    try:
+        return _train(cfg, world, device, log if world.main else (lambda *a, **k: None), watch)
+    finally:
+        close(world)
+
+
+def _train(cfg: TrainConfig, world: World, device, log, watch=None) -> dict:
+    t_start = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.prompts_per_step % world.size:
+        raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
+                          f"{world.size} processes (each process takes whole groups); use a multiple of {world.size}")
+    resume_from = checkpoint.find(cfg.resume, cfg.output_dir) if cfg.resume else None
+    out = _output_dir(cfg, world, resuming=resume_from is not None)
+    run, model_path = build_run(cfg, world, device, out, log)
+    run.watch = watch
+    st = _run_state(run, resume_from, out, log)
+    log(f"grpo: preset {cfg.preset}, model {model_path}, task {run.task.name}, B={cfg.prompts_per_step} x "
+        f"G={cfg.group_size}, {cfg.max_steps} steps -> {out}")
+    summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
+    if cfg.eval_size and st.eval_before is None:
+        st.eval_before = _evaluate(run, log, "before")
+        st.eval_before = world.broadcast_object(st.eval_before)     # every rank takes the same branches below
+    _steps(run, st, out)
+    if st.eval_before is not None:
+        summary["eval_before"] = st.eval_before
+        after = _evaluate(run, log, "after", before=st.eval_before)
+        if after is not None:
+            summary["eval_after"] = after
+    summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1),
+                   processes=world.size, sharded=run.shard)
+    _write_results(run, out, summary, model_path)
+    return summary
+
+
+def _output_dir(cfg: TrainConfig, world: World, resuming: bool) -> Path:
+    out = None
+    if world.main:
+        out = make_output_dir(cfg, resuming=resuming)
+        save_yaml(cfg, out / "config.yaml")
+    return Path(world.broadcast_object(str(out)))
+
+
+def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[Run, str]:
+    """Task and rewards first (their errors come before the minutes a model load takes), then the
+    models, the same weights on every rank, sharded where asked."""
+    task = build_task(cfg)
+    reward_fns = build_reward_fns(cfg, task, device)
+    if not cfg.model and world.active:         # the demo model is built once, by rank 0, if not cached
+        if world.main:
+            ensure_demo_model(log=log)
+        world.barrier()
+    shard = cfg.fsdp and world.active
+    if cfg.fsdp and not shard:
+        log("fsdp: one process, nothing to shard; training unsharded")
+    plugged = plug(Levers.of(cfg))
+    spill = plugged.spill(out) if plugged.spill is not None and not shard else None
+    actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill=spill, shard=shard)
+    world.broadcast_params(actor)
+    return Run(cfg, actor, ref, tokenizer, task, reward_fns, device, world, plugged, shard), model_path
+
+
+def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:
+    """A fresh run state, or the checkpoint's (weights included); sharding happens in between."""
+    cfg, actor = run.cfg, run.actor
+    if resume_from is not None:
+        checkpoint.load_weights(actor, resume_from)
+    if run.shard:
+        fsdp.shard(actor, run.device, run.world.size)
+        if run.ref is not None and not run.ref.shares_actor:
+            fsdp.shard(run.ref.model, run.device, run.world.size)
+    st = new_run_state(cfg, actor, run.device, run.shard)
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        if run.shard:          # checkpoints hold one group of whole tensors (as unsharded runs write them)
+            state["opt"] = fsdp.shard_optimizer_state(st.opt, trainable(actor), state["opt"])
+        state["sched"] = fsdp.fit_scheduler_state(state["sched"], len(st.opt.param_groups))
+        st.load(state)
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            checkpoint.truncate_jsonl(out / name, st.step)
+        log(f"resuming from {resume_from} (step {st.step})")
+    return st
+
+
+def _evaluate(run: Run, log, when: str, before: dict | None = None) -> dict | None:
+    """Held-out evaluation on rank 0 (the others hold the gathered layers meanwhile); its result
+    there, None elsewhere."""
+    cfg, world = run.cfg, run.world
+    result = None
+    with fsdp.gathered(run.actor) if run.shard else contextlib.nullcontext():
+        if world.main:
+            with autocast(cfg, run.device):
+                result = evaluate(hf_model(run.actor), run.tokenizer, run.task, n=cfg.eval_size,
+                                  batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+                                  reward_fns=run.reward_fns, system_prompt=cfg.system_prompt,
+                                  chat_template=cfg.chat_template, engine=run.plugged.engine)
+            if before is None:
+                log(f"held-out accuracy before: {result['accuracy']:.3f} (n={cfg.eval_size})")
+            else:
+                log(f"held-out accuracy after:  {result['accuracy']:.3f} "
+                    f"(before {before['accuracy']:.3f}, n={cfg.eval_size})")
+        world.barrier()
+    return result
+
+
+def _steps(run: Run, st: RunState, out: Path) -> None:
+    """Steps st.step + 1 .. max_steps, each logged to the sinks and checkpointed as asked."""
+    cfg, world = run.cfg, run.world
+    sinks = [JsonlSink(out / "metrics.jsonl"), CompletionsSink(out / "completions.jsonl"),
+             ConsoleSink(cfg.max_steps)] if world.main else []
+    run.actor.train()
+    try:
+        for step in tqdm(range(st.step + 1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True,
+                         initial=st.step, total=cfg.max_steps, disable=not world.main):
+            st.step = step
+            metrics, batch = train_step(run, st)
+            samples = [dict(prompt=batch.rows[i // cfg.group_size]["prompt"], completion=batch.texts[i],
+                            reward=batch.rewards.flatten()[i].item())
+                       for i in range(min(cfg.log_completions, len(batch.texts)))]
+            for s in sinks:
+                s.log(metrics, samples)
+            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps):
+                weights, state = whole_state(run.actor, st, run.shard)
+                if world.main:
+                    checkpoint.save(out, step, run.actor, run.tokenizer, state, cfg.keep_checkpoints, weights)
+                world.barrier()
+    finally:
+        for s in sinks:
+            s.close()
+
+
+def _write_results(run: Run, out: Path, summary: dict, model_path) -> None:
+    cfg, world = run.cfg, run.world
+    weights = fsdp.full_state_dict(run.actor) if run.shard and cfg.save_model else None
+    if world.main:
+        if cfg.save_model:
+            save_final(cfg, run.actor, run.tokenizer, out, summary, weights, model_path)
+        (out / "summary.json").write_text(json_line(**summary, indent=2))
+    world.barrier()

@@ -1,0 +1,45 @@
+"""The metrics dict of one step: namespaced keys, one value each (README, "What a run writes")."""
+
+from __future__ import annotations
+
+import math
+
+from ..algo import advantages as adv_mod
+from ..config import needs_reference
+
+
+def step_metrics(cfg, step: int, batch, acc, beta: float, lr: float, times: dict, skipped_total: int) -> dict:
+    """The metrics of step `step` from its batch (step.StepBatch) and update tally (update.Tally)."""
+    n_up, tok = max(acc.n_updates, 1), max(acc.tokens, 1.0)
+    r, lengths = batch.rewards.flatten(), batch.lengths.float()
+    m = {
+        "step": step,
+        "loss": acc.loss / n_up if acc.n_updates else None,
+        "policy_loss": acc.pg / tok,
+        "kl": acc.kl / tok if needs_reference(cfg) else None,
+        "beta": beta,
+        "reward/mean": r.mean().item(),
+        "reward/std": r.std(unbiased=False).item(),
+    }
+    for name, v in batch.per_fn.items():
+        m[f"reward/{name}/mean"] = v.mean().item()
+        m[f"reward/{name}/std"] = v.std(unbiased=False).item()
+    m.update({
+        "groups/zero_variance_frac": adv_mod.zero_variance_groups(batch.rewards).float().mean().item(),
+        "clip/low_frac": acc.clip_low / tok,
+        "clip/high_frac": acc.clip_high / tok,
+        "ratio/mean": acc.ratio / tok,
+        "ratio/min": acc.ratio_min if math.isfinite(acc.ratio_min) else None,
+        "ratio/max": acc.ratio_max if math.isfinite(acc.ratio_max) else None,
+        "entropy": acc.ent / tok,
+        "length/mean": lengths.mean().item(),
+        "length/min": int(lengths.min().item()),
+        "length/max": int(lengths.max().item()),
+        "length/truncated_frac": batch.truncated.float().mean().item(),
+        "grad_norm": acc.grad_norm / n_up if acc.n_updates else None,
+        "lr": lr,
+        "updates/skipped_nonfinite": skipped_total,
+    })
+    m.update({f"time/{k}": round(v, 4) for k, v in times.items()})
+    m["time/tokens_per_sec"] = round(batch.lengths.sum().item() / max(times["step"], 1e-9), 1)
+    return m

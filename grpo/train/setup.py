@@ -1,0 +1,69 @@
+"""Setting a run up and writing its results: the output folder, the models (actor, reference,
+tokenizer), and the trained model at the end."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, TrainConfig, needs_reference
+from ..demo import DEMO_NOTE, ensure_demo_model
+from ..models.loading import hf_model, load_model
+from ..models.logprobs import allow_prefix_under_checkpointing
+from ..models.lora import add_lora
+from ..models.reference import Reference
+
+
+def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> Path:
+    if cfg.output_dir:
+        out = Path(cfg.output_dir)
+    else:
+        out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}"
+    if (out / "metrics.jsonl").exists() and not resuming:
+        raise ConfigError(f"output_dir: {out} already holds a run (metrics.jsonl); choose a new --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = False):
+    """Actor, reference (a models.reference.Reference, or None), tokenizer and the model path, as
+    the config asks. `spill`: how a full fine-tune's frozen reference keeps its weights out of
+    memory (None: in memory). `shard`: the models will be sharded (weights read into memory, not
+    mapped: see load_model)."""
+    if cfg.model:
+        model_path = cfg.model
+    else:
+        model_path = ensure_demo_model(log=log)
+        log(DEMO_NOTE.format(preset=cfg.preset))
+    actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
+    if cfg.lora_rank:
+        actor = add_lora(actor, cfg)
+        ref = Reference.adapter_disabled(actor) if needs_reference(cfg) else None   # no second copy
+    else:
+        ref = Reference.frozen_copy(actor, spill) if needs_reference(cfg) else None
+    if cfg.gradient_checkpointing:
+        hf_model(actor).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        allow_prefix_under_checkpointing(actor)
+    return actor, ref, tokenizer, model_path
+
+
+def save_final(cfg, actor, tokenizer, out: Path, summary: dict, weights: dict | None = None,
+               model_path=None) -> None:
+    """The trained model (with LoRA: the adapter, peft format) in <out>/model, and with
+    `save_merged` the merged model in <out>/merged. `weights`: the whole state dict of a sharded
+    actor."""
+    actor.save_pretrained(out / "model", state_dict=weights)
+    tokenizer.save_pretrained(out / "model")
+    summary["model_dir"] = str(out / "model")
+    if cfg.lora_rank and cfg.save_merged:
+        if weights is None:
+            merged = actor.merge_and_unload()
+        else:                     # the sharded actor cannot merge in place: base + saved adapter, afresh
+            from peft import PeftModel
+            base, _ = load_model(model_path, torch.device("cpu"), cfg.gguf_file)
+            merged = PeftModel.from_pretrained(base, out / "model").merge_and_unload()
+        merged.save_pretrained(out / "merged")
+        tokenizer.save_pretrained(out / "merged")
+        summary["merged_dir"] = str(out / "merged")

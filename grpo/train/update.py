@@ -1,0 +1,167 @@
+"""The policy update of one step: `updates_per_batch` passes over the sampled batch, each split into
+`minibatches` optimizer steps over whole groups, each step summed over `grad_accum` micro-batches
+(and over processes). The per-token loss is the registered policy loss of `policy_loss` plus
+beta * KL (grpo/algo/losses.py), aggregated with the minibatch's own counts, so micro-batches and
+processes add up to the loss of the whole minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..algo import losses
+from ..models.logprobs import token_stats
+from ..parallel.fsdp import micro_batches
+from ..parallel.world import World
+
+
+@dataclass
+class TokenTerms:
+    """One micro-batch's per-token loss terms, all (n, L)."""
+    per_token: torch.Tensor          # policy + beta * KL, differentiable
+    policy: torch.Tensor
+    kl: torch.Tensor | None
+    ratio: torch.Tensor
+    clipped_low: torch.Tensor
+    clipped_high: torch.Tensor
+    entropy: torch.Tensor
+
+
+def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old: bool) -> TokenTerms:
+    """Forward the actor on sequences `micro` and build the per-token loss."""
+    cfg = run.cfg
+    roll = batch.rollout.select(micro)
+    full_kl = cfg.kl_estimator == "full" and run.ref is not None
+    st = token_stats(run.actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
+                     ref=run.ref if full_kl else None, head=run.plugged.head)
+    if cfg.ratio_vs == "ref":
+        base = batch.ref_logp[micro]
+    else:                           # pi_old: equal to pi_theta in value on the first and only update
+        base = st.logp.detach() if reuse_logp_as_old else roll.logprobs
+    adv = batch.adv.normalized.to(st.logp.device)[micro]                     # (n, L)
+    pol = losses.policy_loss(cfg.policy_loss)(st.logp, base, adv, roll.completion_mask, cfg)
+    kl = None
+    if run.ref is not None:
+        kl = st.full_kl if full_kl else losses.kl_estimate(st.logp, batch.ref_logp[micro], cfg.kl_estimator)
+    per_token = pol.loss + beta * kl if (kl is not None and beta > 0) else pol.loss
+    return TokenTerms(per_token, pol.loss, kl, pol.ratio, pol.clipped_low, pol.clipped_high, st.entropy)
+
+
+class Tally:
+    """Token-weighted sums of the health figures over every micro-batch of a step."""
+
+    SUMS = ("tokens", "pg", "kl", "ent", "ratio", "clip_low", "clip_high")
+
+    def __init__(self):
+        self.loss, self.n_updates, self.skipped, self.grad_norm = 0.0, 0, 0, 0.0
+        self.tokens = self.pg = self.kl = self.ent = self.ratio = self.clip_low = self.clip_high = 0.0
+        self.ratio_min, self.ratio_max = math.inf, -math.inf
+
+    def reduce(self, world: World) -> None:
+        """Sum the token-weighted figures over ranks (the losses are summed as they are made)."""
+        if world.active:
+            sums = world.sum(torch.tensor([getattr(self, k) for k in self.SUMS], dtype=torch.float64,
+                                          device=world.device))
+            for k, v in zip(self.SUMS, sums.tolist()):
+                setattr(self, k, v)
+            self.ratio_min, self.ratio_max = world.min(self.ratio_min), world.max(self.ratio_max)
+
+    def add(self, t: TokenTerms, mask: torch.Tensor) -> None:
+        if not mask.any():               # every group here was filtered out: nothing to count
+            return
+        m = mask.float()
+        self.tokens += m.sum().item()
+        self.pg += (t.policy.detach() * m).sum().item()
+        self.ent += (t.entropy * m).sum().item()
+        self.ratio += (t.ratio * m).sum().item()
+        self.clip_low += (t.clipped_low & mask).sum().item()
+        self.clip_high += (t.clipped_high & mask).sum().item()
+        self.ratio_min = min(self.ratio_min, t.ratio[mask].min().item())
+        self.ratio_max = max(self.ratio_max, t.ratio[mask].max().item())
+        if t.kl is not None:
+            self.kl += (t.kl.detach() * m).sum().item()
+
+    def __getitem__(self, key):          # dict-style access for callers and tests
+        return getattr(self, key)
+
+
+def trainable(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _minibatch_seqs(batch, groups: torch.Tensor, G: int) -> torch.Tensor:
+    """The sequence indices (local to this rank) of the minibatch's groups that this rank holds."""
+    lo = batch.first_prompt
+    hi = lo + batch.rollout.completion_ids.shape[0] // G
+    mine = groups[(groups >= lo) & (groups < hi)] - lo
+    return (mine[:, None] * G + torch.arange(G)[None, :]).flatten().to(batch.rollout.completion_ids.device)
+
+
+def _accumulate(run, batch, seqs, counts, beta, reuse_logp_as_old, tally) -> tuple[float, bool]:
+    """Forward and backward every micro-batch of one minibatch; (its summed loss, all finite)."""
+    cfg = run.cfg
+    num_seqs, num_tokens = counts
+    total, finite = 0.0, True
+    for micro, stand_in in micro_batches(seqs, cfg.grad_accum, run.shard):
+        terms = token_terms(run, batch, micro, beta, reuse_logp_as_old)
+        mask = batch.loss_mask[micro]
+        loss = losses.aggregate(terms.per_token, mask, cfg.loss_aggregation, cfg.max_new_tokens, num_seqs, num_tokens)
+        if stand_in:
+            loss = loss * 0.0                                # zero gradients, same collectives
+        if not torch.isfinite(loss):
+            finite = False
+            if not run.shard:                 # sharded: every process must still run every backward
+                break
+        loss.backward()
+        if not stand_in:
+            total += loss.item()
+            tally.add(terms, mask)
+    return total, finite
+
+
+def _optimizer_step(run, opt, sched, params, loss: float, finite: bool, tally: Tally) -> None:
+    """Sum the gradients over processes, clip, and step, or skip a non-finite update untouched."""
+    world = run.world
+    finite = world.all(finite)
+    if finite:
+        world.sum_grads(params)
+        loss = world.sum(torch.tensor([loss], dtype=torch.float64, device=world.device)).item()
+    grad_norm = world.clip_grad_norm(params, run.cfg.max_grad_norm, run.shard)
+    if not finite or not torch.isfinite(grad_norm):
+        opt.zero_grad(set_to_none=True)     # weights untouched
+        tally.skipped += 1
+        return
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)         # free the gradients before the next rollout
+    tally.loss += loss
+    tally.grad_norm += grad_norm.item()
+    tally.n_updates += 1
+
+
+def update_policy(run, opt, sched, batch, beta: float, shuffle: torch.Generator) -> Tally:
+    """Every optimizer step of one sampled batch; the step's health figures (over all ranks)."""
+    cfg, world = run.cfg, run.world
+    B, G = batch.rewards.shape                                         # the global batch
+    reuse_logp_as_old = cfg.updates_per_batch == 1 and cfg.minibatches == 1
+    params = trainable(run.actor)
+    tally = Tally()
+    for _ in range(cfg.updates_per_batch):
+        order = torch.randperm(B, generator=shuffle) if cfg.minibatches > 1 else torch.arange(B)
+        for groups in torch.tensor_split(order, cfg.minibatches):
+            seqs = _minibatch_seqs(batch, groups, G)
+            mb_mask = batch.loss_mask[seqs]
+            # the minibatch's own counts (over all ranks) normalise every micro-batch, so their sum
+            # over micro-batches and ranks is the minibatch loss
+            counts = world.sum(torch.stack([losses.sequence_count(mb_mask), mb_mask.sum()]).double().to(world.device))
+            num_seqs, num_tokens = counts[0].item(), counts[1].item()
+            if num_tokens == 0:
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss, finite = _accumulate(run, batch, seqs, (num_seqs, num_tokens), beta, reuse_logp_as_old, tally)
+            _optimizer_step(run, opt, sched, params, loss, finite, tally)
+    tally.reduce(world)
+    return tally
