@@ -61,8 +61,8 @@ def settings(variant: str) -> dict:
 def child(variant: str, steps: int) -> None:
     import torch
     torch.set_num_threads(THREADS)
-    from grpo.train.levers import set_process_memory_policy
-    set_process_memory_policy()                 # as the `grpo` command does at start
+    from grpo.fast.heap import return_freed_memory
+    return_freed_memory()                       # as the `grpo` command does at start
     log: list[dict] = []
 
     @contextlib.contextmanager

@@ -138,10 +138,10 @@ def child(side: str, workload: str, model: str, steps: int, extra: dict) -> None
     ours = side == "grpo" or side.startswith("grpo@")
     if ours:                        # as the `grpo` command does at start
         try:
-            from grpo.train.levers import set_process_memory_policy
-        except ImportError:         # a checkout from before grpo/train/levers.py
-            from grpo.sysmem import return_freed_memory as set_process_memory_policy
-        set_process_memory_policy()
+            from grpo.fast.heap import return_freed_memory
+        except ImportError:         # a checkout from before grpo/fast
+            from grpo.sysmem import return_freed_memory
+        return_freed_memory()
     res = run_ours(workload, model, steps, extra) if ours else run_trl(workload, model, steps)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("BENCH " + json.dumps(res), flush=True)

@@ -28,8 +28,8 @@ LAYOUTS = {"1 process": (1, False), "2 processes": (2, False), "2 processes, fsd
 def child(fsdp: bool, steps: int) -> None:
     import torch
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    from grpo.train.levers import set_process_memory_policy
-    set_process_memory_policy()                 # as the `grpo` command does at start
+    from grpo.fast.heap import return_freed_memory
+    return_freed_memory()                       # as the `grpo` command does at start
     sys.path.insert(0, str(HERE))
     import bench
     res = bench.run_ours("W1", bench.smollm2_folder(), steps, {"fsdp": fsdp})

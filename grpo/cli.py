@@ -171,12 +171,21 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def _process_memory_policy() -> None:
+    """The command's allocation policy, set before the libraries' imports allocate: every large
+    block its own mapping, returned to the system on free (grpo/fast/heap.py; nothing without it)."""
+    try:
+        from .fast.heap import return_freed_memory
+    except ImportError:
+        return
+    return_freed_memory()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
-    from .train.levers import set_process_memory_policy
-    set_process_memory_policy()
+    _process_memory_policy()
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()     # our own bars only
     try:

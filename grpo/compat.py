@@ -168,6 +168,15 @@ def drop_quantizer(model) -> None:
         del model.config.quantization_config
 
 
+def class_name(module) -> str:
+    """The class name of `module`, seen through FSDP2's wrapper (`fully_shard` turns a
+    LlamaDecoderLayer into an FSDPLlamaDecoderLayer subclass defined in torch.distributed)."""
+    for cls in type(module).__mro__:
+        if not cls.__module__.startswith("torch.distributed"):
+            return cls.__name__
+    return type(module).__name__
+
+
 def no_split_modules(net) -> set[str]:
     """Class names transformers keeps whole when it splits a model over devices."""
     return set(getattr(net, "_no_split_modules", None) or [])

@@ -7,8 +7,9 @@ dependency; it only hides a cycle from the interpreter). The rules:
   * each part imports only parts of lower layers (or itself), as `LAYERS` declares;
   * grpo/algo is pure tensor math: it imports torch and the standard library, nothing else of the
     package or outside it;
-  * grpo/fast is optional: only grpo/train/levers.py imports it, inside `try: ... except
-    ImportError`, and the package trains without it (tests/test_levers.py).
+  * grpo/fast is optional: only grpo/train/levers.py (and cli.py, for the command's allocation
+    policy) import it, inside `try: ... except ImportError`, and the package trains without it
+    (tests/test_levers.py).
 The checks are functions of a source tree, so the tests below also run them on small planted
 trees to show that each rule catches what it should.
 """
@@ -36,7 +37,7 @@ LAYERS = [
     {"__main__", "__init__"},
 ]
 PURE = {"algo": {"torch"}}                  # part -> the only outside packages it may import
-OPTIONAL = {"fast": {"train.levers"}}       # part -> the only modules that may import it (guarded)
+OPTIONAL = {"fast": {"train.levers", "cli"}}   # part -> the only modules that may import it (guarded)
 
 
 # --------------------------------------------------------------------------------- the graph
@@ -83,16 +84,29 @@ def _resolve(root: Path, known: dict, here: str, node: ast.ImportFrom | ast.Impo
     return targets
 
 
+def _with_packages(target: str, here: str, known: dict) -> set[str]:
+    """`target` and the packages above it that importing it runs (their __init__), except those
+    `here` sits in (already running when `here` runs)."""
+    parts = target.split(".")
+    out = {target}
+    for i in range(1, len(parts)):
+        anc = ".".join(parts[:i])
+        if anc in known and not (here == anc or here.startswith(anc + ".")):
+            out.add(anc)
+    return out
+
+
 def graph(root: Path, pkg: str = "grpo") -> dict[str, set[str]]:
-    """module -> the modules of the package it imports (anywhere in its source)."""
+    """module -> the modules of the package it imports (anywhere in its source), the __init__ of
+    each package an import enters included."""
     known = modules(root)
     edges = {m: set() for m in known}
     for m, f in known.items():
         for node in ast.walk(ast.parse(f.read_text(), str(f))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for target, _ in _resolve(root, known, m, node, pkg):
-                    if target is not None and target != m and target in known:
-                        edges[m].add(target)
+                    if target is not None and target in known:
+                        edges[m] |= _with_packages(target, m, known) - {m}
     return edges
 
 
@@ -252,16 +266,25 @@ def test_a_planted_cycle_is_found(tmp_path):
     assert cycles(graph(root, "pkg")) == [["a", "b", "c"]]
 
 
+def test_a_cycle_through_a_package_init_is_found(tmp_path):
+    # importing sub.leaf runs sub/__init__.py, which imports sub.mid, which imports top
+    root = plant(tmp_path, {"top.py": "def f():\n    from .sub import leaf\n", "sub/leaf.py": "",
+                            "sub/mid.py": "from .. import top\n", "sub/__init__.py": "from . import mid\n"})
+    assert cycles(graph(root, "pkg")) == [["sub", "sub.mid", "top"]]
+
+
 def test_a_planted_layer_violation_is_found(tmp_path):
     root = plant(tmp_path, {"low/m.py": "def f():\n    from ..high import n\n", "high/n.py": "from ..low import m\n"})
     bad = layer_violations(graph(root, "pkg"), layers=[{"low"}, {"high"}, {"__init__"}])
-    assert bad == ["low.m -> high.n: layer 0 (low) imports layer 1 (high)"]
+    assert bad == ["low.m -> high: layer 0 (low) imports layer 1 (high)",         # high/__init__ runs too
+                   "low.m -> high.n: layer 0 (low) imports layer 1 (high)"]
     assert cycles(part_graph(graph(root, "pkg"))) == [["high", "low"]]
 
 
 def test_impure_math_is_found(tmp_path):
     root = plant(tmp_path, {"algo/x.py": "import torch\nimport transformers\nfrom ..io import y\n", "io/y.py": ""})
-    assert purity_violations(root, "pkg", {"algo": {"torch"}}) == ["algo.x imports io.y (outside algo/)",
+    assert purity_violations(root, "pkg", {"algo": {"torch"}}) == ["algo.x imports io (outside algo/)",
+                                                                    "algo.x imports io.y (outside algo/)",
                                                                     "algo.x imports transformers"]
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rows as rows_mod
 from grpo.config import resolve
 from grpo.train import train
 
@@ -75,13 +76,7 @@ def assert_weights_match(a: dict, b: dict, what: str) -> None:
 
 
 def assert_rows_match(a: list[dict], b: list[dict], what: str) -> None:
-    assert [r["step"] for r in a] == [r["step"] for r in b], what
-    for ra, rb in zip(a, b):
-        for k in COMPARED:
-            if ra[k] is None or rb[k] is None:
-                assert ra[k] is None and rb[k] is None, f"{what} step {ra['step']} {k}"
-            else:
-                assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), f"{what} step {ra['step']} {k}"
+    rows_mod.assert_rows_match(a, b, COMPARED, what)
 
 
 @pytest.fixture(scope="module")

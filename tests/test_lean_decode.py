@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from grpo.compat import FixedLinear, linear_weights
+from grpo.compat import FixedLinear, class_name, linear_weights
 from grpo.data.prompts import positions
 from grpo.fast import lean_decode
 from grpo.fast.few_rows import FewRows
@@ -131,8 +131,8 @@ def test_a_wrapper_subclass_from_torch_distributed_is_seen_through():
     base = transformers.models.llama.modeling_llama.LlamaDecoderLayer
     wrapped = type("FSDPLlamaDecoderLayer", (base,), {"__module__": "torch.distributed.fsdp._fully_shard"})
     user = type("MyLayer", (base,), {"__module__": "mycode"})
-    assert lean_decode._kind(wrapped.__new__(wrapped)) == "LlamaDecoderLayer"
-    assert lean_decode._kind(user.__new__(user)) == "MyLayer"        # a user's own subclass is not assumed
+    assert class_name(wrapped.__new__(wrapped)) == "LlamaDecoderLayer"
+    assert class_name(user.__new__(user)) == "MyLayer"               # a user's own subclass is not assumed
 
 
 def test_projections_are_read_as_weights_where_their_forward_is_a_plain_linear_map():

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rows import assert_rows_match
+
 from grpo.config import FIELDS, LEVER_FIELDS, Levers, resolve
 from grpo.data import tasks as tasks_mod
 from grpo.rollout import HFEngine
@@ -47,13 +49,7 @@ def metrics(cfg) -> list[dict]:
 
 
 def assert_same_run(a: list[dict], b: list[dict], what: str) -> None:
-    assert len(a) == len(b) > 0, what
-    for ra, rb in zip(a, b):
-        for k in COMPARED:
-            if ra[k] is None or rb[k] is None:
-                assert ra[k] is None and rb[k] is None, f"{what}: step {ra['step']} {k}"
-            else:
-                assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), f"{what}: step {ra['step']} {k}"
+    assert_rows_match(a, b, COMPARED, what, rel=1e-4)
 
 
 RUNS = {   # a full fine-tune with a (file-backed) reference, and LoRA with the adapter-disabled one

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .registry import Registry
+
 EPS = 1e-8
 
 
@@ -153,14 +155,8 @@ def compute_advantages(rewards: Tensor, lengths: Tensor, max_len: int, *, reward
 # `settings` is any object with the fields the estimator reads (a TrainConfig); `history` holds
 # earlier batches' scaled rewards (the window baseline). Adding one: a function registered here,
 # its name in the `advantage_estimator` literal of grpo/config.py, and its tests.
-ADVANTAGE_ESTIMATORS: dict = {}
-
-
-def register_estimator(name: str):
-    def add(fn):
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-    return add
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
+register_estimator = ADVANTAGE_ESTIMATORS.register
 
 
 @register_estimator("grpo")
@@ -173,6 +169,4 @@ def grpo_estimator(rewards: Tensor, lengths: Tensor, max_len: int, settings, his
 
 def estimator(name: str):
     """The registered estimator `name`."""
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; registered: {', '.join(ADVANTAGE_ESTIMATORS)}")
     return ADVANTAGE_ESTIMATORS[name]

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .registry import Registry
+
 
 def upcast(x: Tensor) -> Tensor:
     """Half-precision logits to float32 for the softmax; float32 and float64 stay as they are."""
@@ -100,14 +102,8 @@ class PolicyTerms(NamedTuple):
 # base_logp is pi_X of the ratio (reference or sampling policy), `settings` any object with the
 # fields the loss reads (a TrainConfig). Adding one: a function registered here, its name in the
 # `policy_loss` literal of grpo/config.py, and its tests.
-POLICY_LOSSES: dict = {}
-
-
-def register_policy_loss(name: str):
-    def add(fn):
-        POLICY_LOSSES[name] = fn
-        return fn
-    return add
+POLICY_LOSSES = Registry("policy loss")
+register_policy_loss = POLICY_LOSSES.register
 
 
 @register_policy_loss("clip")
@@ -127,8 +123,6 @@ def reinforce_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, s
 
 def policy_loss(name: str):
     """The registered policy loss `name`."""
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; registered: {', '.join(POLICY_LOSSES)}")
     return POLICY_LOSSES[name]
 
 

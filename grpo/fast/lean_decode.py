@@ -28,15 +28,6 @@ LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen
 NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
 
 
-def _kind(module) -> str:
-    """The class name of `module`, seen through FSDP2's wrapper (`fully_shard` turns a
-    LlamaDecoderLayer into an FSDPLlamaDecoderLayer subclass)."""
-    for cls in type(module).__mro__:
-        if not cls.__module__.startswith("torch.distributed"):
-            return cls.__name__
-    return type(module).__name__
-
-
 def _sharded(model) -> bool:
     """Any parameter still a sharded DTensor (FSDP2 outside its gathered scope)."""
     if not torch.distributed.is_available():
@@ -62,14 +53,14 @@ def unsupported(model) -> str | None:
         return "sliding-window attention"
     if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
         return "attention other than full"
-    if _kind(dec.norm) not in NORMS:
-        return f"final norm {_kind(dec.norm)}"
+    if compat.class_name(dec.norm) not in NORMS:
+        return f"final norm {compat.class_name(dec.norm)}"
     for layer in dec.layers:
-        if _kind(layer) not in LAYERS:
-            return f"decoder layer {_kind(layer)}"
+        if compat.class_name(layer) not in LAYERS:
+            return f"decoder layer {compat.class_name(layer)}"
         norms = [layer.input_layernorm, layer.post_attention_layernorm]
         norms += [getattr(layer.self_attn, n) for n in ("q_norm", "k_norm") if hasattr(layer.self_attn, n)]
-        if any(_kind(n) not in NORMS for n in norms):
+        if any(compat.class_name(n) not in NORMS for n in norms):
             return "a norm of another kind"
         if model.training and getattr(layer.self_attn, "attention_dropout", 0.0):
             return "attention dropout in training mode"

@@ -1,6 +1,7 @@
 """Where the speed and memory levers of grpo/fast plug into the seams they serve.
 
-The only module that imports grpo/fast. `plug(levers)` gives each seam its piece: the rollout
+With the `grpo` command's process-wide allocation policy (cli.py), the only place that imports
+grpo/fast. `plug(levers)` gives each seam its piece: the rollout
 engine, the LM-head computation of log-probs, the product LoRA's merged weights sample with, the
 reference's file-backed weights, and the heap policy of each training phase. A lever that is off,
 or grpo/fast missing, gives the plain piece.
@@ -69,9 +70,3 @@ def _heap_policy(levers: Levers) -> Callable:
             return heap.reuse_freed_memory(trim_every=levers.heap_trim_every)
         return contextlib.nullcontext()
     return memory
-
-
-def set_process_memory_policy() -> bool:
-    """The `grpo` command's process-wide allocation policy (fast.heap.return_freed_memory): every
-    large block its own mapping, returned on free. True if applied."""
-    return heap.return_freed_memory() if FewRows is not None else False
