@@ -39,6 +39,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kw)
         elif tp is list:
             group.add_argument(flag(name), action="append", metavar="SPEC", **kw)
+        elif tp is dict:
+            group.add_argument(flag(name), metavar="JSON", **kw)
         else:
             metavar = "{" + ",".join(choices) + "}" if choices else tp.__name__.upper()
             group.add_argument(flag(name), metavar=metavar, **kw)
@@ -100,8 +102,12 @@ def cmd_train(args, argv: list[str]) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0
     if "eval_after" in summary:
-        b, a = summary["eval_before"]["accuracy"], summary["eval_after"]["accuracy"]
-        print(f"done: held-out accuracy {b:.1%} -> {a:.1%} ({(a - b) * 100:+.1f} points); outputs in {summary['output_dir']}")
+        b, a = summary["eval_before"], summary["eval_after"]
+        key, name = ("accuracy", "accuracy") if "accuracy" in a else ("mean_reward", "reward")
+        change = (f"{b[key]:.1%} -> {a[key]:.1%} ({(a[key] - b[key]) * 100:+.1f} points)" if key == "accuracy"
+                  else f"{b[key]:.3f} -> {a[key]:.3f} ({a[key] - b[key]:+.3f})")
+        extra = f", reward {b['mean_reward']:.3f} -> {a['mean_reward']:.3f}" if key == "accuracy" else ""
+        print(f"done: held-out {name} {change}{extra}; outputs in {summary['output_dir']}")
     else:
         print(f"done: outputs in {summary['output_dir']}")
     return 0
@@ -186,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
     _process_memory_policy()
+    from .train.signals import Stopped      # after the policy: it loads the training code
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()     # our own bars only
     try:
@@ -195,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RewardError) as e:
         print(f"grpo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"grpo {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"grpo {args.command}: interrupted; outputs so far are where they were written "
+              "(checkpoints, if any, under <output_dir>/checkpoints)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

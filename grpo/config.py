@@ -41,6 +41,9 @@ class TrainConfig:
     gguf_file: Optional[str] = _f(None, "GGUF file name inside the --model folder (or pass the .gguf path as --model).")
     task: Optional[str] = _f(
         None, "Built-in task: `arithmetic` (the demo) or `reasoning_gym:NAME`. Empty and no --dataset: arithmetic.")
+    task_config: dict = field(default_factory=dict, metadata={"help": "Settings of the task's generator, a JSON or "
+                              "YAML mapping: for reasoning_gym:NAME, keyword arguments of that dataset's config, "
+                              "e.g. '{\"min_terms\": 2, \"max_terms\": 2, \"max_digits\": 2}'."})
     dataset: Optional[str] = _f(
         None, "Prompts from a JSONL/JSON/CSV/Parquet file, a `datasets` folder saved to disk, or a hub dataset name.")
     dataset_split: str = _f("train", "Split of --dataset to train on (for `datasets` folders and hub names).")
@@ -115,13 +118,19 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping by global norm (0 = off).", min=0.0)
     updates_per_batch: int = _f(1, "mu: passes over each sampled batch.", min=1)
     minibatches: int = _f(1, "Optimizer steps per pass: the batch's groups are split into this many minibatches.", min=1)
-    grad_accum: int = _f(1, "Micro-batches per minibatch whose gradients are summed before the optimizer step.", min=1)
+    grad_accum: int = _f(1, "Least number of micro-batches per minibatch whose gradients are summed before the "
+                            "optimizer step (more when micro_batch_tokens asks).", min=1)
+    micro_batch_tokens: int = _f(
+        4096, "Token budget of one micro-batch of the update and reference passes: rows x (prompt width + longest "
+              "completion), sequences of similar length packed together (0 = no budget, grad_accum alone).", min=0)
     lora_rank: int = _f(0, "LoRA rank (0 = full fine-tuning). The reference is then the actor with the adapter disabled.", min=0)
     lora_alpha: Optional[float] = _f(None, "LoRA alpha. Empty: 2 x rank.", gt=0.0)
     lora_dropout: float = _f(0.0, "LoRA dropout.", min=0.0, lt=1.0)
     lora_target_modules: str = _f("all-linear", "Comma-separated module names to adapt, or `all-linear`.")
     save_merged: bool = _f(False, "With LoRA, also save the merged model to <output_dir>/merged.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    memory_check: bool = _f(True, "Before the first step, estimate the step's memory peak and stop with advice when "
+                                  "it exceeds the memory available.")
     fsdp: bool = _f(
         False, "With several processes: shard every decoder layer's weights, gradients and AdamW moments over them "
                "(FSDP2 fully_shard); embeddings and LM head stay whole. Ignored with one process.")
@@ -153,9 +162,13 @@ class TrainConfig:
                                gt=0.0)
 
     # -------------------------------------------------------- eval & logs
-    eval_size: int = _f(200, "Held-out problems scored before and after training (0 = no eval).", min=0)
+    eval_size: int = _f(200, "Held-out problems scored before and after training: the run's reward, each reward "
+                             "function's pass rate, the task's accuracy where it has one (0 = no eval).", min=0)
     eval_batch_size: int = _f(256, "Prompts decoded at once during evaluation.", min=1)
-    log_completions: int = _f(2, "Completions per step printed to completions.jsonl (0 = none).", min=0)
+    eval_every: int = _f(0, "Also evaluate every N steps during training (0 = before and after only); every "
+                            "evaluation is a row of eval.jsonl.", min=0)
+    log_completions: int = _f(2, "Prompts per step whose G completions go to completions.jsonl, each with its "
+                                 "rewards, advantage, length and truncation (0 = none).", min=0)
     save_model: bool = _f(True, "Write the trained model with save_pretrained to <output_dir>/model.")
     save_every: int = _f(0, "Write a checkpoint every N steps to <output_dir>/checkpoints/step-N (0 = never).", min=0)
     keep_checkpoints: int = _f(2, "Checkpoints kept; older ones are deleted after a new one is complete.", min=1)
@@ -238,15 +251,34 @@ def field_type(name: str) -> tuple[type, tuple | None, bool]:
         optional, tp = True, args[0]
     if typing.get_origin(tp) is Literal:
         return str, typing.get_args(tp), optional
-    if tp is list:
-        return list, None, True
+    if tp in (list, dict):
+        return tp, None, True
     return tp, None, optional
+
+
+def _mapping(name: str, value: Any, src: str) -> dict:
+    """A mapping setting: a mapping (YAML), or its JSON / YAML text (a flag)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{name}{src}: expected a JSON or YAML mapping such as '{{\"key\": 1}}', "
+                              f"got {value!r} ({str(e).splitlines()[0]})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{name}{src}: expected a mapping of name: value, got {value!r}")
+    return dict(value)
 
 
 def coerce(name: str, value: Any, where: str = "") -> Any:
     """Convert a YAML or flag value to the field's type, or raise ConfigError naming the field."""
     tp, choices, optional = field_type(name)
     src = f" (in {where})" if where else ""
+    if tp is dict:
+        return _mapping(name, value, src)
     if tp is list:
         if value is None:
             return []
@@ -292,7 +324,7 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainCo
     for name, f in FIELDS.items():
         setattr(cfg, name, coerce(name, getattr(cfg, name), sources.get(name, "")))
         v = getattr(cfg, name)
-        if v is None or isinstance(v, (bool, str, list)):
+        if v is None or isinstance(v, (bool, str, list, dict)):
             continue
         m = f.metadata
         label = f"{name} (in {sources[name]})" if name in sources else name

@@ -125,3 +125,26 @@ def test_demo_end_to_end_with_a_fresh_cache(grpo, tmp_path):
     assert summary["model"] == str(models[0])
     assert summary["eval_before"]["n"] == summary["eval_after"]["n"] == 16
     assert "done: held-out accuracy" in proc.stdout
+
+
+def test_a_custom_reward_dataset_reports_that_reward_and_evaluates_during_training(grpo, tiny_model_dir, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(40)))
+    (tmp_path / "my_reward.py").write_text(
+        "def digits(prompts, completions, **_):\n"
+        "    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]\n")
+    out = tmp_path / "run"
+    proc = ok(grpo("train", "--model", tiny_model_dir, "--dataset", data, "--prompt-column", "question",
+                   "--reward", f"{tmp_path / 'my_reward.py'}:digits", "--eval-every", "1", "--max-steps", "3",
+                   "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6", "--eval-size", "8",
+                   "--device", "cpu", "--output-dir", out))
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("eval_before", "eval_after"):
+        assert "accuracy" not in summary[key]                  # a dataset defines no accuracy of its own
+        assert 0.0 <= summary[key]["mean_reward"] <= 1.0 and "pass/digits" in summary[key]
+    b, a = summary["eval_before"]["mean_reward"], summary["eval_after"]["mean_reward"]
+    assert f"done: held-out reward {b:.3f} -> {a:.3f}" in proc.stdout
+    assert "held-out before: reward" in proc.stdout
+    rows = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["when"]) for r in rows] == [(0, "before"), (1, "during"), (2, "during"), (3, "after")]
+    assert rows[0]["mean_reward"] == b and rows[-1]["mean_reward"] == a

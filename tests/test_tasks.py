@@ -122,3 +122,46 @@ def test_training_problems_equal_to_held_out_ones_are_replaced(monkeypatch):
     assert str(e.value) == ("task reasoning_gym:basic_arithmetic: training problem 0 and its 7 replacements all "
                             "appear among the 20 held-out problems; this dataset has too few distinct problems "
                             "for that split")
+
+
+# ------------------------------------------------------------------ task_config
+def two_term_task(**extra):
+    cfg = resolve(overrides={"task": "reasoning_gym:basic_arithmetic", "model": "m", "eval_size": 20,
+                             "task_config": '{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}',
+                             **extra})
+    return cfg, build_task(cfg)
+
+
+def test_task_config_reaches_the_generator():
+    import re
+    _, task = two_term_task()
+    for row in task.heldout(20) + task.train_rows(20):
+        expr = row["rg_entry"]["metadata"]["expression"]
+        numbers = re.findall(r"\d+", expr)
+        assert len(numbers) == 2 and all(len(n) <= 2 for n in numbers), expr
+
+
+def test_task_config_from_yaml_and_back(tmp_path):
+    from grpo.config import load_yaml, save_yaml
+    cfg, _ = two_term_task()
+    path = tmp_path / "run.yaml"
+    save_yaml(cfg, str(path))
+    again = resolve(load_yaml(str(path)), yaml_path=str(path))
+    assert again.task_config == {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2} == cfg.task_config
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"max_term": 2}', "has no setting 'max_term' (did you mean 'max_terms'?); it accepts min_terms, max_terms"),
+    ('{"min_terms": 5, "max_terms": 2}', "could not create dataset 'basic_arithmetic' with task_config"),
+    ("[1, 2]", "task_config (in command line): expected a mapping of name: value, got [1, 2]"),
+    ("{bad", "task_config (in command line): expected a JSON or YAML mapping"),
+])
+def test_bad_task_config_is_one_line(config, message):
+    with pytest.raises(ConfigError) as e:
+        build_task(resolve(overrides={"task": "reasoning_gym:basic_arithmetic", "model": "m", "task_config": config}))
+    assert message in str(e.value)
+
+
+def test_a_task_without_configuration_refuses_one():
+    with pytest.raises(ConfigError, match="task 'arithmetic' takes no configuration"):
+        build_task(resolve(overrides={"task": "arithmetic", "model": "m", "task_config": '{"a": 1}'}))

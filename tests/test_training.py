@@ -120,11 +120,25 @@ def test_summary_and_completions(preset_run):
     saved = json.loads((cfg_out(cfg) / "summary.json").read_text())
     for key in ("eval_before", "eval_after"):
         assert saved[key]["n"] == cfg.eval_size
-        assert 0.0 <= saved[key]["accuracy"] <= 1.0 and "mean_reward" in saved[key]
+        assert 0.0 <= saved[key]["pass/crc"] <= 1.0 and math.isfinite(saved[key]["mean_reward"])
+        assert "accuracy" not in saved[key]                 # the test task defines none
     assert saved["preset"] == cfg.preset
     lines = read_jsonl(cfg_out(cfg) / "completions.jsonl")
-    assert len(lines) == cfg.max_steps * cfg.log_completions
-    assert {"step", "prompt", "completion", "reward"} <= set(lines[0])
+    assert len(lines) == cfg.max_steps * cfg.log_completions * cfg.group_size       # whole groups
+    assert {"step", "prompt", "group", "completion", "reward", "rewards", "advantage", "length",
+            "truncated"} <= set(lines[0])
+    metrics = read_jsonl(cfg_out(cfg) / "metrics.jsonl")
+    for step in (1, 2):
+        group = [x for x in lines if x["step"] == step and x["group"] == 0]
+        assert len(group) == cfg.group_size and len({x["prompt"] for x in group}) == 1
+        assert 1 <= min(x["length"] for x in group) and max(x["length"] for x in group) <= cfg.max_new_tokens
+        for x in group:                       # the total is the weighted sum of the functions' scores
+            assert x["reward"] == pytest.approx(sum(x["rewards"].values()), abs=1e-6) or cfg.overlong_penalty
+        if cfg.reward_scaling == "none":      # A_i = r_i - the group's mean reward
+            mean = sum(x["reward"] for x in group) / len(group)
+            for x in group:
+                assert x["advantage"] == pytest.approx(x["reward"] - mean, abs=1e-5)
+        assert metrics[step - 1]["length/max"] >= max(x["length"] for x in group)
 
 
 def test_config_yaml_round_trips(preset_run):

@@ -31,6 +31,7 @@ class Task:
     row: Callable[[int, bool], dict]          # (index, heldout?) -> {"prompt", "answer", ...}
     rewards: dict[str, Callable] = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # where the rows come from, for logs (e.g. {"heldout": ...})
+    accuracy: str | None = None               # the reward whose full credit is this task's accuracy, if any
 
     def sample_train(self, rng: random.Random, n: int) -> list[dict]:
         return [self.row(rng.randrange(self.train_size), False) for _ in range(n)]
@@ -78,7 +79,7 @@ def _coprime(a: int, b: int) -> bool:
 def arithmetic() -> Task:
     ar = _Arithmetic()
     return Task(name="arithmetic", train_size=ar._n - ar.HELDOUT, heldout_size=ar.HELDOUT, row=ar.row,
-                rewards={"exact_match": exact_match})
+                rewards={"exact_match": exact_match}, accuracy="exact_match")
 
 
 TASKS: dict[str, Callable[[], Task]] = {"arithmetic": arithmetic}
@@ -117,7 +118,8 @@ class _ReasoningGym:
     drawn; if its question text is among the held-out questions, item i of the dataset at the next seed
     (+ RG_SEED_STRIDE again) replaces it, and so on."""
 
-    def __init__(self, name: str, heldout_size: int, train_size: int, seed: int = RG_SPLIT_SEED):
+    def __init__(self, name: str, heldout_size: int, train_size: int, seed: int = RG_SPLIT_SEED,
+                 config: dict | None = None):
         self.rg, registry = _reasoning_gym()
         if name not in registry:
             near = difflib.get_close_matches(name, list(registry), n=3)
@@ -125,6 +127,7 @@ class _ReasoningGym:
             some = [n for n in RG_EXAMPLES if n in registry] or sorted(registry)[:8]
             raise ConfigError(f"task: unknown reasoning-gym dataset {name!r}{hint}; it has {len(registry)} "
                               f"datasets, among them {', '.join(some)} (all: reasoning_gym.factory.DATASETS)")
+        self.config = _checked_config(name, registry[name], config or {})
         self.name, self.heldout_size, self.train_size, self.seed = name, heldout_size, train_size, seed
         self._sets: dict[int, object] = {}
         self._held: list[dict] | None = None
@@ -137,9 +140,11 @@ class _ReasoningGym:
         if k not in self._sets:
             size = self.heldout_size if k == 0 else self.train_size
             try:
-                self._sets[k] = self.rg.create_dataset(self.name, seed=self.seed + k * RG_SEED_STRIDE, size=size)
+                self._sets[k] = self.rg.create_dataset(self.name, seed=self.seed + k * RG_SEED_STRIDE, size=size,
+                                                       **self.config)
             except Exception as e:
-                raise ConfigError(f"task: reasoning-gym could not create dataset {self.name!r} "
+                given = f" with task_config {self.config}" if self.config else ""
+                raise ConfigError(f"task: reasoning-gym could not create dataset {self.name!r}{given} "
                                   f"({type(e).__name__}: {e})") from None
         return self._sets[k]
 
@@ -181,13 +186,31 @@ class _ReasoningGym:
         return out
 
 
+def _checked_config(name: str, entry, config: dict) -> dict:
+    """`config` if every key is a setting of the dataset's config class (seed and size are the
+    task's own), else a ConfigError naming the unknown keys and the accepted ones."""
+    import dataclasses
+    cls = entry[1] if isinstance(entry, tuple) and len(entry) > 1 else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return config
+    accepted = [f.name for f in dataclasses.fields(cls) if f.name not in ("seed", "size")]
+    unknown = [k for k in config if k not in accepted]
+    if unknown:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, accepted, n=1))
+                 else repr(k) for k in unknown]
+        raise ConfigError(f"task_config: reasoning-gym dataset {name!r} has no setting {', '.join(hints)}; "
+                          f"it accepts {', '.join(accepted)}")
+    return config
+
+
 def reasoning_gym_task(name: str, heldout_size: int = RG_MIN_HELDOUT, train_size: int = RG_TRAIN_POOL,
-                       seed: int = RG_SPLIT_SEED) -> Task:
+                       seed: int = RG_SPLIT_SEED, config: dict | None = None) -> Task:
     """Task `reasoning_gym:NAME`. Rows: {"prompt": question, "answer": reference answer, "rg_entry": the
-    dataset entry}; reward "task": the dataset's score_answer(extract_answer(completion), entry)."""
-    rg = _ReasoningGym(name, heldout_size, train_size, seed)
+    dataset entry}; reward "task": the dataset's score_answer(extract_answer(completion), entry). `config`:
+    keyword arguments of the dataset's config (task_config)."""
+    rg = _ReasoningGym(name, heldout_size, train_size, seed, config)
     task = Task(name=REASONING_GYM_PREFIX + name, train_size=train_size, heldout_size=heldout_size, row=rg.row,
-                rewards={"task": rg.reward},
+                rewards={"task": rg.reward}, accuracy="task",
                 info={"heldout": f"{heldout_size} problems at seed {seed}",
                       "train": f"{train_size} problems at seed {seed + RG_SEED_STRIDE}, none equal to a held-out one"})
     return task
@@ -202,7 +225,9 @@ def build_task(cfg) -> Task:
         rg_name = name[len(REASONING_GYM_PREFIX):].strip()
         if not rg_name:
             raise ConfigError("task: reasoning_gym: needs a dataset name, e.g. reasoning_gym:countdown")
-        return reasoning_gym_task(rg_name, heldout_size=max(cfg.eval_size, RG_MIN_HELDOUT))
+        return reasoning_gym_task(rg_name, heldout_size=max(cfg.eval_size, RG_MIN_HELDOUT), config=cfg.task_config)
+    if cfg.task_config:
+        raise ConfigError(f"task_config: task {name!r} takes no configuration (only reasoning_gym:NAME does)")
     if name not in TASKS:
         near = difflib.get_close_matches(name, list(TASKS), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""

@@ -189,12 +189,11 @@ def clip_grad_norm(params, max_norm: float, world) -> Tensor:
     return norm
 
 
-def micro_batches(seqs: Tensor, n: int, sharded: bool):
-    """(micro-batch, stand_in) pairs: `seqs` split into `n` parts. An empty part is skipped, except
-    when sharded: sharded layers reduce their gradients in every backward, so every process runs
-    every micro-batch; then it is a stand-in (one sequence, its loss to be multiplied by 0)."""
-    for micro in torch.tensor_split(seqs, n):
-        if len(micro) > 0:
-            yield micro, False
-        elif sharded:
-            yield torch.zeros(1, dtype=torch.long, device=seqs.device), True
+def with_stand_ins(parts: list[Tensor], total: int, device):
+    """(micro-batch, stand_in) pairs: `parts`, then stand-ins up to `total`. Sharded layers reduce
+    their gradients in every backward, so every process must run as many micro-batches as the one
+    with the most (`total`); a stand-in is one sequence whose loss is to be multiplied by 0."""
+    for micro in parts:
+        yield micro, False
+    for _ in range(total - len(parts)):
+        yield torch.zeros(1, dtype=torch.long, device=device), True

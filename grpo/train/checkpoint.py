@@ -58,6 +58,20 @@ def find(resume: str, out_dir: Path | None) -> Path:
     return path
 
 
+def step_of(path: Path) -> int:
+    """The step a checkpoint folder holds (from its name, step-NNNNNN; else its state)."""
+    name = Path(path).name
+    if name.startswith("step-") and name[5:].isdigit():
+        return int(name[5:])
+    return int(load_state(Path(path))["step"])
+
+
+def latest(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None."""
+    pointer = Path(out_dir) / "checkpoints" / "latest"
+    return pointer.parent / pointer.read_text().strip() if pointer.exists() else None
+
+
 def load_state(path: Path) -> dict:
     return torch.load(path / STATE, weights_only=False)
 

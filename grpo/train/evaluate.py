@@ -1,9 +1,15 @@
-"""Held-out evaluation: pass@1 (accuracy), pass@k and mean reward on a task's held-out split.
+"""Held-out evaluation on a task's held-out split: the run's reward, each reward function's pass
+rate, and, where the task defines one, its accuracy.
 
-A problem counts as solved by a completion when the task's own verifier (its first reward
-function, e.g. exact match or the reasoning-gym scorer) gives it >= 1. With `samples` = k > 1,
-each problem gets k sampled completions: accuracy is the mean over all of them (the unbiased
-pass@1 estimate) and pass@k the fraction of problems solved by at least one.
+  mean_reward     the mean of the run's reward (the weighted sum of its functions), what it trains for
+  pass/<name>     the fraction of completions given full credit by that function: a score >= 1
+                  (every built-in scores full credit as 1; a 0/1 reward passes when it is 1)
+  accuracy        only for tasks that define one (`Task.accuracy`: the demo's exact match,
+                  reasoning-gym's scorer; not a dataset's default exact match): the fraction of
+                  completions that verifier gives full credit
+With `samples` = k > 1 each problem gets k sampled completions: the figures are means over all of
+them (the unbiased pass@1 estimates) and pass@k is the fraction of problems solved by at least one
+(by the task's verifier, else by the first reward function).
 """
 
 from __future__ import annotations
@@ -26,39 +32,54 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
     was_training = model.training
     model.eval()
     fns = reward_fns or {name: (fn, 1.0) for name, fn in task.rewards.items()}
-    if not (task.rewards or fns):
+    if not fns:
         raise ConfigError(f"task {task.name!r} has no verifier to evaluate with; give --reward")
-    # "solved" is judged by the task's own verifier when it has one, else by the first reward
-    if task.rewards:
-        v_name, v_fn = next(iter(task.rewards.items()))
-    else:
-        v_name, (v_fn, _) = next(iter(fns.items()))
+    checks = dict(fns)                                  # the task's verifier too, when the run does not use it
+    verifier = getattr(task, "accuracy", None)
+    if verifier is not None and (verifier not in fns or fns[verifier][0] is not task.rewards[verifier]):
+        checks["task verifier"] = (task.rewards[verifier], 0.0)
+        verifier = "task verifier"
     k = 1 if greedy else samples
     gen = torch.Generator(device=device).manual_seed(seed)
-    solved, reward_sum = [], 0.0
+    sampling = SamplingSettings(max_new_tokens=max_new_tokens, num_samples=k, eos_ids=(tokenizer.eos_token_id,),
+                                pad_id=tokenizer.pad_token_id, greedy=greedy, temperature=temperature,
+                                top_p=top_p, top_k=top_k)
+    totals, scores = [], {name: [] for name in checks}
     per_batch = max(1, batch_size // k)
     for s in range(0, n, per_batch):
         part = rows[s:s + per_batch]
         ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in part], device,
                                      system_prompt=system_prompt, chat_template=chat_template)
-        sampling = SamplingSettings(max_new_tokens=max_new_tokens, num_samples=k, eos_ids=(tokenizer.eos_token_id,),
-                                    pad_id=tokenizer.pad_token_id, greedy=greedy, temperature=temperature,
-                                    top_p=top_p, top_k=top_k)
         roll = (engine or HFEngine()).generate(model, ids, mask, sampling, gen)
         texts = decode(tokenizer, roll)
         prompts = [r["prompt"] for r in part for _ in range(k)]
         columns = {c: [r[c] for r in part for _ in range(k)] for c in part[0] if c != "prompt"}
         columns["completion_length"] = roll.lengths.tolist()
-        total, per_fn, _ = score(fns, prompts, texts, columns)
-        if v_name in fns and fns[v_name][0] is v_fn:
-            ok = per_fn[v_name]
-        else:
-            ok, _, _ = score({v_name: (v_fn, 1.0)}, prompts, texts, columns)
-        reward_sum += float(total.sum())
-        solved.append((ok >= 1.0).view(len(part), k))
+        total, per_fn, _ = score(checks, prompts, texts, columns)
+        totals.append(total)                  # the task verifier, when added, weighs 0
+        for name in checks:
+            scores[name].append(per_fn[name].view(len(part), k))
     model.train(was_training)
-    solved = torch.cat(solved)                                               # (n, k)
-    out = {"accuracy": solved.double().mean().item(), "mean_reward": reward_sum / (n * k), "n": n, "samples": k}
+    return _summary(torch.cat(totals), {k_: torch.cat(v) for k_, v in scores.items()}, fns, verifier, n, k)
+
+
+def _summary(totals, scores: dict, fns: dict, verifier: str | None, n: int, k: int) -> dict:
+    """The figures of the module docstring from the totals (n*k,) and each check's scores (n, k)."""
+    out = {"mean_reward": totals.double().mean().item()}
+    for name in fns:
+        out[f"pass/{name}"] = (scores[name] >= 1.0).double().mean().item()
+    if verifier is not None:
+        out["accuracy"] = (scores[verifier] >= 1.0).double().mean().item()
+    out.update(n=n, samples=k)
     if k > 1:
+        solved = scores[verifier if verifier is not None else next(iter(fns))] >= 1.0       # (n, k)
         out[f"pass@{k}"] = solved.any(1).double().mean().item()
     return out
+
+
+def headline(result: dict) -> str:
+    """What the console prints of an evaluation: the run's reward, and the accuracy where the task has one."""
+    text = f"reward {result['mean_reward']:.3f}"
+    if "accuracy" in result:
+        text += f", accuracy {result['accuracy']:.3f}"
+    return text + f" (n={result['n']})"

@@ -24,11 +24,13 @@ from ..parallel import fsdp
 from ..parallel.world import World, close, init
 from ..rewards import build_reward_fns
 from ..sinks import CompletionsSink, ConsoleSink, JsonlSink
-from . import checkpoint
-from .evaluate import evaluate
+from ..data.prompts import encode_for_model
+from . import checkpoint, memory
+from .evaluate import evaluate, headline
 from .levers import plug
 from .phases import autocast
 from .setup import build_models, make_output_dir, save_final
+from .signals import Stopped, stop_on_signals
 from .state import RunState, new_run_state, whole_state
 from .step import Run, train_step
 from .update import trainable
@@ -52,20 +54,24 @@ def _train(cfg: TrainConfig, world: World, device, log, watch=None) -> dict:
         raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
                           f"{world.size} processes (each process takes whole groups); use a multiple of {world.size}")
     resume_from = checkpoint.find(cfg.resume, cfg.output_dir) if cfg.resume else None
+    if resume_from is not None and checkpoint.step_of(resume_from) >= cfg.max_steps:
+        raise ConfigError(f"resume: {resume_from} is at step {checkpoint.step_of(resume_from)} and max_steps is "
+                          f"{cfg.max_steps}: nothing left to do; raise --max-steps to train further")
     out = _output_dir(cfg, world, resuming=resume_from is not None)
     run, model_path = build_run(cfg, world, device, out, log)
     run.watch = watch
+    _memory_plan(run, log)
     st = _run_state(run, resume_from, out, log)
     log(f"grpo: preset {cfg.preset}, model {model_path}, task {run.task.name}, B={cfg.prompts_per_step} x "
         f"G={cfg.group_size}, {cfg.max_steps} steps -> {out}")
     summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
     if cfg.eval_size and st.eval_before is None:
-        st.eval_before = _evaluate(run, log, "before")
+        st.eval_before = _evaluate(run, log, "before", 0, out)
         st.eval_before = world.broadcast_object(st.eval_before)     # every rank takes the same branches below
-    _steps(run, st, out)
+    _steps(run, st, out, log)
     if st.eval_before is not None:
         summary["eval_before"] = st.eval_before
-        after = _evaluate(run, log, "after", before=st.eval_before)
+        after = _evaluate(run, log, "after", cfg.max_steps, out, before=st.eval_before)
         if after is not None:
             summary["eval_after"] = after
     summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1),
@@ -101,6 +107,16 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
     return Run(cfg, actor, ref, tokenizer, task, reward_fns, device, world, plugged, shard), model_path
 
 
+def _memory_plan(run: Run, log) -> None:
+    """The step's estimated peak and micro-batch plan (memory.py), from a sample of the prompts."""
+    cfg = run.cfg
+    rows = run.task.sample_train(random.Random(cfg.seed), min(8, cfg.prompts_per_step))
+    ids, _ = encode_for_model(run.tokenizer, [r["prompt"] for r in rows], "cpu", system_prompt=cfg.system_prompt,
+                              chat_template=cfg.chat_template)
+    in_memory = run.ref is not None and not run.ref.shares_actor and run.ref.spilled is None and not run.shard
+    memory.check(cfg, run.actor, ids.shape[1], run.world.size, in_memory, log)
+
+
 def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:
     """A fresh run state, or the checkpoint's (weights included); sharding happens in between."""
     cfg, actor = run.cfg, run.actor
@@ -117,15 +133,15 @@ def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:
             state["opt"] = fsdp.shard_optimizer_state(st.opt, trainable(actor), state["opt"])
         state["sched"] = fsdp.fit_scheduler_state(state["sched"], len(st.opt.param_groups))
         st.load(state)
-        for name in ("metrics.jsonl", "completions.jsonl"):
+        for name in ("metrics.jsonl", "completions.jsonl", "eval.jsonl"):
             checkpoint.truncate_jsonl(out / name, st.step)
         log(f"resuming from {resume_from} (step {st.step})")
     return st
 
 
-def _evaluate(run: Run, log, when: str, before: dict | None = None) -> dict | None:
-    """Held-out evaluation on rank 0 (the others hold the gathered layers meanwhile); its result
-    there, None elsewhere."""
+def _evaluate(run: Run, log, when: str, step: int, out: Path, before: dict | None = None) -> dict | None:
+    """Held-out evaluation on rank 0 (the others hold the gathered layers meanwhile), logged and
+    written as a row of eval.jsonl; its result there, None elsewhere."""
     cfg, world = run.cfg, run.world
     result = None
     with fsdp.gathered(run.actor) if run.shard else contextlib.nullcontext():
@@ -135,39 +151,70 @@ def _evaluate(run: Run, log, when: str, before: dict | None = None) -> dict | No
                                   batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
                                   reward_fns=run.reward_fns, system_prompt=cfg.system_prompt,
                                   chat_template=cfg.chat_template, engine=run.plugged.engine)
-            if before is None:
-                log(f"held-out accuracy before: {result['accuracy']:.3f} (n={cfg.eval_size})")
-            else:
-                log(f"held-out accuracy after:  {result['accuracy']:.3f} "
-                    f"(before {before['accuracy']:.3f}, n={cfg.eval_size})")
+            with open(out / "eval.jsonl", "a") as fh:
+                fh.write(json_line(step=step, when=when, **result))
+            since = "" if before is None else f" (before: {headline(before)})"
+            log(f"held-out {when}: {headline(result)}{since}")
         world.barrier()
     return result
 
 
-def _steps(run: Run, st: RunState, out: Path) -> None:
-    """Steps st.step + 1 .. max_steps, each logged to the sinks and checkpointed as asked."""
+def _steps(run: Run, st: RunState, out: Path, log) -> None:
+    """Steps st.step + 1 .. max_steps, each logged to the sinks and checkpointed as asked. On
+    SIGINT or SIGTERM the step in progress finishes, a checkpoint is written when checkpointing is
+    on, and `Stopped` says where the run stands."""
     cfg, world = run.cfg, run.world
     sinks = [JsonlSink(out / "metrics.jsonl"), CompletionsSink(out / "completions.jsonl"),
              ConsoleSink(cfg.max_steps)] if world.main else []
     run.actor.train()
     try:
-        for step in tqdm(range(st.step + 1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True,
-                         initial=st.step, total=cfg.max_steps, disable=not world.main):
-            st.step = step
-            metrics, batch = train_step(run, st)
-            samples = [dict(prompt=batch.rows[i // cfg.group_size]["prompt"], completion=batch.texts[i],
-                            reward=batch.rewards.flatten()[i].item())
-                       for i in range(min(cfg.log_completions, len(batch.texts)))]
-            for s in sinks:
-                s.log(metrics, samples)
-            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps):
-                weights, state = whole_state(run.actor, st, run.shard)
-                if world.main:
-                    checkpoint.save(out, step, run.actor, run.tokenizer, state, cfg.keep_checkpoints, weights)
-                world.barrier()
+        with stop_on_signals() as stop:
+            for step in tqdm(range(st.step + 1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True,
+                             initial=st.step, total=cfg.max_steps, disable=not world.main):
+                st.step = step
+                metrics, batch = train_step(run, st)
+                for s in sinks:
+                    s.log(metrics, _samples(cfg, batch))
+                stopping = world.max(float(stop.signum or 0))
+                if cfg.eval_size and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                    _evaluate(run, log, "during", step, out, before=st.eval_before)
+                if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or stopping):
+                    _checkpoint(run, st, out)
+                if stopping:
+                    raise Stopped(_stopped_line(cfg, step, out), int(stopping))
     finally:
         for s in sinks:
             s.close()
+
+
+def _samples(cfg, batch) -> list[dict]:
+    """Every completion of the first `log_completions` prompts of this rank: the total reward, each
+    function's score, the sequence advantage A_i, the length and whether it was cut."""
+    G, out = cfg.group_size, []
+    rewards, first = batch.rewards.flatten(), batch.first_prompt * G      # global (N,), this rank's offset
+    for i in range(min(cfg.log_completions * G, len(batch.texts))):
+        out.append(dict(prompt=batch.rows[i // G]["prompt"], group=batch.first_prompt + i // G, completion=batch.texts[i],
+                        reward=rewards[first + i].item(),
+                        rewards={k: v[first + i].item() for k, v in batch.per_fn.items()},
+                        advantage=batch.adv.sequence.flatten()[i].item(), length=int(batch.lengths[first + i]),
+                        truncated=bool(batch.truncated[first + i])))
+    return out
+
+
+def _checkpoint(run: Run, st: RunState, out: Path) -> None:
+    weights, state = whole_state(run.actor, st, run.shard)
+    if run.world.main:
+        checkpoint.save(out, st.step, run.actor, run.tokenizer, state, run.cfg.keep_checkpoints, weights)
+    run.world.barrier()
+
+
+def _stopped_line(cfg, step: int, out: Path) -> str:
+    latest = checkpoint.latest(out)
+    if latest is None:
+        return (f"stopped after step {step} of {cfg.max_steps}; no checkpoint (checkpointing is off: "
+                f"--save-every N); outputs so far in {out}")
+    return (f"stopped after step {step} of {cfg.max_steps}; last checkpoint {latest}; continue with: "
+            f"grpo train --config {out / 'config.yaml'} --resume latest")
 
 
 def _write_results(run: Run, out: Path, summary: dict, model_path) -> None:

@@ -27,6 +27,7 @@ from ..models.loading import hf_model
 from ..parallel.world import World, prompt_seed
 from ..rewards import score as score_rewards
 from ..rollout import Rollout, SamplingSettings, decode
+from . import microbatch
 from .levers import Plugged
 from .metrics import step_metrics
 from .phases import Phases
@@ -146,9 +147,24 @@ def collect_batch(run: Run, st, phases: Phases) -> StepBatch:
     st.history.append(batch.scaled_rewards)         # the window baseline averages scaled rewards
     with phases.run("reference"):
         if run.ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
-            batch.ref_logp = reference_logprobs(run.ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
-                                                head=run.plugged.head)
+            batch.ref_logp = reference_pass(run, roll)
     return batch
+
+
+def reference_pass(run: Run, roll: Rollout) -> torch.Tensor:
+    """(N, L) log pi_ref of the rollout's tokens, in micro-batches within `micro_batch_tokens`."""
+    cfg = run.cfg
+    seqs = torch.arange(roll.completion_ids.shape[0], device=roll.completion_ids.device)
+    parts = microbatch.plan(seqs, roll.lengths, roll.prompt_ids.shape[1], cfg.micro_batch_tokens)
+    if len(parts) == 1:
+        return reference_logprobs(run.ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
+                                  head=run.plugged.head)
+    out = torch.zeros_like(roll.logprobs)
+    for part in parts:
+        sub, width = microbatch.trim(roll.select(part))
+        out[part, :width] = reference_logprobs(run.ref, sub, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
+                                               head=run.plugged.head).to(out.dtype)
+    return out
 
 
 def train_step(run: Run, st) -> tuple[dict, StepBatch]:

@@ -1,6 +1,6 @@
 """The policy update of one step: `updates_per_batch` passes over the sampled batch, each split into
-`minibatches` optimizer steps over whole groups, each step summed over `grad_accum` micro-batches
-(and over processes). The per-token loss is the registered policy loss of `policy_loss` plus
+`minibatches` optimizer steps over whole groups, each step summed over its micro-batches (at least
+`grad_accum`, each within `micro_batch_tokens`: microbatch.py) and over processes. The per-token loss is the registered policy loss of `policy_loss` plus
 beta * KL (grpo/algo/losses.py), aggregated with the minibatch's own counts, so micro-batches and
 processes add up to the loss of the whole minibatch.
 """
@@ -14,13 +14,15 @@ import torch
 
 from ..algo import losses
 from ..models.logprobs import token_stats
-from ..parallel.fsdp import micro_batches
+from ..parallel.fsdp import with_stand_ins
 from ..parallel.world import World
+from . import microbatch
 
 
 @dataclass
 class TokenTerms:
-    """One micro-batch's per-token loss terms, all (n, L)."""
+    """One micro-batch's per-token loss terms, all (n, W): W its longest completion."""
+    mask: torch.Tensor               # valid tokens of groups kept in the loss
     per_token: torch.Tensor          # policy + beta * KL, differentiable
     policy: torch.Tensor
     kl: torch.Tensor | None
@@ -33,21 +35,23 @@ class TokenTerms:
 def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old: bool) -> TokenTerms:
     """Forward the actor on sequences `micro` and build the per-token loss."""
     cfg = run.cfg
-    roll = batch.rollout.select(micro)
+    roll, W = microbatch.trim(batch.rollout.select(micro))
     full_kl = cfg.kl_estimator == "full" and run.ref is not None
     st = token_stats(run.actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
                      ref=run.ref if full_kl else None, head=run.plugged.head)
+    ref_logp = batch.ref_logp[micro, :W] if batch.ref_logp is not None else None
     if cfg.ratio_vs == "ref":
-        base = batch.ref_logp[micro]
+        base = ref_logp
     else:                           # pi_old: equal to pi_theta in value on the first and only update
         base = st.logp.detach() if reuse_logp_as_old else roll.logprobs
-    adv = batch.adv.normalized.to(st.logp.device)[micro]                     # (n, L)
+    adv = batch.adv.normalized.to(st.logp.device)[micro, :W]                 # (n, W)
     pol = losses.policy_loss(cfg.policy_loss)(st.logp, base, adv, roll.completion_mask, cfg)
     kl = None
     if run.ref is not None:
-        kl = st.full_kl if full_kl else losses.kl_estimate(st.logp, batch.ref_logp[micro], cfg.kl_estimator)
+        kl = st.full_kl if full_kl else losses.kl_estimate(st.logp, ref_logp, cfg.kl_estimator)
     per_token = pol.loss + beta * kl if (kl is not None and beta > 0) else pol.loss
-    return TokenTerms(per_token, pol.loss, kl, pol.ratio, pol.clipped_low, pol.clipped_high, st.entropy)
+    return TokenTerms(batch.loss_mask[micro, :W], per_token, pol.loss, kl, pol.ratio, pol.clipped_low,
+                      pol.clipped_high, st.entropy)
 
 
 class Tally:
@@ -100,14 +104,22 @@ def _minibatch_seqs(batch, groups: torch.Tensor, G: int) -> torch.Tensor:
     return (mine[:, None] * G + torch.arange(G)[None, :]).flatten().to(batch.rollout.completion_ids.device)
 
 
+def micro_plan(run, batch, seqs: torch.Tensor) -> list[torch.Tensor]:
+    """The micro-batches of one minibatch's sequences (microbatch.plan)."""
+    return microbatch.plan(seqs, batch.rollout.lengths, batch.rollout.prompt_ids.shape[1],
+                           run.cfg.micro_batch_tokens, run.cfg.grad_accum)
+
+
 def _accumulate(run, batch, seqs, counts, beta, reuse_logp_as_old, tally) -> tuple[float, bool]:
     """Forward and backward every micro-batch of one minibatch; (its summed loss, all finite)."""
     cfg = run.cfg
     num_seqs, num_tokens = counts
     total, finite = 0.0, True
-    for micro, stand_in in micro_batches(seqs, cfg.grad_accum, run.shard):
+    parts = micro_plan(run, batch, seqs)
+    count = int(run.world.max(float(len(parts)))) if run.shard else len(parts)
+    for micro, stand_in in with_stand_ins(parts, count, seqs.device):
         terms = token_terms(run, batch, micro, beta, reuse_logp_as_old)
-        mask = batch.loss_mask[micro]
+        mask = terms.mask
         loss = losses.aggregate(terms.per_token, mask, cfg.loss_aggregation, cfg.max_new_tokens, num_seqs, num_tokens)
         if stand_in:
             loss = loss * 0.0                                # zero gradients, same collectives
