@@ -22,6 +22,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .levers import LEVER_FIELDS, Levers  # noqa: F401  (the levers' settings object, re-exported)
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
@@ -173,36 +175,6 @@ class TrainConfig:
     save_every: int = _f(0, "Write a checkpoint every N steps to <output_dir>/checkpoints/step-N (0 = never).", min=0)
     keep_checkpoints: int = _f(2, "Checkpoints kept; older ones are deleted after a new one is complete.", min=1)
     resume: Optional[str] = _f(None, "Continue from a checkpoint folder, or `latest` (the newest in --output-dir).")
-
-
-@dataclass(frozen=True)
-class Levers:
-    """The speed and memory levers, as the seams they serve read them (grpo/fast plugs them in;
-    grpo/train/levers.py wires them). Each is also a `TrainConfig` field of the same name (a flag
-    and a YAML key). With every lever off, or without grpo/fast, the plain paths run and a run
-    gives the same results within float tolerance (tests/test_levers.py)."""
-    lean_decode: bool = True
-    few_rows_max: int = 128
-    native_kernel: bool = True
-    fused_head: bool = True
-    head_keep_mb: int = 256
-    heap_reuse: bool = True
-    heap_trim_every: float = 0.5
-    reference_in_file: bool = True
-    grad_bucket_mb: float = 32.0
-
-    @classmethod
-    def of(cls, cfg) -> "Levers":
-        """The levers of a TrainConfig."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
-
-    @classmethod
-    def all_off(cls) -> "Levers":
-        return cls(lean_decode=False, few_rows_max=0, native_kernel=False, fused_head=False, head_keep_mb=0,
-                   heap_reuse=False, heap_trim_every=0.0, reference_in_file=False)
-
-
-LEVER_FIELDS = tuple(f.name for f in dataclasses.fields(Levers))
 
 
 # Each preset sets every algorithm field, so a preset alone fully defines the algorithm.

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1] / "grpo"
 
 # Lower layers first; a part may import parts of its own or lower layers only.
 LAYERS = [
-    {"common", "compat", "config", "algo", "sinks"},
+    {"common", "compat", "levers", "algo", "sinks"},
+    {"config"},
     {"data", "explain"},
     {"rewards", "rollout"},
     {"models"},
