@@ -54,9 +54,10 @@ def _train(cfg: TrainConfig, world: World, device, log, watch=None) -> dict:
         raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
                           f"{world.size} processes (each process takes whole groups); use a multiple of {world.size}")
     resume_from = checkpoint.find(cfg.resume, cfg.output_dir) if cfg.resume else None
-    if resume_from is not None and checkpoint.step_of(resume_from) >= cfg.max_steps:
-        raise ConfigError(f"resume: {resume_from} is at step {checkpoint.step_of(resume_from)} and max_steps is "
-                          f"{cfg.max_steps}: nothing left to do; raise --max-steps to train further")
+    at = checkpoint.step_of(resume_from) if resume_from is not None else None
+    if at is not None and at >= cfg.max_steps:
+        raise ConfigError(f"resume: {resume_from} is at step {at} and max_steps is {cfg.max_steps}: "
+                          "nothing left to do; raise --max-steps to train further")
     out = _output_dir(cfg, world, resuming=resume_from is not None)
     run, model_path = build_run(cfg, world, device, out, log)
     run.watch = watch
@@ -173,8 +174,9 @@ def _steps(run: Run, st: RunState, out: Path, log) -> None:
                              initial=st.step, total=cfg.max_steps, disable=not world.main):
                 st.step = step
                 metrics, batch = train_step(run, st)
+                samples = _samples(cfg, batch) if sinks else []
                 for s in sinks:
-                    s.log(metrics, _samples(cfg, batch))
+                    s.log(metrics, samples)
                 stopping = world.max(float(stop.signum or 0))
                 if cfg.eval_size and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                     _evaluate(run, log, "during", step, out, before=st.eval_before)
@@ -192,11 +194,12 @@ def _samples(cfg, batch) -> list[dict]:
     function's score, the sequence advantage A_i, the length and whether it was cut."""
     G, out = cfg.group_size, []
     rewards, first = batch.rewards.flatten(), batch.first_prompt * G      # global (N,), this rank's offset
+    advantages = batch.adv.sequence.flatten()                              # this rank's (n,)
     for i in range(min(cfg.log_completions * G, len(batch.texts))):
         out.append(dict(prompt=batch.rows[i // G]["prompt"], group=batch.first_prompt + i // G, completion=batch.texts[i],
                         reward=rewards[first + i].item(),
                         rewards={k: v[first + i].item() for k, v in batch.per_fn.items()},
-                        advantage=batch.adv.sequence.flatten()[i].item(), length=int(batch.lengths[first + i]),
+                        advantage=advantages[i].item(), length=int(batch.lengths[first + i]),
                         truncated=bool(batch.truncated[first + i])))
     return out
 

@@ -123,9 +123,10 @@ def check(cfg, actor, prompt_width: int, world_size: int, reference_in_memory: b
     est = estimate(cfg, actor, prompt_width, world_size, reference_in_memory)
     log(describe(est, cfg))
     free = available_bytes()
-    if cfg.memory_check and free is not None and est.peak > resident_bytes() + free:
+    room = resident_bytes() + free if free is not None else None
+    if cfg.memory_check and room is not None and est.peak > room:
         gb = 2 ** 30
         raise ConfigError(f"memory: the step needs about {est.peak / gb:.1f} GB, and this machine has "
-                          f"{(resident_bytes() + free) / gb:.1f} GB for it; lower it with {advice(cfg)} "
+                          f"{room / gb:.1f} GB for it; lower it with {advice(cfg)} "
                           "(or pass --no-memory-check to try anyway)")
     return est

@@ -53,15 +53,3 @@ def trim(roll: Rollout) -> tuple[Rollout, int]:
         return roll, roll.completion_ids.shape[1]
     return Rollout(roll.prompt_ids, roll.prompt_mask, roll.completion_ids[:, :width], roll.completion_mask[:, :width],
                    roll.logprobs[:, :width], roll.lengths, roll.truncated), width
-
-
-def describe(minibatches: list[list[Tensor]], lengths: Tensor, prompt_width: int) -> str:
-    """One line: how many micro-batches, their rows and padded tokens (largest)."""
-    parts = [p for mb in minibatches for p in mb]
-    if not parts:
-        return "no micro-batches"
-    tokens = [padded_tokens(len(p), prompt_width, int(lengths[p].max())) for p in parts]
-    rows = sorted({len(p) for p in parts})
-    span = f"{rows[0]}" if len(rows) == 1 else f"{rows[0]}-{rows[-1]}"
-    return (f"{len(parts)} micro-batch{'es' if len(parts) > 1 else ''} of {span} sequences, "
-            f"at most {max(tokens)} padded tokens each")
