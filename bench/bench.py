@@ -215,7 +215,8 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
         med = statistics.median(steps)
         summary[side] = dict(step=med, rss=max(r["peak_rss_gb"] for r in rs), tps=tokens / med)
         print(f"{side} median {med:7.2f} s/step over {len(steps)} steps, {tokens / med:7.1f} new tokens/s, "
-              f"peak RSS {summary[side]['rss']:.2f} GB")
+              f"peak RSS {summary[side]['rss']:.2f} GB (per process: "
+              f"{', '.join(format(r['peak_rss_gb'], '.3f') for r in rs)})")
         if "phases" in rs[0]:
             phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:]) for k in rs[0]["phases"]
                       if k != "tokens_per_sec"}

@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Greedy decoding (default: on with --samples 1, off otherwise).")
     v.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
 
+    r = sub.add_parser("report", help="Write a run folder's curves and completions as one HTML page.",
+                       description="Write RUN_DIR/report.html: one self-contained page (opens with no network) "
+                       "with the run's curves and a browser of its logged completions.")
+    r.add_argument("run_dir", metavar="RUN_DIR", help="A run's output folder (where metrics.jsonl is).")
+    r.add_argument("--out", help="Write the page here instead of RUN_DIR/report.html.")
+    r.add_argument("--png", action="store_true",
+                   help="Also draw each chart as a PNG file, in <page name>-png/ beside the page (needs matplotlib).")
+
     s = sub.add_parser("sft", help="Build the demo model: a tiny Llama warm-started by supervised fine-tuning.")
     s.add_argument("--output-dir", help="Write the model here instead of the cache (~/.cache/grpo or $GRPO_CACHE).")
     return p
@@ -166,6 +174,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .report.run import ReportError
+    try:
+        write_report(args.run_dir, args.out, png=args.png)
+    except (ReportError, ImportError) as e:
+        raise ConfigError(str(e)) from None
+    return 0
+
+
 def cmd_sft(args) -> int:
     from .demo import build_sft_model, ensure_demo_model
     if args.output_dir:
@@ -198,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, argv)
-        return {"explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft}[args.command](args)
+        return {"explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft, "report": cmd_report}[args.command](args)
     except (ConfigError, RewardError) as e:
         print(f"grpo {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from .levers import LEVER_FIELDS, Levers  # noqa: F401  (the levers' settings object, re-exported)
+from .sinks import REPORT_TO, missing_package
 
 
 class ConfigError(ValueError):
@@ -171,6 +172,11 @@ class TrainConfig:
                             "evaluation is a row of eval.jsonl.", min=0)
     log_completions: int = _f(2, "Prompts per step whose G completions go to completions.jsonl, each with its "
                                  "rewards, advantage, length and truncation (0 = none).", min=0)
+    report_to: list = field(default_factory=list, metadata={"help": "Also log to these trackers, repeatable or "
+                            "comma-separated: " + ", ".join(REPORT_TO) + " (each an optional install: pip install "
+                            "'grpo[NAME]')."})
+    project: str = _f("grpo", "--report-to: the wandb/trackio project, the MLflow experiment.")
+    run_name: Optional[str] = _f(None, "--report-to: the run's name in the trackers (default: the output folder's name).")
     save_model: bool = _f(True, "Write the trained model with save_pretrained to <output_dir>/model.")
     save_every: int = _f(0, "Write a checkpoint every N steps to <output_dir>/checkpoints/step-N (0 = never).", min=0)
     keep_checkpoints: int = _f(2, "Checkpoints kept; older ones are deleted after a new one is complete.", min=1)
@@ -316,6 +322,12 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainCo
                           "each minibatch holds whole groups")
     if cfg.epsilon >= 1.0:
         raise ConfigError(f"epsilon: must be < 1, got {cfg.epsilon}")
+    cfg.report_to = [n.strip() for spec in cfg.report_to for n in spec.split(",") if n.strip()]
+    for name in cfg.report_to:
+        if name not in REPORT_TO:
+            raise ConfigError(f"report_to: unknown tracker {name!r}; choose from {', '.join(REPORT_TO)}")
+        if name != "none" and missing_package(name):
+            raise ConfigError(f"report_to: {missing_package(name)}")
     return cfg
 
 

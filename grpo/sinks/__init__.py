@@ -1,78 +1,50 @@
-"""Where a step's record goes: metrics sinks behind one interface.
+"""Where a run's record goes: metrics sinks behind one interface.
 
-A sink takes each step's metrics (one flat dict of namespaced keys) and a few of its sampled
-completions, and is closed when the run ends:
+A sink hears the run's configuration once, then each step's metrics (one flat dict of namespaced
+keys) with a few of its sampled completions, each held-out evaluation, and at the end the run's
+summary (None when the run stopped early or failed):
 
-    sink.log(metrics: dict, samples: list[dict]) -> None     # samples: {"prompt", "completion", "reward"}
-    sink.close() -> None
+    sink.start(config: dict, step: int) -> None               # step: where a resumed run continues
+    sink.log(metrics: dict, samples: list[dict]) -> None      # samples: one dict per completion
+    sink.log_eval(step: int, when: str, result: dict) -> None   # when: before, during, after
+    sink.close(summary: dict | None) -> None
 
-Shipped: `JsonlSink` (metrics.jsonl), `CompletionsSink` (completions.jsonl) and `ConsoleSink`
-(one line per step above the progress bar). Rank 0 alone logs.
+`Sink` is a base class whose methods do nothing, so a sink writes only what it keeps. Always on:
+`JsonlSink` (metrics.jsonl), `CompletionsSink` (completions.jsonl), `EvalSink` (eval.jsonl) and
+`ConsoleSink`. `--report-to` adds the trackers of `trackers.py` (TensorBoard, Weights & Biases,
+MLflow, trackio), each an optional install. Rank 0 alone opens sinks.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import importlib.util
 from pathlib import Path
-from typing import Protocol
 
-from tqdm.auto import tqdm
+from .base import Sink, Sinks, flat_numbers
+from .console import ConsoleSink
+from .files import CompletionsSink, EvalSink, JsonlSink
 
+# --report-to NAME -> (class in trackers.py, the module it needs, the extra that installs it)
+TRACKERS = {"tensorboard": ("TensorBoardSink", "tensorboard", "tensorboard"),
+            "wandb": ("WandbSink", "wandb", "wandb"),
+            "mlflow": ("MlflowSink", "mlflow", "mlflow"),
+            "trackio": ("TrackioSink", "trackio", "trackio")}
+REPORT_TO = (*TRACKERS, "none")
 
-class Sink(Protocol):
-    def log(self, metrics: dict, samples: list[dict]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class JsonlSink:
-    """One JSON object per line; flushed every step so a crash loses nothing already logged."""
-
-    def __init__(self, path: str | Path):
-        self.fh = open(path, "a")
-
-    def log(self, metrics: dict, samples: list[dict] | None = None) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        self.fh.write(json.dumps(clean) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
+__all__ = ["Sink", "Sinks", "JsonlSink", "CompletionsSink", "EvalSink", "ConsoleSink", "REPORT_TO", "TRACKERS",
+           "missing_package", "open_trackers", "flat_numbers"]
 
 
-class CompletionsSink:
-    """Each step's logged completions, one JSON object per line: step, prompt, completion, reward."""
-
-    def __init__(self, path: str | Path):
-        self.fh = open(path, "a")
-
-    def log(self, metrics: dict, samples: list[dict]) -> None:
-        for s in samples:
-            self.fh.write(json.dumps({"step": metrics["step"], **s}) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
+def missing_package(name: str) -> str | None:
+    """For a tracker whose package is not installed, the line that says how to install it."""
+    _, module, extra = TRACKERS[name]
+    if importlib.util.find_spec(module) is None:
+        return f"{name} needs the {module} package: pip install 'grpo[{extra}]'"
+    return None
 
 
-class ConsoleSink:
-    """One readable line per step, printed above the progress bar."""
-
-    KEYS = [("reward/mean", "reward", "{:.3f}"), ("loss", "loss", "{:+.4f}"), ("kl", "kl", "{:.4f}"),
-            ("beta", "beta", "{:.3g}"), ("length/mean", "len", "{:.1f}"), ("clip/high_frac", "clip+", "{:.2f}"),
-            ("entropy", "ent", "{:.2f}"), ("time/step", "s", "{:.2f}")]
-
-    def __init__(self, total_steps: int):
-        self.width = len(str(total_steps))
-
-    def log(self, metrics: dict, samples: list[dict] | None = None) -> None:
-        parts = [f"step {metrics['step']:>{self.width}}"]
-        for key, label, fmt in self.KEYS:
-            v = metrics.get(key)
-            if v is not None:
-                parts.append(f"{label} {fmt.format(v)}")
-        tqdm.write("  ".join(parts))
-
-    def close(self) -> None:
-        pass
+def open_trackers(names: list[str], out: Path, project: str, run_name: str, resuming: bool, log) -> list[Sink]:
+    """The trackers `names` asks for (none for `none`), each named once."""
+    from . import trackers
+    return [getattr(trackers, TRACKERS[n][0])(out, project, run_name, resuming, log)
+            for n in dict.fromkeys(names) if n != "none"]

@@ -16,14 +16,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..common import json_line
-from ..config import ConfigError, Levers, TrainConfig, save_yaml
+from ..config import ConfigError, Levers, TrainConfig, save_yaml, to_dict
 from ..data.tasks import build_task
 from ..demo import ensure_demo_model
 from ..models.loading import hf_model
 from ..parallel import fsdp
 from ..parallel.world import World, close, init
 from ..rewards import build_reward_fns
-from ..sinks import CompletionsSink, ConsoleSink, JsonlSink
+from ..sinks import CompletionsSink, ConsoleSink, EvalSink, JsonlSink, Sinks, open_trackers
 from ..data.prompts import encode_for_model
 from . import checkpoint, memory
 from .evaluate import evaluate, headline
@@ -66,19 +66,42 @@ def _train(cfg: TrainConfig, world: World, device, log, watch=None) -> dict:
     log(f"grpo: preset {cfg.preset}, model {model_path}, task {run.task.name}, B={cfg.prompts_per_step} x "
         f"G={cfg.group_size}, {cfg.max_steps} steps -> {out}")
     summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
-    if cfg.eval_size and st.eval_before is None:
-        st.eval_before = _evaluate(run, log, "before", 0, out)
-        st.eval_before = world.broadcast_object(st.eval_before)     # every rank takes the same branches below
-    _steps(run, st, out, log)
-    if st.eval_before is not None:
-        summary["eval_before"] = st.eval_before
-        after = _evaluate(run, log, "after", cfg.max_steps, out, before=st.eval_before)
-        if after is not None:
-            summary["eval_after"] = after
-    summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1),
-                   processes=world.size, sharded=run.shard)
-    _write_results(run, out, summary, model_path)
+    sinks = _open_sinks(cfg, out, world, st.step, resume_from is not None, log)
+    try:
+        if cfg.eval_size and st.eval_before is None:
+            st.eval_before = _evaluate(run, sinks, log, "before", 0)
+            st.eval_before = world.broadcast_object(st.eval_before)     # every rank takes the same branches below
+        _steps(run, st, sinks, out, log)
+        if st.eval_before is not None:
+            summary["eval_before"] = st.eval_before
+            after = _evaluate(run, sinks, log, "after", cfg.max_steps, before=st.eval_before)
+            if after is not None:
+                summary["eval_after"] = after
+        summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1),
+                       processes=world.size, sharded=run.shard)
+        _write_results(run, out, summary, model_path)
+    except BaseException:
+        with contextlib.suppress(Exception):       # the trackers mark the run as stopped, not finished
+            sinks.close(None)
+        raise
+    sinks.close(summary)
     return summary
+
+
+def _open_sinks(cfg: TrainConfig, out: Path, world: World, step: int, resuming: bool, log) -> Sinks:
+    """Rank 0's sinks: the run folder's files, the console, and the trackers of --report-to."""
+    if not world.main:
+        return Sinks([])
+    sinks = Sinks([JsonlSink(out / "metrics.jsonl"), CompletionsSink(out / "completions.jsonl"),
+                   EvalSink(out / "eval.jsonl"), ConsoleSink(cfg.max_steps)])
+    try:
+        sinks.sinks += open_trackers(cfg.report_to, out, cfg.project, cfg.run_name or out.name, resuming, log)
+        sinks.start(to_dict(cfg), step)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            sinks.close(None)
+        raise
+    return sinks
 
 
 def _output_dir(cfg: TrainConfig, world: World, resuming: bool) -> Path:
@@ -140,9 +163,9 @@ def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:
     return st
 
 
-def _evaluate(run: Run, log, when: str, step: int, out: Path, before: dict | None = None) -> dict | None:
-    """Held-out evaluation on rank 0 (the others hold the gathered layers meanwhile), logged and
-    written as a row of eval.jsonl; its result there, None elsewhere."""
+def _evaluate(run: Run, sinks: Sinks, log, when: str, step: int, before: dict | None = None) -> dict | None:
+    """Held-out evaluation on rank 0 (the others hold the gathered layers meanwhile), logged to the
+    sinks (a row of eval.jsonl); its result there, None elsewhere."""
     cfg, world = run.cfg, run.world
     result = None
     with fsdp.gathered(run.actor) if run.shard else contextlib.nullcontext():
@@ -152,41 +175,32 @@ def _evaluate(run: Run, log, when: str, step: int, out: Path, before: dict | Non
                                   batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
                                   reward_fns=run.reward_fns, system_prompt=cfg.system_prompt,
                                   chat_template=cfg.chat_template, engine=run.plugged.engine)
-            with open(out / "eval.jsonl", "a") as fh:
-                fh.write(json_line(step=step, when=when, **result))
+            sinks.log_eval(step, when, result)
             since = "" if before is None else f" (before: {headline(before)})"
             log(f"held-out {when}: {headline(result)}{since}")
         world.barrier()
     return result
 
 
-def _steps(run: Run, st: RunState, out: Path, log) -> None:
+def _steps(run: Run, st: RunState, sinks: Sinks, out: Path, log) -> None:
     """Steps st.step + 1 .. max_steps, each logged to the sinks and checkpointed as asked. On
     SIGINT or SIGTERM the step in progress finishes, a checkpoint is written when checkpointing is
     on, and `Stopped` says where the run stands."""
     cfg, world = run.cfg, run.world
-    sinks = [JsonlSink(out / "metrics.jsonl"), CompletionsSink(out / "completions.jsonl"),
-             ConsoleSink(cfg.max_steps)] if world.main else []
     run.actor.train()
-    try:
-        with stop_on_signals() as stop:
-            for step in tqdm(range(st.step + 1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True,
-                             initial=st.step, total=cfg.max_steps, disable=not world.main):
-                st.step = step
-                metrics, batch = train_step(run, st)
-                samples = _samples(cfg, batch) if sinks else []
-                for s in sinks:
-                    s.log(metrics, samples)
-                stopping = world.max(float(stop.signum or 0))
-                if cfg.eval_size and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                    _evaluate(run, log, "during", step, out, before=st.eval_before)
-                if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or stopping):
-                    _checkpoint(run, st, out)
-                if stopping:
-                    raise Stopped(_stopped_line(cfg, step, out), int(stopping))
-    finally:
-        for s in sinks:
-            s.close()
+    with stop_on_signals() as stop:
+        for step in tqdm(range(st.step + 1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True,
+                         initial=st.step, total=cfg.max_steps, disable=not world.main):
+            st.step = step
+            metrics, batch = train_step(run, st)
+            sinks.log(metrics, _samples(cfg, batch) if sinks else [])
+            stopping = world.max(float(stop.signum or 0))
+            if cfg.eval_size and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                _evaluate(run, sinks, log, "during", step, before=st.eval_before)
+            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or stopping):
+                _checkpoint(run, st, out)
+            if stopping:
+                raise Stopped(_stopped_line(cfg, step, out), int(stopping))
 
 
 def _samples(cfg, batch) -> list[dict]:
