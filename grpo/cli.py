@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ". Without --model, trains the built-in demo (tiny Llama, integer addition).")
     add_config_flags(t)
     t.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="Data-parallel processes on this machine (launches torchrun; each process takes "
+                   help="Data-parallel processes on this machine (each process takes "
                         "prompts_per_step / N prompts). Several machines: run torchrun yourself (docs/scaling.md).")
 
     e = sub.add_parser("explain", help="Walk through one advantage and loss computation, every number shown.",
@@ -103,7 +104,7 @@ def cmd_train(args, argv: list[str]) -> int:
             raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
                               f"{args.nproc} processes (each process takes whole groups); "
                               f"use a multiple of {args.nproc}")
-        from .parallel.world import launch
+        from .parallel.launch import launch
         return launch(args.nproc, _without_nproc(argv))
     from .train import train
     summary = train(config_from_args(args))
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grpo {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
-        print(f"grpo {args.command}: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":       # every process stops; rank 0 says where
+            print(f"grpo {args.command}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"grpo {args.command}: interrupted; outputs so far are where they were written "

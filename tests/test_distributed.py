@@ -193,7 +193,7 @@ def test_sharded_checkpoints_hold_whole_tensors(runs):
         assert s["exp_avg"].shape == opt_plain["state"][i]["exp_avg"].shape
 
 
-def test_nproc_flag_launches_torchrun(tiny_model_dir, tmp_path):
+def test_nproc_flag_launches_the_processes(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "grpo", "train", "--nproc", "2", "--model", str(tiny_model_dir),

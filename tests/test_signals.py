@@ -80,3 +80,33 @@ def test_a_resume_with_nothing_left_to_do_fails_with_a_line(tiny_model_dir, tmp_
                           env=env, timeout=300)
     assert more.returncode == 0, more.stderr[-3000:]
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_ctrl_c_under_nproc_stops_every_process_after_the_step_with_one_line(tiny_model_dir, tmp_path):
+    """As a terminal's Ctrl-C: SIGINT to the launcher's process group. Every worker finishes its step,
+    the checkpoint is written, rank 0 alone says where the run stopped, and nothing prints a traceback."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "grpo", "train", "--nproc", "2", "--model", str(tiny_model_dir),
+                             "--max-steps", "100000", "--prompts-per-step", "2", "--group-size", "2",
+                             "--max-new-tokens", "4", "--eval-size", "0", "--save-every", "100000",
+                             "--no-save-model", "--output-dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "Traceback" not in stdout
+    assert stderr.count("stopped after step") == 1 and "--resume latest" in stderr
+    assert stdout.count("SIGINT: stopping after this step") == 1
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert (out / "checkpoints" / f"step-{steps[-1]:06d}").is_dir()

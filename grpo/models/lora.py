@@ -4,6 +4,7 @@ merged weights sampling runs with."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -20,7 +21,9 @@ def add_lora(model, cfg):
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
                       lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
     try:
-        model = get_peft_model(model, lora)
+        with warnings.catch_warnings():     # peft reads a property transformers deprecates; nothing for the user to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lora)
     except ValueError as e:
         raise ConfigError(f"lora_target_modules: {e}") from None
     lean_lora(model)

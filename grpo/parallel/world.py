@@ -172,14 +172,3 @@ def prompt_seed(seed: int, step: int, index: int) -> int:
     """The sampling seed of the prompt at `index` of step `step`'s global batch."""
     digest = hashlib.blake2b(f"{seed}/{step}/{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run `grpo <argv>` under torchrun with `nproc` processes on this machine; its exit code."""
-    import subprocess
-    import sys
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "grpo", *argv]
-    return subprocess.call(cmd, env=env)

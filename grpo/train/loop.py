@@ -196,7 +196,7 @@ def _steps(run: Run, st: RunState, sinks: Sinks, out: Path, log) -> None:
             sinks.log(metrics, _samples(cfg, batch) if sinks else [])
             stopping = world.max(float(stop.signum or 0))
             if cfg.eval_size and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                _evaluate(run, sinks, log, "during", step, before=st.eval_before)
+                _evaluate(run, sinks, tqdm.write if world.main else log, "during", step, before=st.eval_before)
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or stopping):
                 _checkpoint(run, st, out)
             if stopping:

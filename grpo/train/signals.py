@@ -4,6 +4,7 @@ checkpoint when checkpointing is on; a second signal stops it at once."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -28,8 +29,9 @@ class StopRequest:
         if self.signum is not None:             # the second one: stop now
             raise KeyboardInterrupt
         self.signum = signum
-        name = signal.Signals(signum).name
-        print(f"\ngrpo: {name}: stopping after this step (send it again to stop at once)", flush=True)
+        if os.environ.get("RANK", "0") == "0":   # one line for the run, not one per process
+            name = signal.Signals(signum).name
+            print(f"\ngrpo: {name}: stopping after this step (send it again to stop at once)", flush=True)
 
 
 @contextlib.contextmanager
