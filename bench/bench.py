@@ -137,14 +137,25 @@ def child(side: str, workload: str, model: str, steps: int, extra: dict) -> None
     torch.set_num_threads(THREADS)
     ours = side == "grpo" or side.startswith("grpo@")
     if ours:                        # as the `grpo` command does at start
-        try:
-            from grpo.fast.heap import return_freed_memory
-        except ImportError:         # a checkout from before grpo/fast
-            from grpo.sysmem import return_freed_memory
+        return_freed_memory = own_heap_policy()
         return_freed_memory()
     res = run_ours(workload, model, steps, extra) if ours else run_trl(workload, model, steps)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("BENCH " + json.dumps(res), flush=True)
+
+
+def own_heap_policy():
+    """`return_freed_memory` of the checkout this process runs. Looked up by file, not by import
+    fallback: an editable install of another checkout also answers `grpo.fast.heap` for a checkout
+    from before grpo/fast, whose own heap policy (grpo/sysmem.py) would then stay off."""
+    import grpo
+    root = Path(grpo.__file__).parent
+    if (root / "fast" / "heap.py").is_file():
+        from grpo.fast import heap
+    else:                            # a checkout from before grpo/fast
+        from grpo import sysmem as heap
+    assert Path(heap.__file__).parent in (root, root / "fast"), (heap.__file__, root)
+    return heap.return_freed_memory
 
 
 # ------------------------------------------------------------------------------------ parent
