@@ -11,8 +11,9 @@ Workloads (2 CPU threads, fp32):
       our side without gradient checkpointing (LoRA leaves memory to spare), TRL with its default.
   --set KEY=VALUE changes our side's settings for W1/W2, e.g. --set gradient_checkpointing=false grad_accum=2.
   W3  one step of the built-in demo (ours only; tracked for regressions).
-Each side runs in its own process (so peak RSS is its own), sides alternate round by round, and
-the first step of every process is a warm-up that is not counted. TRL is a benchmark-only
+Each side runs in its own process (so peak RSS is its own), sides alternate within a round and
+each round starts with the next side (the first process of a round tends to run faster here),
+and the first step of every process is a warm-up that is not counted. TRL is a benchmark-only
 dependency: `pip install trl==1.16.0`. A side `grpo@PATH` is our side run from another checkout
 (its package imported from PATH, e.g. a former commit checked out with `git worktree add`), to
 compare before and after a change in one invocation:
@@ -210,8 +211,9 @@ def main() -> None:
     for w in args.workloads:
         sides = [s for s in args.sides if s != "trl"] if w == "W3" else args.sides
         runs = {s: [] for s in sides}
-        for _ in range(args.rounds):
-            for s in sides:
+        for r in range(args.rounds):
+            # each round starts one side later: on this machine the first process of a round runs faster
+            for s in sides[r % len(sides):] + sides[:r % len(sides)]:
                 runs[s].append(launch(s, w, model, args.steps, extra if w != "W3" else {}))
         report(w, runs, rate, model)
     print(f"\nmatmul rate at the end: {matmul_gflops():.1f} GFLOP/s (the floors above use the rate at start)")
