@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, ConfigError, field_type, load_yaml, resolve
+from .common import DeviceError
 from .rewards import RewardError
 
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, argv)
         return {"explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft, "report": cmd_report}[args.command](args)
-    except (ConfigError, RewardError) as e:
+    except (ConfigError, RewardError, DeviceError) as e:
         print(f"grpo {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:

@@ -22,11 +22,28 @@ def cache_root() -> Path:
     return Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo"))
 
 
+class DeviceError(ValueError):
+    """A device this machine does not have (the command prints it as one line)."""
+
+
 def pick_device(name: str) -> torch.device:
-    """`auto` -> CUDA when present, else the CPU; anything else as torch spells it."""
+    """`auto` -> CUDA when present, else the CPU; anything else as torch spells it, checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device: {name!r} is not a device name (expected auto, cpu, cuda, cuda:N, mps, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device: {name!r} asked for, but this machine has no usable CUDA GPU "
+                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device: {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device: {name!r} asked for, but MPS is not available here; use --device cpu or auto")
+    return device
 
 
 @contextlib.contextmanager

@@ -84,6 +84,41 @@ def test_bad_value_exits_2_with_one_line(grpo, tmp_path, args, message):
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+def _one_line_error(proc, message):
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "it/s]" not in line]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines and lines[-1].startswith(f"grpo train: error: {message}"), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "device: 'gpu' is not a device name"),
+    pytest.param("cuda", "device: 'cuda' asked for, but this machine has no usable CUDA GPU",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")),
+    pytest.param("cuda:7", "device: 'cuda:7'",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.device_count() > 7, reason="8 or more GPUs")),
+])
+def test_a_device_this_machine_lacks_is_one_line(grpo, tiny_model_dir, tmp_path, device, message):
+    _one_line_error(grpo("train", "--model", tiny_model_dir, *TINY_FLAGS[:-2], "--device", device,
+                         "--output-dir", tmp_path / "run"), message)
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(grpo, tiny_model_dir, tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    _one_line_error(grpo("train", "--model", tiny_model_dir, *TINY_FLAGS, "--output-dir", tmp_path / "taken"),
+                    f"output_dir: {tmp_path / 'taken'} is a file, not a folder")
+
+
+def test_a_truncated_weights_file_is_one_line_naming_it(grpo, tiny_model_dir, tmp_path):
+    import shutil
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    _one_line_error(grpo("train", "--model", broken, *TINY_FLAGS, "--output-dir", tmp_path / "run"),
+                    f"model: a weights file in '{broken}' is truncated or corrupt ({weights})")
+
+
 def test_unknown_flag_exits_2(grpo):
     proc = grpo("train", "--group-szie", "4")
     assert proc.returncode == 2 and "--group-szie" in proc.stderr and "Traceback" not in proc.stderr

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ..common import atomic_folder, cache_root
 from ..compat import drop_quantizer
@@ -70,6 +71,10 @@ def load_model(path: str | Path, device: torch.device, gguf_file: str | None = N
     except (OSError, ValueError, FileNotFoundError) as e:
         where = f"{folder}/{gguf_file}" if gguf_file else folder
         raise ConfigError(f"model: cannot load a causal language model from {where!r}: {e}") from None
+    except SafetensorError as e:
+        files = sorted(str(f) for f in Path(folder).glob("*.safetensors")) if os.path.isdir(folder) else [folder]
+        raise ConfigError(f"model: a weights file in {folder!r} is truncated or corrupt ({', '.join(files)}): "
+                          f"{e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer

@@ -21,9 +21,14 @@ def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> Path:
         out = Path(cfg.output_dir)
     else:
         out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file, not a folder; choose a new --output-dir")
     if (out / "metrics.jsonl").exists() and not resuming:
         raise ConfigError(f"output_dir: {out} already holds a run (metrics.jsonl); choose a new --output-dir")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output_dir: cannot create {out}: {e.strerror or e}") from None
     return out
 
 
