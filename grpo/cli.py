@@ -181,7 +181,7 @@ def cmd_report(args) -> int:
     from .report.run import ReportError
     try:
         write_report(args.run_dir, args.out, png=args.png)
-    except (ReportError, ImportError) as e:
+    except ReportError as e:
         raise ConfigError(str(e)) from None
     return 0
 

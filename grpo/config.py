@@ -326,8 +326,8 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainCo
     for name in cfg.report_to:
         if name not in REPORT_TO:
             raise ConfigError(f"report_to: unknown tracker {name!r}; choose from {', '.join(REPORT_TO)}")
-        if name != "none" and missing_package(name):
-            raise ConfigError(f"report_to: {missing_package(name)}")
+        if name != "none" and (install := missing_package(name)):
+            raise ConfigError(f"report_to: {install}")
     return cfg
 
 

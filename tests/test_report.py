@@ -174,3 +174,10 @@ def test_hovering_a_chart_shows_the_values_at_that_step(page):
     page.mouse.move(box["x"] + box["width"] - 12, box["y"] + box["height"] / 2)
     tip = fig.locator(".tip")
     assert tip.is_visible() and "step 3" in tip.inner_text() and "reward/mean" in tip.inner_text()
+
+
+def test_png_without_matplotlib_names_the_extra(monkeypatch, run_dir, tmp_path):
+    from grpo.report.png import write_pngs
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # `import matplotlib` now fails
+    with pytest.raises(ReportError, match=r"--png needs matplotlib: pip install 'grpo\[report\]'"):
+        write_pngs(read_run(run_dir), tmp_path / "png")

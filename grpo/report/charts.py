@@ -42,7 +42,7 @@ CHARTS = [
     Chart("lr", "Learning rate", ("lr",)),
     Chart("skipped", "Updates skipped (non-finite loss or gradient)", ("updates/*",)),
 ]
-_NOT_CURVES = {"step", "when", "n", "samples", "reward/std"}
+_NOT_CURVES = {"step", "when", "n", "samples"}
 
 
 def _number(v) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .charts import chart_series
-from .run import RunFiles
+from .run import ReportError, RunFiles
 
 
 def write_pngs(run: RunFiles, folder: Path, dpi: int = 110) -> list[Path]:
@@ -13,7 +13,7 @@ def write_pngs(run: RunFiles, folder: Path, dpi: int = 110) -> list[Path]:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("--png needs matplotlib: pip install 'grpo[report]'") from None
+        raise ReportError("--png needs matplotlib: pip install 'grpo[report]'") from None
     matplotlib.use("Agg")                      # files only, no display
     import matplotlib.pyplot as plt
     folder = Path(folder)

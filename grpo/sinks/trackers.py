@@ -73,8 +73,8 @@ class TensorBoardSink(Sink):
         self.writer.flush()
 
     def log_eval(self, step: int, when: str, result: dict) -> None:
-        for k, v in flat_numbers(result).items():
-            self.writer.add_scalar(f"eval/{k}", v, step)
+        for k, v in flat_numbers(result, "eval/").items():
+            self.writer.add_scalar(k, v, step)
         self.writer.flush()
 
     def close(self, summary: dict | None) -> None:
@@ -122,7 +122,7 @@ class WandbSink(Sink):
         self.run.log(row, step=metrics["step"])
 
     def log_eval(self, step: int, when: str, result: dict) -> None:
-        self.run.log({f"eval/{k}": v for k, v in flat_numbers(result).items()}, step=step)
+        self.run.log(flat_numbers(result, "eval/"), step=step)
 
     def close(self, summary: dict | None) -> None:
         if self.run is None:
@@ -179,7 +179,7 @@ class MlflowSink(Sink):
         self._metrics(_numbers(metrics), metrics["step"])
 
     def log_eval(self, step: int, when: str, result: dict) -> None:
-        self._metrics({f"eval/{k}": v for k, v in flat_numbers(result).items()}, step)
+        self._metrics(flat_numbers(result, "eval/"), step)
 
     def close(self, summary: dict | None) -> None:
         if self.run_id is None:
@@ -195,24 +195,22 @@ class TrackioSink(Sink):
 
     def __init__(self, out: Path, project: str, run_name: str, resuming: bool, log):
         self.project, self.name, self.resuming, self.log_line = project, run_name, resuming, log
-        self.run, self.step = None, 0
+        self.run = None
 
     def start(self, config: dict, step: int = 0) -> None:
         import trackio
         self.run = trackio.init(project=self.project, name=self.name, config=config, embed=False,
                                 resume="allow" if self.resuming else "never")
-        self.step = step
 
     def log(self, metrics: dict, samples: list[dict]) -> None:
-        self.step = metrics["step"]
-        self.run.log(_numbers(metrics), step=self.step)
+        self.run.log(_numbers(metrics), step=metrics["step"])
 
     def log_eval(self, step: int, when: str, result: dict) -> None:
-        self.run.log({f"eval/{k}": v for k, v in flat_numbers(result).items()}, step=step)
+        self.run.log(flat_numbers(result, "eval/"), step=step)
 
     def close(self, summary: dict | None) -> None:
         if self.run is None:
             return
         if summary is not None:
-            self.run.log({f"summary/{k}": v for k, v in flat_numbers(summary).items()}, step=self.step)
+            self.run.log(flat_numbers(summary, "summary/"), step=summary["steps"])     # the last step
         self.run.finish()
