@@ -161,11 +161,15 @@ def cmd_eval(args) -> int:
     model, tok = load_model(path, device, cfg.gguf_file)
     task = build_task(cfg)
     greedy = args.greedy if args.greedy is not None else args.samples == 1
-    res = evaluate(model, tok, task, n=cfg.eval_size, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-                   reward_fns=build_reward_fns(cfg, task, device), system_prompt=cfg.system_prompt,
-                   chat_template=cfg.chat_template, samples=args.samples, greedy=greedy,
-                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed,
-                   engine=plug(Levers.of(cfg)).engine)
+    reward_fns = build_reward_fns(cfg, task, device)
+    try:
+        res = evaluate(model, tok, task, n=cfg.eval_size, batch_size=cfg.eval_batch_size,
+                       max_new_tokens=cfg.max_new_tokens, reward_fns=reward_fns, system_prompt=cfg.system_prompt,
+                       chat_template=cfg.chat_template, samples=args.samples, greedy=greedy,
+                       temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed,
+                       engine=plug(Levers.of(cfg)).engine)
+    finally:
+        reward_fns.close()
     res = {"model": str(path), "task": task.name, "decoding": "greedy" if greedy else f"sampled, T={cfg.temperature}",
            **res}
     if args.json:

@@ -78,6 +78,17 @@ class TrainConfig:
     reward_model_weight: float = _f(1.0, "Weight of --reward-model in the summed reward.")
     reward_model_batch_size: int = _f(16, "Completions scored at once by --reward-model.", min=1)
     format_regex: Optional[str] = _f(None, "Regular expression the `format` reward requires the completion to match.")
+    reward_workers: Optional[int] = _f(
+        None, "Processes that run your own reward functions (module:function, file.py:function), one completion per "
+              "call, so that one that hangs or ends its process is stopped, named and replaced. Empty: one per CPU "
+              "core (at most 8); 0: call them in the training process, once per batch (faster; a hang holds the "
+              "run, a crash ends it).", min=0)
+    reward_timeout: float = _f(60.0, "Seconds one call of a reward function in a worker may take before the worker is "
+                                     "killed and the completion counts as a failure.", gt=0.0)
+    reward_failure: Literal["stop", "unscorable"] = _f(
+        "stop", "What a reward function that raises, times out, ends its worker or returns a non-number does: `stop` "
+                "the run with a message naming the function and the sample, or score that completion `unscorable` "
+                "(None: 0, counted in reward/<name>/failed) and go on.")
 
     # ---------------------------------------------------------- advantages
     reward_scaling: Literal["none", "group", "batch"] = _f(

@@ -108,7 +108,7 @@ def test_through_build_reward_fns_and_score(gpt2_dir):
     assert list(fns) == ["exact_match", "reward_model"]
     rm, w = fns["reward_model"]
     assert isinstance(rm, RewardModel) and w == 0.5 and rm.batch_size == 3
-    total, per_fn, _ = score(fns, ["1+2=", "1+2="], ["3", "4"], {"answer": ["3", "3"]})
+    total, per_fn, _, _ = score(fns, ["1+2=", "1+2="], ["3", "4"], {"answer": ["3", "3"]})
     assert total.tolist() == pytest.approx([1 + 0.5 * per_fn["reward_model"][0].item(),
                                             0.5 * per_fn["reward_model"][1].item()])
 

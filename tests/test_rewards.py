@@ -61,8 +61,10 @@ def test_math_verify(completion, answer, expected):
 
 def test_math_verify_unparseable_reference_is_unscorable():
     assert math_verify(["p", "p"], ["2", "2"], answer=["no math here", "2"]) == [None, 1.0]
-    total, _, unscorable = score(build("math_verify"), ["p", "p"], ["2", "2"], {"answer": ["no math here", "2"]})
-    assert total.tolist() == [0.0, 1.0] and unscorable == 1
+    total, _, unscorable, failed = score(build("math_verify"), ["p", "p"], ["2", "2"],
+                                         {"answer": ["no math here", "2"]})
+    assert total.tolist() == [0.0, 1.0] and unscorable["math_verify"].tolist() == [True, False]
+    assert not failed["math_verify"].any()
 
 
 # ------------------------------------------------------------------------------ format
@@ -198,7 +200,7 @@ def test_module_function(tmp_path, monkeypatch):
     fns = build("grpo_test_user_mod_a:length_reward", "grpo_test_user_pkg.mod:answer_len:0.5")
     assert list(fns) == ["length_reward", "answer_len"]
     assert fns["answer_len"][1] == 0.5
-    total, per_fn, _ = score(fns, ["p", "p"], ["ab", "abcd"], {"answer": ["x", "xyz"]})
+    total, per_fn, _, _ = score(fns, ["p", "p"], ["ab", "abcd"], {"answer": ["x", "xyz"]})
     assert per_fn["length_reward"].tolist() == [2.0, 4.0]
     assert total.tolist() == [2.0 + 0.5 * 1, 4.0 + 0.5 * 3]
 
@@ -290,14 +292,14 @@ def test_weighted_sum_through_score():
     fns = build("exact_match:2", "think_answer_format:0.5", "overlong:1", "crc:-4", max_new_tokens=8)
     completions = ["4", "<think>x</think><answer>5</answer>", " 4 "]
     columns = {"answer": ["4", "4", "4"], "completion_length": [1, 7, 8]}
-    total, per_fn, unscorable = score(fns, ["2+2="] * 3, completions, columns)
+    total, per_fn, unscorable, _ = score(fns, ["2+2="] * 3, completions, columns)
     assert per_fn["exact_match"].tolist() == [1.0, 0.0, 1.0]
     assert per_fn["think_answer_format"].tolist() == [0.0, 1.0, 0.0]
     assert per_fn["overlong"].tolist() == [0.0, -0.5, -1.0]      # free up to 8 - 2 = 6: (6-7)/2, (6-8)/2
     assert per_fn["crc"].tolist() == [0.25] * 3
     # 2*exact + 0.5*format + 1*overlong - 4*0.25
     assert total.tolist() == pytest.approx([2 - 1, 0.5 - 0.5 - 1, 2 - 1 - 1])
-    assert unscorable == 0
+    assert not any(v.any() for v in unscorable.values())
 
 
 def test_score_accepts_numpy_and_tensor_scalars_but_not_text():
@@ -307,11 +309,12 @@ def test_score_accepts_numpy_and_tensor_scalars_but_not_text():
     fns = {"np": (lambda p, c, **_: np.array([0.5, 1.0], dtype=np.float32), 1.0),
            "torch": (lambda p, c, **_: torch.tensor([1.0, 2.0]), 2.0),
            "none": (lambda p, c, **_: [None, True], 1.0)}
-    total, _, unscorable = score(fns, ["p", "p"], ["a", "b"], {})
-    assert total.tolist() == [0.5 + 2.0, 1.0 + 4.0 + 1.0] and unscorable == 1
-    with pytest.raises(RewardError, match=r"reward function 'bad' returned '1' for sample 0; expected a finite number"):
+    total, _, unscorable, _ = score(fns, ["p", "p"], ["a", "b"], {})
+    assert total.tolist() == [0.5 + 2.0, 1.0 + 4.0 + 1.0] and unscorable["none"].tolist() == [True, False]
+    with pytest.raises(RewardError, match=r"reward function 'bad' returned '1' \(expected a finite number or None\) "
+                                          r"on sample 0"):
         score({"bad": (lambda p, c, **_: ["1"], 1.0)}, ["p"], ["a"], {})
-    with pytest.raises(RewardError, match=r"returned nan for sample 0"):
+    with pytest.raises(RewardError, match=r"returned nan \(expected a finite number or None\) on sample 0"):
         score({"nan": (lambda p, c, **_: [float("nan")], 1.0)}, ["p"], ["a"], {})
 
 

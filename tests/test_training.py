@@ -319,8 +319,8 @@ def test_raising_reward_names_function_sample_and_prompt():
 @pytest.mark.parametrize("result, expected", [
     (lambda n: [1.0] * (n - 1), "returned 2 values for 3 completions"),
     (lambda n: "0.5", "returned"),
-    (lambda n: ["1"] * n, "returned '1' for sample 0"),
-    (lambda n: [1.0, float("nan"), 0.0], "returned nan for sample 1"),
+    (lambda n: ["1"] * n, "returned '1' (expected a finite number or None) on sample 0"),
+    (lambda n: [1.0, float("nan"), 0.0], "returned nan (expected a finite number or None) on sample 1"),
 ])
 def test_malformed_reward_names_function(result, expected):
     def bad(prompts, completions, **_):
@@ -336,10 +336,11 @@ def test_weighted_rewards_and_unscorable():
     def half(prompts, completions, **_):
         return [0.5, None, 1.0]
 
-    total, per_fn, unscorable = score({"crc": (crc_reward, 2.0), "half": (half, -1.0)}, PROMPTS, COMPLETIONS, COLUMNS)
+    total, per_fn, unscorable, _ = score({"crc": (crc_reward, 2.0), "half": (half, -1.0)}, PROMPTS, COMPLETIONS,
+                                         COLUMNS)
     crc = torch.tensor(crc_reward(PROMPTS, COMPLETIONS))
     torch.testing.assert_close(total, 2.0 * crc - torch.tensor([0.5, 0.0, 1.0]))
-    assert unscorable == 1 and set(per_fn) == {"crc", "half"}
+    assert unscorable["half"].tolist() == [False, True, False] and set(per_fn) == {"crc", "half"}
 
 
 def test_reward_error_stops_training(tiny_config, monkeypatch):

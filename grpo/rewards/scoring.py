@@ -13,8 +13,6 @@ See docs/rewards.md.
 from __future__ import annotations
 
 import difflib
-import math
-import numbers
 import warnings
 from typing import Callable
 
@@ -24,53 +22,57 @@ from ..common import pick_device
 from ..config import ConfigError
 from .builtins import (BUILTINS, exact_match, format_reward, math_verify, overlong_reward,  # noqa: F401
                        think_answer_format)
+from .checks import Failure, RewardError, call
+from .contained import Contained, WorkerPool, default_workers
 from .user import load_function, parse_spec
 
 
-class RewardError(RuntimeError):
-    """A reward function raised, or returned something other than one number per completion."""
+class RewardFns(dict):
+    """The run's `{name: (fn, weight)}`, plus what a failure does (`failure`: "stop" or
+    "unscorable") and the worker pool of its contained functions (closed by `close`)."""
+    failure: str = "stop"
+    pool: WorkerPool | None = None
 
-
-def _call(name: str, fn: Callable, prompts, completions, columns) -> list:
-    try:
-        return list(fn(prompts, completions, **columns))
-    except Exception as batch_error:
-        # find the first sample that fails on its own, to name it
-        for i in range(len(completions)):
-            try:
-                fn(prompts[i:i + 1], completions[i:i + 1], **{k: v[i:i + 1] for k, v in columns.items()})
-            except Exception as e:
-                raise RewardError(f"reward function {name!r} raised {type(e).__name__}: {e} on sample {i} "
-                                  f"(prompt {prompts[i]!r}, completion {completions[i]!r})") from e
-        raise RewardError(f"reward function {name!r} raised {type(batch_error).__name__}: {batch_error} "
-                          f"on a batch of {len(completions)} completions") from batch_error
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 def score(reward_fns: dict[str, tuple[Callable, float]], prompts: list[str], completions: list[str],
-          columns: dict[str, list]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-    """Weighted sum of every reward function.  Returns (total (N,), per-function (N,) each, unscorable count)."""
+          columns: dict[str, list], failure: str | None = None
+          ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Weighted sum of every reward function: (total (N,), then per function: scores (N,), the
+    completions it called unscorable by returning None (N,) bool, and those it failed on (N,) bool).
+    A failure (the function raised, hung, ended its worker, or returned something that is not a
+    number) stops the run with a RewardError when `failure` is "stop" (default: the reward set's own
+    setting, else "stop"); with "unscorable" that completion scores 0, like None."""
+    failure = failure or getattr(reward_fns, "failure", "stop")
+    stop = failure == "stop"
     n = len(completions)
+    results, pools = {}, {}
+    for name, (fn, _) in reward_fns.items():          # in-process functions first, then the workers'
+        if isinstance(fn, Contained):
+            pools.setdefault(fn.pool, []).append(name)
+        else:
+            results[name] = call(name, fn, prompts, completions, columns)
+            first = next((v for v in results[name] if isinstance(v, Failure)), None)
+            if first is not None and stop:
+                raise RewardError(first.message(hint=True))
+    for pool, names in pools.items():
+        results.update(pool.run([(name, prompts, completions, columns) for name in names], stop_at_failure=stop))
     total = torch.zeros(n, dtype=torch.float32)
-    per_fn, unscorable = {}, 0
+    per_fn, unscorable, failed = {}, {}, {}
     for name, (fn, weight) in reward_fns.items():
-        values = _call(name, fn, prompts, completions, columns)
-        if len(values) != n:
-            raise RewardError(f"reward function {name!r} returned {len(values)} values for {n} completions")
-        clean = []
-        for i, v in enumerate(values):
-            if v is None:
-                unscorable += 1
-                clean.append(0.0)
-                continue
-            # plain numbers, numpy scalars and 0-d tensors/arrays are all accepted
-            number = isinstance(v, numbers.Real) or (hasattr(v, "item") and getattr(v, "ndim", None) == 0)
-            if not number or isinstance(v, str) or not math.isfinite(float(v)):
-                raise RewardError(f"reward function {name!r} returned {v!r} for sample {i}; "
-                                  "expected a finite number or None")
-            clean.append(float(v))
-        per_fn[name] = torch.tensor(clean, dtype=torch.float32)
+        values = results[name]
+        first = next((v for v in values if isinstance(v, Failure)), None)
+        if first is not None and stop:
+            raise RewardError(first.message(hint=True))
+        failed[name] = torch.tensor([isinstance(v, Failure) for v in values], dtype=torch.bool)
+        unscorable[name] = torch.tensor([v is None for v in values], dtype=torch.bool)
+        per_fn[name] = torch.tensor([v if isinstance(v, float) else 0.0 for v in values], dtype=torch.float32)
         total += weight * per_fn[name]
-    return total, per_fn, unscorable
+    return total, per_fn, unscorable, failed
 
 
 # ====================================================================== the run's reward functions
@@ -111,13 +113,17 @@ def _unknown(name: str, task) -> ConfigError:
                        "a function of your own is given as module:function or path/to/file.py:function")
 
 
-def build_reward_fns(cfg, task, device=None) -> dict[str, tuple[Callable, float]]:
+def build_reward_fns(cfg, task, device=None) -> RewardFns:
     """The run's weighted reward functions, in this order: the --reward specs (default: the task's own
     rewards, weight 1), then --reward-model as "reward_model", then "overlong" when --overlong-penalty
-    is on and no `overlong` spec was given.  Raises ConfigError on any bad spec."""
+    is on and no `overlong` spec was given.  Raises ConfigError on any bad spec. The user's own
+    functions (module:function, file.py:function) run contained in `reward_workers` worker
+    processes unless that is 0; `close()` the result to stop them."""
     task_rewards = dict(getattr(task, "rewards", None) or {})
     names = tuple(BUILTINS) + tuple(task_rewards)
-    fns: dict[str, tuple[Callable, float]] = {}
+    fns = RewardFns()
+    fns.failure = getattr(cfg, "reward_failure", "stop")
+    own: dict[str, str] = {}                 # the user's functions: name -> spec target
 
     def add(name: str, fn: Callable, weight: float, spec: str) -> None:
         if name in fns:
@@ -128,7 +134,9 @@ def build_reward_fns(cfg, task, device=None) -> dict[str, tuple[Callable, float]
         target, weight = parse_spec(spec, names)
         if ":" in target:
             fname, fn = load_function(target)
-            add(fname if fname not in fns else target, fn, weight, spec)
+            name = fname if fname not in fns else target
+            add(name, fn, weight, spec)
+            own[name] = target
         elif target in BUILTINS:
             for name, fn in _builtin(target, cfg, task):
                 add(name, fn, weight, spec)
@@ -155,4 +163,10 @@ def build_reward_fns(cfg, task, device=None) -> dict[str, tuple[Callable, float]
     if not fns:
         raise ConfigError(f"reward: no reward function: task {getattr(task, 'name', '?')!r} has none of its own; "
                           "give --reward or --reward-model")
+    workers = getattr(cfg, "reward_workers", 0)
+    if own and workers != 0:
+        fns.pool = WorkerPool(own, workers or default_workers(), getattr(cfg, "reward_timeout", 60.0))
+        for name in own:
+            fn, weight = fns[name]
+            fns[name] = (Contained(fns.pool, name, fn), weight)
     return fns

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ConfigError
-from .builtins import BUILTINS
 
-def parse_spec(spec: str, names: tuple | list = BUILTINS) -> tuple[str, float]:
+
+def parse_spec(spec: str, names: tuple | list | None = None) -> tuple[str, float]:
     """`NAME[:WEIGHT]` -> (NAME, weight). The text after the last colon is a weight only when it
     parses as a number, so `pkg.mod:fn`, `file.py:fn` and `pkg.mod:fn:0.5` all work. `names` are
-    the plain reward names (a colon after one of them must be followed by a weight)."""
+    the plain reward names (a colon after one of them must be followed by a weight; default: the
+    built-ins)."""
+    if names is None:
+        from .builtins import BUILTINS as names     # here, not at the top: a reward worker loads
+                                                    # this module and stays free of torch
     spec = str(spec).strip()
     if not spec:
         raise ConfigError("reward: empty reward spec; expected NAME[:WEIGHT]")

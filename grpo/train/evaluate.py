@@ -55,7 +55,7 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
         prompts = [r["prompt"] for r in part for _ in range(k)]
         columns = {c: [r[c] for r in part for _ in range(k)] for c in part[0] if c != "prompt"}
         columns["completion_length"] = roll.lengths.tolist()
-        total, per_fn, _ = score(checks, prompts, texts, columns)
+        total, per_fn, _, _ = score(checks, prompts, texts, columns, failure=getattr(fns, "failure", None))
         totals.append(total)                  # the task verifier, when added, weighs 0
         for name in checks:
             scores[name].append(per_fn[name].view(len(part), k))

@@ -60,6 +60,14 @@ def _train(cfg: TrainConfig, world: World, device, log, watch=None) -> dict:
                           "nothing left to do; raise --max-steps to train further")
     out = _output_dir(cfg, world, resuming=resume_from is not None)
     run, model_path = build_run(cfg, world, device, out, log)
+    try:
+        return _train_run(cfg, world, run, model_path, resume_from, out, log, watch, t_start)
+    finally:
+        run.reward_fns.close()                  # the reward workers
+
+
+def _train_run(cfg: TrainConfig, world: World, run: Run, model_path, resume_from, out: Path, log, watch,
+               t_start: float) -> dict:
     run.watch = watch
     _memory_plan(run, log)
     st = _run_state(run, resume_from, out, log)
@@ -126,7 +134,11 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
         log("fsdp: one process, nothing to shard; training unsharded")
     plugged = plug(Levers.of(cfg))
     spill = plugged.spill(out) if plugged.spill is not None and not shard else None
-    actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill=spill, shard=shard)
+    try:
+        actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill=spill, shard=shard)
+    except BaseException:
+        reward_fns.close()
+        raise
     world.broadcast_params(actor)
     return Run(cfg, actor, ref, tokenizer, task, reward_fns, device, world, plugged, shard), model_path
 

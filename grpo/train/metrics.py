@@ -24,6 +24,8 @@ def step_metrics(cfg, step: int, batch, acc, beta: float, lr: float, times: dict
     for name, v in batch.per_fn.items():
         m[f"reward/{name}/mean"] = v.mean().item()
         m[f"reward/{name}/std"] = v.std(unbiased=False).item()
+        if cfg.reward_failure == "unscorable" and name in batch.failed:
+            m[f"reward/{name}/failed"] = int(batch.failed[name].sum().item())
     m.update({
         "groups/zero_variance_frac": adv_mod.zero_variance_groups(batch.rewards).float().mean().item(),
         "clip/low_frac": acc.clip_low / tok,

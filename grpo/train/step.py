@@ -64,6 +64,7 @@ class StepBatch:
     texts: list[str]
     rewards: torch.Tensor            # (B, G) final rewards, global
     per_fn: dict                     # name -> (N,), global
+    failed: dict                     # name -> (N,) bool: completions the function could not score, global
     adv: adv_mod.Advantages          # this rank's rows
     loss_mask: torch.Tensor          # (n, L) valid tokens of groups kept in the loss
     ref_logp: torch.Tensor | None    # (n, L)
@@ -98,18 +99,19 @@ def sample(run: Run, rows: list[dict], generator) -> tuple[Rollout, list[str]]:
     return roll, decode(tok, roll)
 
 
-def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict]:
-    """(rewards (B, G), per-function scores (N,) each) of this rank's completions."""
+def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict, dict]:
+    """(rewards (B, G), per-function scores (N,) each, per-function failures (N,) each) of this
+    rank's completions."""
     G = cfg.group_size
     prompts = [r["prompt"] for r in rows for _ in range(G)]
     columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
     columns["completion_length"] = roll.lengths.tolist()       # for length-aware rewards (overlong)
-    total, per_fn, _ = score_rewards(reward_fns, prompts, texts, columns)
-    return total.view(len(rows), G), per_fn
+    total, per_fn, _, failed = score_rewards(reward_fns, prompts, texts, columns)
+    return total.view(len(rows), G), per_fn, failed
 
 
 def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, first: int,
-                history: list | None = None) -> StepBatch:
+                history: list | None = None, failed: dict | None = None) -> StepBatch:
     """This rank's StepBatch from its sampled and scored rows: the advantage pipeline runs on the
     global batch (rewards, per-function scores and lengths gathered), then each rank keeps its
     rows; groups left out of the loss (zero-variance filter) are masked out. `ref_logp` is left
@@ -117,6 +119,7 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     G, b = cfg.group_size, len(rows)
     rewards = world.gather(rewards.to(world.device)).cpu()
     per_fn = {k: world.gather(v.to(world.device)).cpu() for k, v in per_fn.items()}
+    failed = {k: world.gather(v.to(world.device, torch.uint8)).cpu().bool() for k, v in (failed or {}).items()}
     lengths = world.gather(roll.lengths.to(world.device)).cpu()
     truncated = world.gather(roll.truncated.to(world.device, torch.uint8)).cpu().bool()
     L = roll.completion_ids.shape[1]
@@ -125,7 +128,7 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups
             else torch.ones(rewards.shape[0], dtype=torch.bool))[first:first + b]
     loss_mask = roll.completion_mask & keep.repeat_interleave(G).to(roll.completion_mask.device)[:, None]
-    return StepBatch(rows, roll, texts, rewards, per_fn, full.rows(first, b, G, L), loss_mask, None, lengths,
+    return StepBatch(rows, roll, texts, rewards, per_fn, failed, full.rows(first, b, G, L), loss_mask, None, lengths,
                      truncated, first, full.scaled_rewards)
 
 
@@ -142,8 +145,8 @@ def collect_batch(run: Run, st, phases: Phases) -> StepBatch:
         roll, texts = sample(run, rows, sampling_generators(cfg, st.step, first, b, run.device))
     run.actor.train()
     with phases.run("score"):
-        rewards, per_fn = score(cfg, rows, texts, roll, run.reward_fns)
-    batch = build_batch(cfg, rows, roll, texts, rewards, per_fn, world, first, st.history)
+        rewards, per_fn, failed = score(cfg, rows, texts, roll, run.reward_fns)
+    batch = build_batch(cfg, rows, roll, texts, rewards, per_fn, world, first, st.history, failed)
     st.history.append(batch.scaled_rewards)         # the window baseline averages scaled rewards
     with phases.run("reference"):
         if run.ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
