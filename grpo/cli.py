@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
+import traceback
 import warnings
 
-from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, ConfigError, field_type, load_yaml, resolve
-from .common import DeviceError
-from .rewards import RewardError
+from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, field_type, load_yaml, resolve
+from .errors import ConfigError, RewardError, Stopped
 
 
 def flag(name: str) -> str:
@@ -56,6 +57,8 @@ def config_from_args(args: argparse.Namespace, demo: bool | None = None):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grpo", description="Train language models with GRPO (Group Relative Policy Optimization).")
+    p.add_argument("--debug", action="store_true", help="On an error, also print its traceback (for a bug report; "
+                                                       "also GRPO_DEBUG=1). May be given anywhere on the line.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="Train with GRPO (no --model: the built-in demo).",
@@ -95,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()     # our own bars only
+
+
 def cmd_train(args, argv: list[str]) -> int:
-    import os
     if args.nproc < 1:
         raise ConfigError(f"--nproc: must be >= 1, got {args.nproc}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -105,10 +112,15 @@ def cmd_train(args, argv: list[str]) -> int:
             raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
                               f"{args.nproc} processes (each process takes whole groups); "
                               f"use a multiple of {args.nproc}")
+        if cfg.device not in ("auto", "cpu"):
+            from .common import pick_device
+            pick_device(cfg.device)              # a device this machine lacks: one line, before N processes
         from .parallel.launch import launch
         return launch(args.nproc, _without_nproc(argv))
+    cfg = config_from_args(args)                 # a bad setting: one line, before torch loads
+    _quiet_transformers()
     from .train import train
-    summary = train(config_from_args(args))
+    summary = train(cfg)
     if os.environ.get("RANK", "0") != "0":
         return 0
     if "eval_after" in summary:
@@ -150,6 +162,7 @@ def cmd_eval(args) -> int:
     from .train.evaluate import evaluate
     from .train.levers import plug
     cfg = config_from_args(args)
+    _quiet_transformers()
     if args.samples < 1:
         raise ConfigError(f"--samples: must be >= 1, got {args.samples}")
     if cfg.model:
@@ -191,6 +204,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_sft(args) -> int:
+    _quiet_transformers()
     from .demo import build_sft_model, ensure_demo_model
     if args.output_dir:
         report = build_sft_model(args.output_dir)
@@ -211,20 +225,51 @@ def _process_memory_policy() -> None:
     return_freed_memory()
 
 
+def _debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """--debug anywhere on the line (or GRPO_DEBUG=1): errors show their traceback too."""
+    on = "--debug" in argv or os.environ.get("GRPO_DEBUG", "") not in ("", "0")
+    if on:
+        os.environ["GRPO_DEBUG"] = "1"          # --nproc's processes inherit it
+    return on, [a for a in argv if a != "--debug"]
+
+
+def _error(command: str, message: str) -> None:
+    """The one-line error. Under --nproc each process hands its line to the launcher, which prints
+    each different line once (grpo/parallel/launch.py)."""
+    line = f"grpo {command}: error: {message}"
+    to = os.environ.get("GRPO_ERROR_FILE")
+    if to:
+        try:
+            with open(to, "w") as f:
+                f.write(message)
+            return
+        except OSError:
+            pass
+    print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    debug, argv = _debug(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
     _process_memory_policy()
-    from .train.signals import Stopped      # after the policy: it loads the training code
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()     # our own bars only
     try:
         if args.command == "train":
             return cmd_train(args, argv)
         return {"explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft, "report": cmd_report}[args.command](args)
-    except (ConfigError, RewardError, DeviceError) as e:
-        print(f"grpo {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, RewardError) as e:
+        if debug:
+            traceback.print_exc()
+        _error(args.command, str(e))
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if debug:
+            traceback.print_exc()
+        where = f" writing {e.filename}" if e.filename else ""
+        _error(args.command, f"no space left on the device{where}; free some space (a run keeps its last complete "
+                             "checkpoint, see --keep-checkpoints), then continue with --resume latest")
         return 2
     except Stopped as e:
         if os.environ.get("RANK", "0") == "0":       # every process stops; rank 0 says where

@@ -15,15 +15,13 @@ from typing import Iterator
 
 import torch
 
+from .errors import DeviceError  # noqa: F401  (re-exported)
+
 
 def cache_root() -> Path:
     """The project's cache folder: `$GRPO_CACHE`, else ~/.cache/grpo (the demo model, de-quantised
     GGUF files, the compiled kernel)."""
     return Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo"))
-
-
-class DeviceError(ValueError):
-    """A device this machine does not have (the command prints it as one line)."""
 
 
 def pick_device(name: str) -> torch.device:

@@ -22,12 +22,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (re-exported: grpo.config.ConfigError)
+
 from .levers import LEVER_FIELDS, Levers  # noqa: F401  (the levers' settings object, re-exported)
 from .sinks import REPORT_TO, missing_package
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
 def _f(default, help: str, **kw):
@@ -191,7 +189,8 @@ class TrainConfig:
     save_model: bool = _f(True, "Write the trained model with save_pretrained to <output_dir>/model.")
     save_every: int = _f(0, "Write a checkpoint every N steps to <output_dir>/checkpoints/step-N (0 = never).", min=0)
     keep_checkpoints: int = _f(2, "Checkpoints kept; older ones are deleted after a new one is complete.", min=1)
-    resume: Optional[str] = _f(None, "Continue from a checkpoint folder, or `latest` (the newest in --output-dir).")
+    resume: Optional[str] = _f(None, "Continue from a checkpoint folder, `latest` (the newest in --output-dir; "
+                                     "refused when damaged) or `latest-good` (the newest that passes its checks).")
 
 
 # Each preset sets every algorithm field, so a preset alone fully defines the algorithm.
@@ -348,9 +347,15 @@ def load_yaml(path: str) -> dict[str, Any]:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{path}: file not found (--config)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML file (--config)") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}{where}: not valid YAML ({what}"
+                          f"{f', column {mark.column + 1}' if mark is not None else ''})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
     for key in data:

@@ -61,20 +61,59 @@ def load_model(path: str | Path, device: torch.device, gguf_file: str | None = N
     path = os.path.expanduser(str(path))
     folder, gguf_file = _split_gguf(path, gguf_file)
     looks_local = path.startswith((".", "/")) or path.endswith(".gguf")   # otherwise it may be a hub id
-    if looks_local and not os.path.exists(os.path.join(folder, gguf_file or "")):
-        raise ConfigError(f"model: {path} does not exist (expected a Hugging Face model folder, a .gguf file, "
+    wanted = os.path.join(folder, gguf_file) if gguf_file else path
+    if looks_local and not os.path.exists(wanted):
+        raise ConfigError(f"model: {wanted} does not exist (expected a Hugging Face model folder, a .gguf file, "
                           "or a hub id)")
+    if not gguf_file and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ConfigError(f"model: {folder} has no config.json (expected a Hugging Face model folder, as "
+                          "save_pretrained writes it: config.json, the weights, the tokenizer's files)")
+    if not gguf_file:
+        _check_architecture(folder)
     try:
         source = _dequantised(folder, gguf_file) if gguf_file else folder
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, disable_mmap=not mmap)
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, disable_mmap=not mmap,
+                                                           output_loading_info=True)
     except (OSError, ValueError, FileNotFoundError) as e:
         where = f"{folder}/{gguf_file}" if gguf_file else folder
         raise ConfigError(f"model: cannot load a causal language model from {where!r}: {e}") from None
+    except RuntimeError as e:
+        if "mismatched_sizes" not in str(e) and "size mismatch" not in str(e):
+            raise
+        raise ConfigError(f"model: the weights in {folder} do not fit its config.json: some have other shapes "
+                          "than the config describes (transformers' report above lists them)") from None
     except SafetensorError as e:
         files = sorted(str(f) for f in Path(folder).glob("*.safetensors")) if os.path.isdir(folder) else [folder]
         raise ConfigError(f"model: a weights file in {folder!r} is truncated or corrupt ({', '.join(files)}): "
                           f"{e}") from None
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
+    if missing:
+        raise ConfigError(f"model: the weights in {folder} do not fit its config.json ({model.config.model_type}): "
+                          f"{len(missing)} weights are missing, e.g. {', '.join(sorted(missing)[:3])}")
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"model: the tokenizer of {folder} has no end-of-sequence token (eos_token), so no "
+                          "completion could end; set eos_token in its tokenizer_config.json")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+_CAUSAL = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _check_architecture(folder: str) -> None:
+    """A local config.json that names an architecture which is not a causal LM (BertModel, a
+    sequence classifier) is refused by name, before its weights are read."""
+    import json
+    conf = os.path.join(folder, "config.json")
+    if not os.path.isfile(conf):
+        return
+    try:
+        values = json.loads(Path(conf).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model: {conf} is not valid JSON ({e})") from None
+    names = values.get("architectures") or []
+    if names and not any(n.endswith(_CAUSAL) for n in names):
+        raise ConfigError(f"model: {folder} is a {names[0]} (model_type {values.get('model_type')!r}), not a causal "
+                          f"language model (expected an architecture ending in {', '.join(_CAUSAL)})")

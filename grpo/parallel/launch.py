@@ -6,17 +6,21 @@ torchrun itself (docs/scaling.md). The workers run in a session of their own, so
 Ctrl-C reaches this launcher alone, which passes each SIGINT or SIGTERM to every worker once:
 the first stops the run after its step (rank 0 prints where it stopped), a second stops it at
 once, as in a single process. When a worker fails, the others are stopped too (they would wait
-for it forever in their next collective).
+for it forever in their next collective). A worker's one-line error goes to a file of the
+launcher's, which prints each different line once, not once per process.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 GRACE_S = 10.0       # after a worker fails: how long the others get to exit before they are killed
 
@@ -42,9 +46,11 @@ def launch(nproc: int, argv: list[str]) -> int:
     base = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nproc),
             "LOCAL_WORLD_SIZE": str(nproc)}
+    errors = Path(tempfile.mkdtemp(prefix="grpo-errors-"))
     procs = [subprocess.Popen([sys.executable, "-m", "grpo", *argv], start_new_session=True,
                               preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r),
+                                   "GRPO_ERROR_FILE": str(errors / f"rank-{r}")}) for r in range(nproc)]
     sent: list[int] = []
 
     def forward(signum, frame=None):
@@ -61,6 +67,23 @@ def launch(nproc: int, argv: list[str]) -> int:
         for p in procs:                 # whatever happened here, no worker outlives the launcher
             if p.poll() is None:
                 p.kill()
+        for p in procs:
+            p.wait()
+        _print_errors(errors, argv[0] if argv else "train", nproc)
+        shutil.rmtree(errors, ignore_errors=True)
+
+
+def _print_errors(folder: Path, command: str, nproc: int) -> None:
+    """Each different error line of the workers once; a line only some processes had names them."""
+    said: dict[str, list[int]] = {}
+    for r in range(nproc):
+        f = folder / f"rank-{r}"
+        if f.exists():
+            said.setdefault(f.read_text().strip(), []).append(r)
+    for message, ranks in said.items():
+        which = "" if len(ranks) == nproc else \
+            f"(process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {nproc}) "
+        print(f"grpo {command}: error: {which}{message}", file=sys.stderr)
 
 
 def _wait(procs, sent: list[int], forward) -> int:

@@ -10,10 +10,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Callable
 
-
-class RewardError(RuntimeError):
-    """A reward function raised, hung, ended its process, or returned something other than one
-    number per completion (with `reward_failure: stop`, the default)."""
+from ..errors import RewardError  # noqa: F401  (re-exported)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import Callable
 
 from .checks import Failure, RewardError
+
+
+LOAD_TIMEOUT = 300.0      # seconds a new worker may take to import the reward functions
+CHUNK = 16                # completions handed to a worker at once, at most
 
 
 def default_workers() -> int:
@@ -60,8 +65,9 @@ class _Worker:
         self.conn = Connection(parent.detach())
         self.conn.send(("load", targets, list(sys.path), cwd))
         self.ready = False
-        self.job = None                # (job id, function name, sample index) being scored
-        self.deadline = 0.0
+        self.jobs = deque()            # (job id, (name, prompts, completions, columns, index)), in order
+        self.deadline = 0.0            # when the first of `jobs` has taken too long
+        self.load_deadline = time.monotonic() + LOAD_TIMEOUT
 
     def kill(self) -> None:
         try:
@@ -108,70 +114,101 @@ class WorkerPool:
     def run(self, calls: list[tuple[str, list, list, dict]], stop_at_failure: bool = False) -> dict[str, list]:
         """Score every completion of each (name, prompts, completions, columns): {name: [float | None
         | Failure, ...]}, in order. With `stop_at_failure`, raise RewardError at the first failure
-        (the workers busy at that moment are replaced)."""
+        (the workers busy at that moment are replaced).
+
+        A free worker is handed a few completions at once (a chunk, fewer as the work runs out) and
+        answers each as it finishes it, so a timeout or a crash is pinned to the completion it was
+        on; the rest of its chunk goes back in the queue."""
         results = {name: [None] * len(completions) for name, _, completions, _ in calls}
         todo = deque((name, prompts, completions, columns, i) for name, prompts, completions, columns in calls
                      for i in range(len(completions)))
         try:
-            while todo or any(w.job for w in self.workers):
-                now = time.monotonic()
+            while todo or any(w.jobs for w in self.workers):
                 for w in self.workers:
-                    if w.ready and w.job is None and todo:
-                        name, prompts, completions, columns, i = todo.popleft()
-                        self._jobs += 1
-                        w.job, w.deadline = (self._jobs, name, i, prompts[i], completions[i]), now + self.timeout
-                        try:
-                            w.conn.send(("call", self._jobs, name, prompts[i], completions[i],
-                                         {k: v[i:i + 1] for k, v in columns.items()}))
-                        except OSError:              # it ended while idle: a new one takes the call
-                            w.kill()
-                            self._replace(w)
-                            todo.appendleft((name, prompts, completions, columns, i))
-                waiting = [w for w in self.workers if w.job is not None or not w.ready]
-                busy = [w.deadline for w in waiting if w.job is not None]
-                left = max(0.0, min(busy) - time.monotonic()) if busy else None
+                    if w.ready and not w.jobs and todo:
+                        self._hand_out(w, todo)
+                waiting = [w for w in self.workers if w.jobs or not w.ready]
+                ends = [w.deadline if w.jobs else w.load_deadline for w in waiting]
+                left = max(0.0, min(ends) - time.monotonic()) if ends else None
                 ready = wait([w.conn for w in waiting], timeout=left)
-                for w in list(waiting):
+                for w in waiting:
                     if w.conn in ready:
-                        self._handle(w, self._reply(w), results, stop_at_failure)
-                    elif w.job is not None and time.monotonic() >= w.deadline:
-                        _, name, i, prompt, completion = w.job
+                        self._handle(w, todo, results, stop_at_failure)
+                    elif not w.ready and time.monotonic() >= w.load_deadline:
+                        raise RewardError(f"a reward worker did not finish loading {', '.join(self.targets.values())} "
+                                          f"within {LOAD_TIMEOUT:g} s")
+                    elif w.jobs and time.monotonic() >= w.deadline:
+                        _, item = w.jobs.popleft()
+                        self._requeue(w, todo)
                         w.kill()
                         self._replace(w)
-                        self._fail(results, Failure(name, f"timed out after {self.timeout:g} s (reward_timeout)", i, prompt, completion),
+                        self._fail(results, _failure(item, f"timed out after {self.timeout:g} s (reward_timeout)"),
                                    stop_at_failure)
         except BaseException:
             for w in list(self.workers):         # a stop (or Ctrl-C) mid-batch: no worker left mid-call
-                if w.job is not None:
+                if w.jobs:
                     w.kill()
                     self._replace(w)
             raise
         return results
 
-    def _handle(self, w: _Worker, msg, results: dict, stop_at_failure: bool) -> None:
-        if msg is None:                                  # the worker ended
-            how = w.ended()
+    def _hand_out(self, w: _Worker, todo: deque) -> None:
+        size = max(1, min(CHUNK, len(todo) // (2 * len(self.workers))))
+        items = []
+        for _ in range(size):
+            item = todo.popleft()
+            name, prompts, completions, columns, i = item
+            self._jobs += 1
+            w.jobs.append((self._jobs, item))
+            items.append((self._jobs, name, prompts[i], completions[i], {k: v[i:i + 1] for k, v in columns.items()}))
+        w.deadline = time.monotonic() + self.timeout
+        try:
+            w.conn.send(("call", items))
+        except OSError:                              # it ended while idle: a new one takes the chunk
+            self._requeue(w, todo)
+            w.kill()
             self._replace(w)
-            if not w.ready:
-                raise RewardError(f"a reward worker ended ({how}) while loading "
-                                  f"{', '.join(self.targets.values())}")
-            if w.job is not None:
-                _, name, i, prompt, completion = w.job
-                self._fail(results, Failure(name, f"ended its worker process ({how})", i, prompt, completion),
-                           stop_at_failure)
-            return
-        kind = msg[0]
-        if kind == "ready":
-            w.ready = True
-        elif kind == "load_error":
-            raise RewardError(f"a reward worker could not load the reward functions: {msg[1]}")
-        elif w.job is not None and msg[1] == w.job[0]:
-            _, name, i, prompt, completion = w.job
-            w.job = None
-            if kind == "done":
-                results[name][i] = msg[2]
-            else:
-                self._fail(results, Failure(name, msg[2], i, prompt, completion), stop_at_failure)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            w.jobs.clear()
+            raise RewardError(f"a completion cannot be sent to a reward worker ({e}); the data's columns must "
+                              "be picklable, or use --reward-workers 0") from None
+
+    def _requeue(self, w: _Worker, todo: deque) -> None:
+        """Put the worker's unanswered completions back at the front of the queue."""
+        while w.jobs:
+            todo.appendleft(w.jobs.pop()[1])
+
+    def _handle(self, w: _Worker, todo: deque, results: dict, stop_at_failure: bool) -> None:
+        while True:
+            try:
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                msg = None
+            if msg is None:                                  # the worker ended
+                how = w.ended()
+                self._replace(w)
+                if not w.ready:
+                    raise RewardError(f"a reward worker ended ({how}) while loading "
+                                      f"{', '.join(self.targets.values())}")
+                if w.jobs:
+                    _, item = w.jobs.popleft()
+                    self._requeue(w, todo)
+                    self._fail(results, _failure(item, f"ended its worker process ({how})"), stop_at_failure)
+                return
+            kind = msg[0]
+            if kind == "ready":
+                w.ready = True
+            elif kind == "load_error":
+                raise RewardError(f"a reward worker could not load the reward functions: {msg[1]}")
+            elif w.jobs and msg[1] == w.jobs[0][0]:
+                _, item = w.jobs.popleft()
+                w.deadline = time.monotonic() + self.timeout     # the next completion's own time starts now
+                if kind == "done":
+                    results[item[0]][item[4]] = msg[2]
+                else:
+                    self._fail(results, _failure(item, msg[2]), stop_at_failure)
+            if not w.conn.poll():                # answers queue up: take them all before waiting again
+                return
 
     @staticmethod
     def _fail(results: dict, failure: Failure, stop_at_failure: bool) -> None:
@@ -195,6 +232,11 @@ class WorkerPool:
                 pass
             w.kill()
         self.workers = []
+
+
+def _failure(item: tuple, what: str) -> Failure:
+    name, prompts, completions, _, i = item
+    return Failure(name, what, i, prompts[i], completions[i])
 
 
 _open_pools: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()

@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -111,4 +112,18 @@ def load_function(target: str) -> tuple[str, Callable]:
     if not callable(fn):
         kind = type(fn).__name__
         raise ConfigError(f"reward: {target!r} is not a function (it is {'an' if kind[0] in 'aeiou' else 'a'} {kind})")
+    _check_signature(target, attr, fn)
     return attr, fn
+
+
+def _check_signature(target: str, attr: str, fn: Callable) -> None:
+    """A function that cannot be called as fn(prompts, completions) is refused when the run starts."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):          # a builtin or C callable without a signature: trust it
+        return
+    try:
+        sig.bind_partial([], [])         # the columns come as keywords, whatever their names
+    except TypeError:
+        raise ConfigError(f"reward: {target} takes {str(sig).split(' -> ')[0]}, but a reward function is called as "
+                          f"{attr}(prompts, completions, **columns)") from None

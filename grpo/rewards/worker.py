@@ -3,10 +3,11 @@ loads the run's own reward functions, then scores one completion per request unt
 
 The protocol, pickled messages on the socket FD (multiprocessing.connection framing):
   parent -> worker   ("load", {name: target}, sys_path, cwd)   once, first
-                     ("call", job, name, prompt, completion, columns)   columns: lists of one
+                     ("call", [(job, name, prompt, completion, columns), ...])   columns: lists of one;
+                     a chunk of completions, each scored by its own call, in order
                      ("stop",)
   worker -> parent   ("ready",) | ("load_error", message)       after "load"
-                     ("done", job, float | None) | ("failed", job, what)   per call
+                     ("done", job, float | None) | ("failed", job, what)   per completion, as each is done
 Kept free of torch (and of everything a reward function does not import itself), so a worker
 costs a Python interpreter and the user's imports.
 """
@@ -51,22 +52,24 @@ def serve(conn: Connection) -> None:
             return
         if msg[0] == "stop":
             return
-        _, job, name, prompt, completion, columns = msg
-        try:
-            (value,) = values_of(name, fns[name], [prompt], [completion], columns)
-            reply = ("failed", job, value.what) if hasattr(value, "what") else ("done", job, value)
-        except BatchFailed as e:
-            reply = ("failed", job, str(e))
-        except BaseException as e:          # SystemExit, KeyboardInterrupt from the user's code
-            reply = ("failed", job, f"raised {type(e).__name__}: {e}")
-        conn.send(reply)
-
+        for job, name, prompt, completion, columns in msg[1]:
+            try:
+                (value,) = values_of(name, fns[name], [prompt], [completion], columns)
+                reply = ("failed", job, value.what) if hasattr(value, "what") else ("done", job, value)
+            except BatchFailed as e:
+                reply = ("failed", job, str(e))
+            except BaseException as e:      # SystemExit, KeyboardInterrupt from the user's code
+                reply = ("failed", job, f"raised {type(e).__name__}: {e}")
+            conn.send(reply)
 
 def main(argv: list[str]) -> None:
     fd, parent = int(argv[0]), int(argv[1])
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)          # the run decides when to stop, not Ctrl-C
-    serve(Connection(fd))
+    try:
+        serve(Connection(fd))
+    except (EOFError, OSError):             # the run closed the connection (it ended, or stopped this worker)
+        pass
 
 
 if __name__ == "__main__":

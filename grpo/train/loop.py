@@ -8,6 +8,7 @@ is listed in docs/algorithm.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..common import json_line
 from ..config import ConfigError, Levers, TrainConfig, save_yaml, to_dict
+from ..errors import CheckpointError
 from ..data.tasks import build_task
 from ..demo import ensure_demo_model
 from ..models.loading import hf_model
@@ -53,7 +55,9 @@ def _train(cfg: TrainConfig, world: World, device, log, watch=None) -> dict:
     if cfg.prompts_per_step % world.size:
         raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
                           f"{world.size} processes (each process takes whole groups); use a multiple of {world.size}")
-    resume_from = checkpoint.find(cfg.resume, cfg.output_dir) if cfg.resume else None
+    resume_from = checkpoint.find(cfg.resume, cfg.output_dir, log) if cfg.resume else None
+    if resume_from is not None:
+        checkpoint.check_compatible(resume_from, cfg, log)
     at = checkpoint.step_of(resume_from) if resume_from is not None else None
     if at is not None and at >= cfg.max_steps:
         raise ConfigError(f"resume: {resume_from} is at step {at} and max_steps is {cfg.max_steps}: "
@@ -169,8 +173,9 @@ def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:
             state["opt"] = fsdp.shard_optimizer_state(st.opt, trainable(actor), state["opt"])
         state["sched"] = fsdp.fit_scheduler_state(state["sched"], len(st.opt.param_groups))
         st.load(state)
-        for name in ("metrics.jsonl", "completions.jsonl", "eval.jsonl"):
-            checkpoint.truncate_jsonl(out / name, st.step)
+        if run.world.main:                     # rank 0 alone writes (and rewrites) the run's files
+            for name in ("metrics.jsonl", "completions.jsonl", "eval.jsonl"):
+                checkpoint.truncate_jsonl(out / name, st.step)
         log(f"resuming from {resume_from} (step {st.step})")
     return st
 
@@ -233,7 +238,17 @@ def _samples(cfg, batch) -> list[dict]:
 def _checkpoint(run: Run, st: RunState, out: Path) -> None:
     weights, state = whole_state(run.actor, st, run.shard)
     if run.world.main:
-        checkpoint.save(out, st.step, run.actor, run.tokenizer, state, run.cfg.keep_checkpoints, weights)
+        try:
+            checkpoint.save(out, st.step, run.actor, run.tokenizer, state, run.cfg.keep_checkpoints, weights,
+                            config=to_dict(run.cfg))
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            last = checkpoint.latest(out)
+            raise CheckpointError(
+                f"checkpoint: no space left on the device for step {st.step} in {out / 'checkpoints'} "
+                f"({e.strerror}); " + (f"the last complete checkpoint is {last.name}: free some space, then continue "
+                                       f"with --resume latest" if last else "no checkpoint was completed")) from None
     run.world.barrier()
 
 

@@ -24,7 +24,9 @@ def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: {out} is a file, not a folder; choose a new --output-dir")
     if (out / "metrics.jsonl").exists() and not resuming:
-        raise ConfigError(f"output_dir: {out} already holds a run (metrics.jsonl); choose a new --output-dir")
+        hint = ("continue it with --resume latest" if (out / "checkpoints" / "latest").exists() else
+                "it has no checkpoint to continue from")
+        raise ConfigError(f"output_dir: {out} already holds a run (metrics.jsonl; {hint}); choose a new --output-dir")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

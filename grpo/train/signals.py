@@ -8,13 +8,7 @@ import os
 import signal
 import threading
 
-
-class Stopped(Exception):
-    """The run stopped on a signal after a whole step; the message says where and how to go on."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum            # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+from ..errors import Stopped  # noqa: F401  (re-exported)
 
 
 class StopRequest:
