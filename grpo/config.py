@@ -91,8 +91,9 @@ class TrainConfig:
     # ---------------------------------------------------------- advantages
     reward_scaling: Literal["none", "group", "batch"] = _f(
         "none", "Reward z-scoring before the baseline: per prompt group, over the batch, or none.")
-    baseline: Literal["group", "batch", "window"] = _f(
-        "group", "r-bar in A_i = r_i - r-bar: the prompt's group mean, the batch mean, or the mean over the last `baseline_window` batches.")
+    baseline: Literal["group", "leave_one_out", "batch", "window"] = _f(
+        "group", "r-bar in A_i = r_i - r-bar: the prompt's group mean, the mean of the group's other G-1 rewards "
+                 "(RLOO), the batch mean, or the mean over the last `baseline_window` batches.")
     baseline_window: int = _f(4, "Batches averaged by `baseline=window` (the current one included).", min=1)
     token_credit: Literal["uniform", "mean", "discounted", "discounted_over_length"] = _f(
         "discounted", "How A_i reaches the tokens: A_i; A_i/T_i; gamma^(T_i-t) A_i / sum_k gamma^(T_i-k); gamma^(T_i-t) A_i / T_i.")

@@ -13,6 +13,7 @@ import torch
 
 from grpo.algo.advantages import (
     EPS,
+    baseline_values,
     compute_advantages,
     completion_mask,
     normalize_tokens,
@@ -351,3 +352,33 @@ def test_overlong_penalty_by_hand():
     # factor 0.5 scales the ramp and the floor: -0.125, ..., -0.5
     half = overlong_penalty(T, max_len=10, buffer=4, factor=0.5)
     assert half.tolist() == pytest.approx([0, 0, 0, -0.125, -0.25, -0.375, -0.5, -0.5])
+
+
+# ------------------------------------------------------------------ leave-one-out baseline (RLOO)
+def test_leave_one_out_by_hand():
+    # rewards 1..6 in groups of 3: r_bar_i = (group sum - r_i) / 2
+    #   group 1: sum 6  -> (6-1)/2 = 2.5, (6-2)/2 = 2.0, (6-3)/2 = 1.5
+    #   group 2: sum 15 -> (15-4)/2 = 5.5, (15-5)/2 = 5.0, (15-6)/2 = 4.5
+    r = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert baseline_values(r, "leave_one_out").flatten().tolist() == [2.5, 2.0, 1.5, 5.5, 5.0, 4.5]
+    # A_i = r_i - r_bar_i: 1-2.5, 2-2, 3-1.5, 4-5.5, 5-5, 6-4.5
+    assert sequence_advantages(r, "leave_one_out").flatten().tolist() == [-1.5, 0.0, 1.5, -1.5, 0.0, 1.5]
+
+
+def test_leave_one_out_against_a_slow_loop():
+    g = torch.Generator().manual_seed(3)
+    r = torch.rand(5, 7, generator=g, dtype=torch.float64)
+    want = torch.empty_like(r)
+    for b in range(r.shape[0]):
+        for i in range(r.shape[1]):
+            others = [float(r[b, j]) for j in range(r.shape[1]) if j != i]
+            want[b, i] = float(r[b, i]) - sum(others) / len(others)
+    torch.testing.assert_close(sequence_advantages(r, "leave_one_out"), want)
+    # G/(G-1) times the group-mean advantage
+    torch.testing.assert_close(sequence_advantages(r, "leave_one_out"), sequence_advantages(r, "group") * 7 / 6)
+
+
+def test_leave_one_out_zero_variance_group_is_exactly_zero():
+    r = torch.tensor([[0.1, 0.1, 0.1], [0.0, 1.0, 0.0]])
+    a = sequence_advantages(r, "leave_one_out")
+    assert a[0].tolist() == [0.0, 0.0, 0.0] and a[1].tolist() == [-0.5, 1.0, -0.5]

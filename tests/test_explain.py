@@ -305,3 +305,13 @@ def test_docs_show_the_current_default_output(capsys):
     doc = (Path(__file__).resolve().parents[1] / "docs" / "worked-example.md").read_text()
     text = run_main(capsys, cfg_for("seed"), as_json=False)
     assert "```\n" + text + "```" in doc
+
+
+def test_leave_one_out_shows_each_sequences_baseline():
+    cfg = cfg_for("dr_grpo", baseline="leave_one_out")
+    res = explain(cfg, [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [[2, 2, 2], [2, 2, 2]])
+    assert res["baseline_values"] == [[2.5, 2.0, 1.5], [5.5, 5.0, 4.5]]      # (group sum - r_i) / (G - 1)
+    assert res["sequence_advantages"] == [[-1.5, 0.0, 1.5], [-1.5, 0.0, 1.5]]
+    text = render(cfg, res)
+    assert "r_bar_1 = (6 - 1) / 2 = 2.5;  A_1 = 1 - 2.5 = -1.5" in text
+    assert "r_bar_6 = (15 - 6) / 2 = 4.5;  A_6 = 6 - 4.5 = 1.5" in text

@@ -53,10 +53,29 @@ def scale_rewards(rewards: Tensor, mode: str) -> Tensor:
     raise ValueError(f"unknown reward scaling {mode!r}")
 
 
-def sequence_advantages(rewards: Tensor, baseline: str, history: list[Tensor] | None = None) -> Tensor:
-    """A_i = r_i - r_bar.  rewards (B, G); history: earlier batches' rewards for `window`."""
+def baseline_values(rewards: Tensor, baseline: str, history: list[Tensor] | None = None) -> Tensor:
+    """r_bar of every sequence (B, G): its group's mean (`group`), the mean of the other G-1
+    rewards of its group (`leave_one_out`, RLOO: Kool et al. 2019; Ahmadian et al. 2024), the
+    batch's mean (`batch`) or the mean over this and the earlier batches of `history` (`window`)."""
     if baseline == "group":
-        adv = rewards - rewards.mean(1, keepdim=True)
+        return rewards.mean(1, keepdim=True).expand_as(rewards)
+    if baseline == "leave_one_out":
+        G = rewards.shape[1]
+        return (rewards.sum(1, keepdim=True) - rewards) / (G - 1)
+    if baseline == "batch":
+        pool = rewards.flatten()
+    elif baseline == "window":
+        pool = torch.cat([h.flatten() for h in (history or [])] + [rewards.flatten()])
+    else:
+        raise ValueError(f"unknown baseline {baseline!r}")
+    return pool.mean().expand_as(rewards)
+
+
+def sequence_advantages(rewards: Tensor, baseline: str, history: list[Tensor] | None = None) -> Tensor:
+    """A_i = r_i - r_bar (baseline_values).  rewards (B, G); history: earlier batches' rewards for `window`.
+    `leave_one_out` is G/(G-1) times the `group` advantage."""
+    if baseline in ("group", "leave_one_out"):
+        adv = rewards - baseline_values(rewards, baseline)
         # an all-equal group gets exactly 0 (the mean of equal floats can differ in the last bit)
         return torch.where(zero_variance_groups(rewards)[:, None], torch.zeros_like(adv), adv)
     if baseline == "batch":

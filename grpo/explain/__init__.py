@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..algo.advantages import compute_advantages, zero_variance_groups
+from ..algo.advantages import baseline_values, compute_advantages, zero_variance_groups
 from ..algo.losses import aggregate, clipped_policy_loss, kl_estimate, reinforce_policy_loss, sequence_count
 from ..config import ConfigError, TrainConfig
 from .render import render
@@ -135,8 +135,11 @@ def _scaling_stats(r: torch.Tensor, mode: str) -> dict[str, Any]:
     return {"scaling_means": None, "scaling_stds": None}
 
 
-def _baselines(scaled: torch.Tensor, baseline: str) -> list[float]:
-    """r_bar for each group (B,). explain has no earlier batches, so `window` holds this batch only."""
+def _baselines(scaled: torch.Tensor, baseline: str) -> list:
+    """r_bar for each group (B,), or for each sequence (B, G) with `leave_one_out`. explain has no
+    earlier batches, so `window` holds this batch only."""
+    if baseline == "leave_one_out":
+        return baseline_values(scaled, baseline).tolist()
     if baseline == "group":
         return scaled.mean(1).tolist()
     return [float(scaled.mean())] * scaled.shape[0]

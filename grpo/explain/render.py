@@ -99,18 +99,27 @@ def _render_baseline(cfg, res) -> list[str]:
     lines = [f"Step 2. Sequence advantages (baseline={cfg.baseline}): A_i = r'_i - r_bar"]
     if cfg.baseline == "group":
         lines[0] += ", r_bar = the mean over the prompt's group."
+    elif cfg.baseline == "leave_one_out":
+        lines[0] += (", r_bar_i = the mean of the group's other rewards, (sum_group - r'_i) / (G-1) "
+                     "(RLOO; G/(G-1) times the group advantage).")
     elif cfg.baseline == "batch":
         lines[0] += ", r_bar = the mean over the whole batch (as in the article's compute_advantages code)."
     else:
         lines[0] += (f", r_bar = the mean over the last baseline_window={cfg.baseline_window} batches; "
                      "explain has no earlier batches, so the window holds this batch only.")
-    if cfg.baseline != "group":
+    if cfg.baseline in ("batch", "window"):
         lines.append(f"  r_bar = ({_sum(allv)}) / {len(allv)} = {fmt(rbar[0])}")
     for b, group in enumerate(scaled):
         if cfg.baseline == "group":
             lines.append(f"  group {b + 1}: r_bar = ({_sum(group)}) / {G} = {fmt(rbar[b])}")
+        if cfg.baseline == "leave_one_out":
+            lines.append(f"  group {b + 1}: sum = {_sum(group)} = {fmt(math.fsum(group))}")
         for g, (v, a) in enumerate(zip(group, res["sequence_advantages"][b])):
-            lines.append(f"    A_{b * G + g + 1} = {fmt(v)} - {_p(rbar[b])} = {fmt(a)}")
+            if cfg.baseline == "leave_one_out":
+                lines.append(f"    r_bar_{b * G + g + 1} = ({fmt(math.fsum(group))} - {_p(v)}) / {G - 1} = "
+                             f"{fmt(rbar[b][g])};  A_{b * G + g + 1} = {fmt(v)} - {_p(rbar[b][g])} = {fmt(a)}")
+            else:
+                lines.append(f"    A_{b * G + g + 1} = {fmt(v)} - {_p(rbar[b])} = {fmt(a)}")
     zv = res["zero_variance_groups"]
     if not zv:
         lines.append("  Zero-variance groups (all rewards equal): none.")
@@ -118,7 +127,7 @@ def _render_baseline(cfg, res) -> list[str]:
         names = ", ".join(str(b + 1) for b in zv)
         what = ("DROPPED from the loss (filter_zero_variance_groups=on, as in DAPO)" if cfg.filter_zero_variance_groups
                 else "kept in the loss (filter_zero_variance_groups=off)")
-        extra = " their advantages are exactly 0;" if cfg.baseline == "group" else ""
+        extra = " their advantages are exactly 0;" if cfg.baseline in ("group", "leave_one_out") else ""
         lines.append(f"  Zero-variance groups (all rewards equal): group {names} ({len(zv)} of {len(scaled)});{extra} {what}.")
     return lines
 
