@@ -108,8 +108,16 @@ class TrainConfig:
     advantage_estimator: Literal["grpo"] = _f(
         "grpo", "How rewards become per-token advantages: `grpo` = reward_scaling, then baseline, token_credit and "
                 "token_norm (grpo/algo/advantages.py).")
-    policy_loss: Literal["clip", "reinforce"] = _f(
-        "clip", "`clip`: -min(rho A, clip(rho) A); `reinforce`: -A log pi (the article's first form).")
+    policy_loss: Literal["clip", "reinforce", "gspo", "gspo_token", "cispo", "dual_clip", "sapo", "gmpo"] = _f(
+        "clip", "`clip`: -min(rho A, clip(rho) A); `reinforce`: -A log pi (the article's first form); `gspo` / "
+                "`gspo_token`: one ratio per sequence (GSPO); `cispo`: clipped stop-gradient weight times log pi; "
+                "`dual_clip`: a second bound c for A < 0; `sapo`: a soft gate instead of the clip; `gmpo`: the "
+                "geometric mean of token ratios. Formulas and sources: docs/algorithm.md.")
+    cispo_max: float = _f(5.0, "policy_loss cispo: the cap eps_max of the importance weight (ScaleRL).", gt=0.0)
+    dual_clip_c: float = _f(3.0, "policy_loss dual_clip: the bound c (> 1) for negative advantages.", gt=1.0)
+    sapo_temperature_pos: float = _f(1.0, "policy_loss sapo: the gate's temperature for A > 0.", gt=0.0)
+    sapo_temperature_neg: float = _f(1.05, "policy_loss sapo: the gate's temperature for A <= 0.", gt=0.0)
+    gmpo_epsilon: float = _f(0.4, "policy_loss gmpo: the clip range of each token's log-ratio, [-eps, eps].", gt=0.0)
     ratio_vs: Literal["ref", "old"] = _f(
         "ref", "Denominator of the ratio rho: the frozen reference (article) or the sampling policy (DeepSeekMath, TRL, verl).")
     epsilon: float = _f(0.2, "Clip range below 1 (and above 1 unless `epsilon_high` is set).", gt=0.0, max=1.0)
@@ -194,28 +202,32 @@ class TrainConfig:
                                      "refused when damaged) or `latest-good` (the newest that passes its checks).")
 
 
+# The parameters of the other policy losses, the same in every preset (their sources' defaults).
+LOSS_PARAMETERS = dict(cispo_max=5.0, dual_clip_c=3.0, sapo_temperature_pos=1.0, sapo_temperature_neg=1.05,
+                       gmpo_epsilon=0.4)
+
 # Each preset sets every algorithm field, so a preset alone fully defines the algorithm.
 PRESETS: dict[str, dict[str, Any]] = {
     # The article ("LLM training: GRPO explained").
     "seed": dict(advantage_estimator="grpo", reward_scaling="none", baseline="group", token_credit="discounted", gamma=0.99,
                  token_norm=True, ratio_vs="ref", policy_loss="clip", kl_estimator="k1", beta=0.05,
                  loss_aggregation="seq_mean_token_mean", epsilon=0.2, epsilon_high=None,
-                 filter_zero_variance_groups=False, overlong_penalty=False),
+                 filter_zero_variance_groups=False, overlong_penalty=False, **LOSS_PARAMETERS),
     # Shao et al. 2024, outcome supervision, as public trainers implement it.
     "deepseekmath": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
                          token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.04,
                          loss_aggregation="seq_mean_token_mean", epsilon=0.2, epsilon_high=None,
-                         filter_zero_variance_groups=False, overlong_penalty=False),
+                         filter_zero_variance_groups=False, overlong_penalty=False, **LOSS_PARAMETERS),
     # Liu et al. 2025 ("Understanding R1-Zero-like training"): no std scaling, no length normalisation.
     "dr_grpo": dict(advantage_estimator="grpo", reward_scaling="none", baseline="group", token_credit="uniform", gamma=1.0,
                     token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
                     loss_aggregation="seq_mean_token_sum_norm", epsilon=0.2, epsilon_high=None,
-                    filter_zero_variance_groups=False, overlong_penalty=False),
+                    filter_zero_variance_groups=False, overlong_penalty=False, **LOSS_PARAMETERS),
     # Yu et al. 2025: clip-higher, token-level loss, zero-variance group filter, soft overlong penalty.
     "dapo": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
                  token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
                  loss_aggregation="token_mean", epsilon=0.2, epsilon_high=0.28,
-                 filter_zero_variance_groups=True, overlong_penalty=True),
+                 filter_zero_variance_groups=True, overlong_penalty=True, **LOSS_PARAMETERS),
 }
 
 # Applied when no --model is given: the sizes and learning rate the built-in demo needs

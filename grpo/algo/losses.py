@@ -121,6 +121,119 @@ def reinforce_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, s
     return PolicyTerms(reinforce_policy_loss(logp, adv), torch.exp(logp.detach() - base_logp), never, never)
 
 
+def _seq_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over each sequence's valid tokens.  (n, L) -> (n, 1); 0 for a sequence with none."""
+    m = mask.to(x.dtype)
+    return (x * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+def _bounds(settings) -> tuple[float, float]:
+    return settings.epsilon, settings.epsilon_high if settings.epsilon_high is not None else settings.epsilon
+
+
+@register_policy_loss("gspo")
+def gspo_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settings) -> PolicyTerms:
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv 2507.18071): one
+    importance ratio per sequence, the geometric mean of its token ratios,
+        s_i = exp( (1/T_i) sum_t (log pi_theta - log pi_X) ),
+    clipped as PPO clips, against the sequence's advantage A_i (the mean of its token advantages:
+    A_i itself under uniform token credit):
+        loss_i = -min(s_i A_i, clip(s_i, 1 - eps, 1 + eps_high) A_i),
+    written on each of the sequence's tokens, so `seq_mean_token_mean` averages sequences. The
+    paper's clip range is eps 3e-4, eps_high 4e-4 (its section 5.1; the `gspo` preset); TRL spells
+    this `importance_sampling_level="sequence"`."""
+    eps_low, eps_high = _bounds(settings)
+    s = torch.exp(_seq_mean(logp - base_logp.detach(), mask))                    # (n, 1)
+    a = _seq_mean(adv, mask)                                                      # (n, 1)
+    loss = torch.maximum(-a * s, -a * s.clamp(1.0 - eps_low, 1.0 + eps_high)).expand_as(logp)
+    low = ((s < 1.0 - eps_low) & (a < 0)).expand_as(mask) & mask
+    high = ((s > 1.0 + eps_high) & (a > 0)).expand_as(mask) & mask
+    return PolicyTerms(loss, s.detach().expand_as(logp), low, high)
+
+
+@register_policy_loss("gspo_token")
+def gspo_token_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settings) -> PolicyTerms:
+    """GSPO-token (the same paper, its section 4.3): the sequence ratio's value with each token's
+    own gradient, s_i,t = sg[s_i] * pi_theta(y_t) / sg[pi_theta(y_t)], clipped against the token's
+    advantage A_i,t:  loss_t = -min(s_i,t A_t, clip(s_i,t, 1 - eps, 1 + eps_high) A_t). With the
+    same advantage on every token (uniform credit) its gradient equals `gspo`'s."""
+    eps_low, eps_high = _bounds(settings)
+    s = torch.exp(_seq_mean(logp.detach() - base_logp.detach(), mask))          # (n, 1), no gradient
+    s_t = s * torch.exp(logp - logp.detach())                                     # value s_i, d/dlogp_t = s_i
+    loss = torch.maximum(-adv * s_t, -adv * s_t.clamp(1.0 - eps_low, 1.0 + eps_high))
+    low = (s_t.detach() < 1.0 - eps_low) & (adv < 0) & mask
+    high = (s_t.detach() > 1.0 + eps_high) & (adv > 0) & mask
+    return PolicyTerms(loss, s_t.detach(), low, high)
+
+
+@register_policy_loss("cispo")
+def cispo_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settings) -> PolicyTerms:
+    """CISPO (MiniMax-M1, 2025, arXiv 2506.13585): clip the importance weight, not the update;
+    the clipped weight is a constant (stop-gradient) that scales a REINFORCE term,
+        loss_t = -sg[min(rho_t, eps_max)] A_t log pi_theta(y_t),
+    so every token keeps a gradient. The cap is `cispo_max` (eps_max of ScaleRL, Khatri et al. 2025,
+    recommended 5.0; TRL's `epsilon_high` under loss_type="cispo"); as there, no lower bound. The
+    paper pairs it with token-level averaging (`loss_aggregation token_mean`)."""
+    ratio = torch.exp(logp.detach() - base_logp.detach())
+    weight = ratio.clamp(max=settings.cispo_max)
+    never = torch.zeros_like(mask, dtype=torch.bool)
+    return PolicyTerms(-weight * adv * logp, ratio, never, (ratio > settings.cispo_max) & (adv > 0) & mask)
+
+
+@register_policy_loss("dual_clip")
+def dual_clip_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settings) -> PolicyTerms:
+    """Dual-clip PPO (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep
+    Reinforcement Learning", arXiv 1912.09729): the clipped surrogate, and for A < 0 a second bound
+    that keeps a huge ratio from making the loss unbounded,
+        A >= 0: loss = max(-rho A, -clip(rho) A)            (as `clip`)
+        A <  0: loss = min(max(-rho A, -clip(rho) A), -c A)
+    with c = `dual_clip_c` > 1 (3.0, verl's clip_ratio_c default). Tokens where c binds count as
+    clipped below."""
+    eps_low, eps_high = _bounds(settings)
+    loss, ratio, low, high = clipped_policy_loss(logp, base_logp, adv, eps_low, eps_high)
+    c = settings.dual_clip_c
+    bound = -c * adv
+    dual = (adv < 0) & (loss > bound)
+    loss = torch.where(dual, bound, loss)
+    return PolicyTerms(loss, ratio.detach(), low | (dual & mask), high)
+
+
+@register_policy_loss("sapo")
+def sapo_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settings) -> PolicyTerms:
+    """SAPO (Gao et al. 2025, "Soft Adaptive Policy Optimization", arXiv 2511.20347): a smooth gate
+    instead of a hard clip,
+        loss_t = -(4 / tau) sigmoid(tau (rho_t - 1)) A_t,   tau = tau_pos if A_t > 0 else tau_neg,
+    whose gradient weight 4 sigmoid (1 - sigmoid) rho is 1 at rho = 1 and fades smoothly as rho
+    leaves 1, faster for negative advantages (`sapo_temperature_pos` 1.0, `sapo_temperature_neg`
+    1.05: the paper's, and TRL's, defaults). Nothing is clipped."""
+    ratio = torch.exp(logp - base_logp.detach())
+    tau = torch.where(adv > 0, torch.as_tensor(settings.sapo_temperature_pos, dtype=ratio.dtype),
+                      torch.as_tensor(settings.sapo_temperature_neg, dtype=ratio.dtype))
+    loss = -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1.0)) * adv
+    never = torch.zeros_like(mask, dtype=torch.bool)
+    return PolicyTerms(loss, ratio.detach(), never, never)
+
+
+@register_policy_loss("gmpo")
+def gmpo_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settings) -> PolicyTerms:
+    """GMPO (Zhao et al. 2025, "Geometric-Mean Policy Optimization", arXiv 2507.20673): the geometric
+    mean of the token terms instead of their arithmetic mean, each token's log-ratio clipped in log
+    space to [-eps, eps] (`gmpo_epsilon`, 0.4 in the paper) on the pessimistic side, as PPO:
+        l_t = sgn(A) min(sgn(A) log rho_t, sgn(A) clip(log rho_t, -eps, eps))
+        loss_i = -A_i exp( (1/T_i) sum_t l_t ),
+    written on each token of the sequence (A_i: the mean of its token advantages)."""
+    eps = settings.gmpo_epsilon
+    a = _seq_mean(adv, mask)                                                      # (n, 1)
+    sgn = torch.sign(a)
+    l = logp - base_logp.detach()
+    bounded = sgn * torch.minimum(sgn * l, sgn * l.clamp(-eps, eps))
+    s = torch.exp(_seq_mean(bounded, mask))                                       # (n, 1)
+    loss = (-a * s).expand_as(logp)
+    low = (l.detach() < -eps) & (adv < 0) & mask
+    high = (l.detach() > eps) & (adv > 0) & mask
+    return PolicyTerms(loss, torch.exp(_seq_mean(l.detach(), mask)).expand_as(logp), low, high)
+
+
 def policy_loss(name: str):
     """The registered policy loss `name`."""
     return POLICY_LOSSES[name]
