@@ -105,9 +105,11 @@ class TrainConfig:
     overlong_penalty_factor: float = _f(1.0, "Penalty at (and past) `max_new_tokens`.", min=0.0)
 
     # ---------------------------------------------------------------- loss
-    advantage_estimator: Literal["grpo"] = _f(
+    advantage_estimator: Literal["grpo", "reinforce_pp", "reinforce_pp_baseline", "gdpo"] = _f(
         "grpo", "How rewards become per-token advantages: `grpo` = reward_scaling, then baseline, token_credit and "
-                "token_norm (grpo/algo/advantages.py).")
+                "token_norm; `reinforce_pp` (REINFORCE++: rewards whitened over the batch's tokens), "
+                "`reinforce_pp_baseline` (the group mean subtracted first), `gdpo` (each reward function "
+                "z-scored in its group, summed by weight, then z-scored over the batch). docs/algorithm.md.")
     policy_loss: Literal["clip", "reinforce", "gspo", "gspo_token", "cispo", "dual_clip", "sapo", "gmpo"] = _f(
         "clip", "`clip`: -min(rho A, clip(rho) A); `reinforce`: -A log pi (the article's first form); `gspo` / "
                 "`gspo_token`: one ratio per sequence (GSPO); `cispo`: clipped stop-gradient weight times log pi; "

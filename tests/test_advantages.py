@@ -382,3 +382,69 @@ def test_leave_one_out_zero_variance_group_is_exactly_zero():
     r = torch.tensor([[0.1, 0.1, 0.1], [0.0, 1.0, 0.0]])
     a = sequence_advantages(r, "leave_one_out")
     assert a[0].tolist() == [0.0, 0.0, 0.0] and a[1].tolist() == [-0.5, 1.0, -0.5]
+
+
+# ------------------------------------------------------------ REINFORCE++ and GDPO estimators
+from types import SimpleNamespace  # noqa: E402
+
+from grpo.algo.advantages import estimator  # noqa: E402
+
+
+def test_reinforce_pp_by_hand():
+    r = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    ones = torch.ones(4, dtype=torch.long)                      # one token each: tokens = sequences
+    a = estimator("reinforce_pp")(r, ones, 1, SimpleNamespace())
+    # mean 0.75; std sqrt((0.25^2 + 0.75^2 + 0.25^2 + 0.25^2) / 4) = sqrt(0.1875) = 0.4330
+    s = math.sqrt(0.1875)
+    assert a.normalized[:, 0].tolist() == pytest.approx([0.25 / s, -0.75 / s, 0.25 / s, 0.25 / s], abs=1e-6)
+    b = estimator("reinforce_pp_baseline")(r, ones, 1, SimpleNamespace())
+    # minus the group means (0.5, 1): 0.5, -0.5, 0, 0; mean 0, std sqrt(0.5 / 4) = 0.3536
+    s = math.sqrt(0.125)
+    assert b.normalized[:, 0].tolist() == pytest.approx([0.5 / s, -0.5 / s, 0.0, 0.0], abs=1e-6)
+
+
+def test_reinforce_pp_whitens_over_tokens_not_sequences():
+    r = torch.tensor([[1.0, 0.0]])
+    a = estimator("reinforce_pp")(r, torch.tensor([3, 1]), 3, SimpleNamespace())
+    # tokens: 1, 1, 1 (sequence 1) and 0 (sequence 2): mean 0.75, std 0.4330
+    s = math.sqrt(0.1875)
+    assert a.normalized[0].tolist() == pytest.approx([0.25 / s] * 3, abs=1e-6)
+    assert a.normalized[1].tolist() == pytest.approx([-0.75 / s, 0.0, 0.0], abs=1e-6)
+
+
+def test_gdpo_by_hand_and_unlike_grpo_on_the_sum():
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    g = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    total = f + 0.5 * g
+    ones = torch.ones(4, dtype=torch.long)
+    a = estimator("gdpo")(total, ones, 1, SimpleNamespace(), components={"f": (f, 1.0), "g": (g, 0.5)})
+    # group z-scores: f -> [1, -1], [-1, 1]; g -> [-1, 1], [0, 0] (equal rewards: 0)
+    # weighted sum: [1 - 0.5, -1 + 0.5], [-1, 1] = [0.5, -0.5], [-1, 1]
+    # over the batch: mean 0, std sqrt((0.25 + 0.25 + 1 + 1) / 4) = sqrt(0.625)
+    s = math.sqrt(0.625)
+    assert a.sequence.flatten().tolist() == pytest.approx([0.5 / s, -0.5 / s, -1 / s, 1 / s], abs=1e-6)
+    assert a.normalized[:, 0].tolist() == pytest.approx(a.sequence.flatten().tolist())
+    # GRPO's group z-score of the sum: [1, 0.5] -> [1, -1]; [0.5, 1.5] -> [-1, 1]: the first group's
+    # two reasons for its gap are gone
+    grpo = compute_advantages(total, ones, 1, reward_scaling="group", baseline="group", token_credit="uniform",
+                              gamma=1.0, token_norm=False)
+    assert grpo.sequence.flatten().tolist() == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-6)
+
+
+def test_gdpo_against_a_slow_loop():
+    gen = torch.Generator().manual_seed(5)
+    parts = {k: (torch.rand(3, 4, generator=gen, dtype=torch.float64), w) for k, w in (("a", 1.0), ("b", -0.3))}
+    total = sum(w * s for s, w in parts.values())
+    out = estimator("gdpo")(total, torch.ones(12, dtype=torch.long), 1, SimpleNamespace(), components=parts)
+    summed = [[0.0] * 4 for _ in range(3)]
+    for scores, w in parts.values():
+        for b in range(3):
+            row = scores[b].tolist()
+            m = statistics.fmean(row)
+            sd = statistics.pstdev(row)
+            for i in range(4):
+                summed[b][i] += w * (row[i] - m) / (sd + EPS)
+    flat = [v for row in summed for v in row]
+    m, sd = statistics.fmean(flat), statistics.pstdev(flat)
+    want = [(v - m) / (sd + EPS) for v in flat]
+    assert out.sequence.flatten().tolist() == pytest.approx(want, abs=1e-9)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from grpo.algo import advantages as adv_registry
 from grpo.algo import losses
 from grpo.config import PRESETS, load_yaml, resolve
 from grpo.data import tasks as tasks_mod
@@ -365,3 +366,19 @@ def test_every_policy_loss_trains(tiny_config, loss):
     assert [r["step"] for r in rows] == [1, 2] and summary["skipped_updates"] == 0
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows)
     assert any(r["ratio/max"] != 1.0 or r["ratio/min"] != 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("estimator", sorted(adv_registry.ADVANTAGE_ESTIMATORS.names()))
+def test_every_advantage_estimator_trains(tiny_config, estimator, monkeypatch):
+    """Two real steps with two reward functions (GDPO normalises each on its own)."""
+    def half(prompts, completions, **_):
+        return [0.5 * (len(c) % 2) for c in completions]
+
+    monkeypatch.setitem(tasks_mod.TASKS, "dense2", lambda: dense_task(crc=crc_reward, half=half))
+    cfg = tiny_config(preset="deepseekmath", task="dense2", advantage_estimator=estimator, eval_size=0,
+                      save_model=False)
+    train(cfg, log=lambda *a: None)
+    rows = read_jsonl(cfg_out(cfg) / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
+    assert {"reward/crc/mean", "reward/half/mean"} <= set(rows[0])

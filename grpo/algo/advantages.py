@@ -170,20 +170,68 @@ def compute_advantages(rewards: Tensor, lengths: Tensor, max_len: int, *, reward
 
 # ---------------------------------------------------------------------- the estimator registry
 # An advantage estimator turns a batch's rewards into the loss's per-token advantages:
-#   estimator(rewards (B, G), lengths (N,), max_len, settings, history) -> Advantages
+#   estimator(rewards (B, G), lengths (N,), max_len, settings, history, components) -> Advantages
 # `settings` is any object with the fields the estimator reads (a TrainConfig); `history` holds
-# earlier batches' scaled rewards (the window baseline). Adding one: a function registered here,
-# its name in the `advantage_estimator` literal of grpo/config.py, and its tests.
+# earlier batches' scaled rewards (the window baseline); `components` is {reward function name:
+# (its scores (B, G), its weight)}, the parts of `rewards` (GDPO reads them). Adding one: a
+# function registered here, its name in the `advantage_estimator` literal of grpo/config.py, and
+# its tests.
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 register_estimator = ADVANTAGE_ESTIMATORS.register
 
 
 @register_estimator("grpo")
-def grpo_estimator(rewards: Tensor, lengths: Tensor, max_len: int, settings, history=None) -> Advantages:
+def grpo_estimator(rewards: Tensor, lengths: Tensor, max_len: int, settings, history=None, components=None
+                   ) -> Advantages:
     """The pipeline of this module's docstring, each stage a setting of `settings`."""
     return compute_advantages(rewards, lengths, max_len, reward_scaling=settings.reward_scaling,
                               baseline=settings.baseline, token_credit=settings.token_credit, gamma=settings.gamma,
                               token_norm=settings.token_norm, history=history)
+
+
+def _uniform(seq: Tensor, rewards: Tensor, lengths: Tensor, max_len: int, whiten: bool) -> Advantages:
+    """Advantages with the sequence advantage `seq` (B, G) on each of its tokens, whitened over the
+    batch's valid tokens when `whiten`."""
+    B, G = seq.shape
+    lengths = lengths.reshape(B * G)
+    tok = token_advantages(seq.reshape(B * G), lengths, max_len, "uniform")
+    mask = completion_mask(lengths, max_len)
+    return Advantages(rewards, seq, tok, normalize_tokens(tok, mask) if whiten else tok, mask)
+
+
+@register_estimator("reinforce_pp")
+def reinforce_pp_estimator(rewards: Tensor, lengths: Tensor, max_len: int, settings, history=None,
+                           components=None) -> Advantages:
+    """REINFORCE++ (Hu 2025, arXiv 2501.03262), outcome rewards: each token's return is its
+    sequence's reward (gamma 1), whitened over all valid tokens of the batch,
+        A_t = (r_i - mean_tokens) / (std_tokens + 1e-8),
+    no per-prompt baseline. (The paper puts the KL penalty into the token rewards; here it stays in
+    the loss, weighted by `beta`.) reward_scaling, baseline, token_credit and token_norm are not read."""
+    return _uniform(rewards, rewards, lengths, max_len, whiten=True)
+
+
+@register_estimator("reinforce_pp_baseline")
+def reinforce_pp_baseline_estimator(rewards: Tensor, lengths: Tensor, max_len: int, settings, history=None,
+                                    components=None) -> Advantages:
+    """REINFORCE++-baseline (the same paper, for groups of samples per prompt): the group mean
+    subtracted first, then whitened over the batch's valid tokens,
+        A_t = w(r_i - mean_group),  w(.) = (. - mean_tokens) / (std_tokens + 1e-8)."""
+    return _uniform(sequence_advantages(rewards, "group"), rewards, lengths, max_len, whiten=True)
+
+
+@register_estimator("gdpo")
+def gdpo_estimator(rewards: Tensor, lengths: Tensor, max_len: int, settings, history=None,
+                   components=None) -> Advantages:
+    """GDPO (Liu et al. 2026, "Group reward-Decoupled Normalization Policy Optimization", arXiv
+    2601.05242): each reward function z-scored within the group on its own, then the weighted sum,
+    then z-scored over the batch,
+        A_i = z_batch( sum_k w_k z_group(r_k)_i ),
+    so that functions of different scales and a group's particular mix of them do not collapse into
+    the same advantage as z_group(sum_k w_k r_k) does. Every token gets A_i. Without `components`
+    (a single reward), it is the group z-score of `rewards`, batch-normalised."""
+    parts = components or {"reward": (rewards, 1.0)}
+    total = sum(weight * _zscore(scores.to(rewards.dtype), dim=1) for scores, weight in parts.values())
+    return _uniform(_zscore(total, dim=None), rewards, lengths, max_len, whiten=False)
 
 
 def estimator(name: str):

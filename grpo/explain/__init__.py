@@ -82,6 +82,10 @@ def explain(cfg: TrainConfig, rewards: list[list[float]], lengths: list[list[int
     Sequences are numbered in group order (group 1's completions first). Group indices in
     `zero_variance_groups` and `dropped_groups` are 0-based."""
     _check_shapes(rewards, lengths)
+    if cfg.advantage_estimator != "grpo":
+        raise ConfigError(f"explain: the walk-through follows the `grpo` estimator's stages; "
+                          f"advantage_estimator {cfg.advantage_estimator!r} is not shown yet (its formula is in "
+                          "docs/algorithm.md)")
     B, G = len(rewards), len(rewards[0])
     r = torch.tensor(rewards, dtype=torch.float64)                        # (B, G)
     T = torch.tensor(lengths, dtype=torch.int64).reshape(B * G)           # (N,)

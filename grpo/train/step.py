@@ -111,7 +111,7 @@ def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict, dict]
 
 
 def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, first: int,
-                history: list | None = None, failed: dict | None = None) -> StepBatch:
+                history: list | None = None, failed: dict | None = None, weights: dict | None = None) -> StepBatch:
     """This rank's StepBatch from its sampled and scored rows: the advantage pipeline runs on the
     global batch (rewards, per-function scores and lengths gathered), then each rank keeps its
     rows; groups left out of the loss (zero-variance filter) are masked out. `ref_logp` is left
@@ -124,7 +124,10 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     truncated = world.gather(roll.truncated.to(world.device, torch.uint8)).cpu().bool()
     L = roll.completion_ids.shape[1]
     estimate = adv_mod.estimator(cfg.advantage_estimator)
-    full = estimate(rewards, lengths, int(world.max(float(L))), cfg, history=list(history or []))
+    B = rewards.shape[0]
+    components = {k: (v.view(B, -1), weights[k]) for k, v in per_fn.items()} if weights else None
+    full = estimate(rewards, lengths, int(world.max(float(L))), cfg, history=list(history or []),
+                    components=components)
     keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups
             else torch.ones(rewards.shape[0], dtype=torch.bool))[first:first + b]
     loss_mask = roll.completion_mask & keep.repeat_interleave(G).to(roll.completion_mask.device)[:, None]
@@ -146,7 +149,8 @@ def collect_batch(run: Run, st, phases: Phases) -> StepBatch:
     run.actor.train()
     with phases.run("score"):
         rewards, per_fn, failed = score(cfg, rows, texts, roll, run.reward_fns)
-    batch = build_batch(cfg, rows, roll, texts, rewards, per_fn, world, first, st.history, failed)
+    weights = {name: weight for name, (_, weight) in run.reward_fns.items()}
+    batch = build_batch(cfg, rows, roll, texts, rewards, per_fn, world, first, st.history, failed, weights)
     st.history.append(batch.scaled_rewards)         # the window baseline averages scaled rewards
     with phases.run("reference"):
         if run.ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
