@@ -35,7 +35,7 @@ def _f(default, help: str, **kw):
 @dataclass
 class TrainConfig:
     # ----------------------------------------------------------------- run
-    preset: Literal["seed", "deepseekmath", "dr_grpo", "dapo"] = _f(
+    preset: Literal["seed", "deepseekmath", "dr_grpo", "dapo", "gspo", "trl"] = _f(
         "seed", "Named bundle of algorithm settings (see docs/algorithm.md). `seed` is the article's system.")
     model: Optional[str] = _f(
         None, "Causal LM to train: a Hugging Face folder, a .gguf file, or a hub id. Empty: the built-in demo model.")
@@ -127,6 +127,11 @@ class TrainConfig:
     kl_estimator: Literal["k1", "k2", "k3", "full"] = _f(
         "k1", "Per-token KL to the reference: k1 log-ratio, k2 half squared log-ratio, k3 (DeepSeekMath), full vocabulary sum.")
     beta: float = _f(0.05, "KL weight (0 turns the KL term, and the reference forward unless ratio_vs=ref, off).", min=0.0)
+    kl_clamp: Optional[float] = _f(None, "Clamp each token's sampled KL estimate (k1, k2, k3) to [-c, c]: one token "
+                                         "far from the reference cannot dominate the term. Empty: no clamp.", gt=0.0)
+    mask_truncated_completions: bool = _f(
+        False, "Completions cut at max_new_tokens carry no loss (and do not count in its normalisers): a cut "
+               "answer is not judged as a wrong one (DAPO's overlong filtering; TRL's setting of this name).")
     kl_target: Optional[float] = _f(None, "Adaptive beta: steer the measured KL toward this value. Empty: beta is fixed.", gt=0.0)
     kl_adapt_rate: float = _f(0.1, "Adaptive beta: at most this relative change of beta per step.", gt=0.0, max=1.0)
     loss_aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = _f(
@@ -206,7 +211,7 @@ class TrainConfig:
 
 # The parameters of the other policy losses, the same in every preset (their sources' defaults).
 LOSS_PARAMETERS = dict(cispo_max=5.0, dual_clip_c=3.0, sapo_temperature_pos=1.0, sapo_temperature_neg=1.05,
-                       gmpo_epsilon=0.4)
+                       gmpo_epsilon=0.4, kl_clamp=None, mask_truncated_completions=False)
 
 # Each preset sets every algorithm field, so a preset alone fully defines the algorithm.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -230,6 +235,19 @@ PRESETS: dict[str, dict[str, Any]] = {
                  token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
                  loss_aggregation="token_mean", epsilon=0.2, epsilon_high=0.28,
                  filter_zero_variance_groups=True, overlong_penalty=True, **LOSS_PARAMETERS),
+    # Zheng et al. 2025: one clipped ratio per sequence, its tiny range (section 5.1), no KL; the
+    # sequence mean per completion (TRL's paper index: loss_type "grpo" with importance_sampling_level "sequence").
+    "gspo": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
+                 token_norm=False, ratio_vs="old", policy_loss="gspo", kl_estimator="k3", beta=0.0,
+                 loss_aggregation="seq_mean_token_mean", epsilon=3e-4, epsilon_high=4e-4,
+                 filter_zero_variance_groups=False, overlong_penalty=False, **LOSS_PARAMETERS),
+    # TRL 1.16's GRPOTrainer with its defaults (GRPOConfig): loss_type "dapo" (token-level mean over
+    # the batch), scale_rewards "group", beta 0.0, epsilon 0.2 both sides, k3 when beta > 0, the
+    # ratio against the sampling policy, no entropy mask, truncated completions kept.
+    "trl": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
+                token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
+                loss_aggregation="token_mean", epsilon=0.2, epsilon_high=None,
+                filter_zero_variance_groups=False, overlong_penalty=False, **LOSS_PARAMETERS),
 }
 
 # Applied when no --model is given: the sizes and learning rate the built-in demo needs

@@ -37,7 +37,7 @@ def test_train_help_lists_the_settings(grpo):
                  "--temperature", "--beta", "--gamma", "--epsilon", "--lr", "--max-steps", "--seed",
                  "--output-dir", "--config", "--loss-aggregation", "--token-norm", "--no-token-norm"]:
         assert f"{flag} " in out or f"{flag}\n" in out, flag
-    assert "seed, deepseekmath, dr_grpo, dapo" in out or "{seed,deepseekmath,dr_grpo,dapo}" in out
+    assert "seed, deepseekmath, dr_grpo, dapo, gspo, trl" in out or "{seed,deepseekmath,dr_grpo,dapo,gspo,trl}" in out
 
 
 def test_train_writes_every_output(grpo, tiny_model_dir, tmp_path):

@@ -126,7 +126,7 @@ def test_cross_field_rules():
     ("group_size", "four", "int"),
     ("group_size", True, "int"),
     ("token_norm", "maybe", "bool"),
-    ("preset", "grpo", "seed, deepseekmath, dr_grpo, dapo"),
+    ("preset", "grpo", "seed, deepseekmath, dr_grpo, dapo, gspo, trl"),
     ("kl_estimator", "k4", "k1, k2, k3, full"),
 ])
 def test_wrong_type_names_field_and_expected_type(name, value, expected):

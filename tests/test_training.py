@@ -382,3 +382,29 @@ def test_every_advantage_estimator_trains(tiny_config, estimator, monkeypatch):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
     assert {"reward/crc/mean", "reward/half/mean"} <= set(rows[0])
+
+
+def test_mask_truncated_completions_drops_cut_completions_from_the_loss(tiny_config):
+    cfg = tiny_config(preset="deepseekmath", task="dense", prompts_per_step=4, max_new_tokens=3,
+                      mask_truncated_completions=True)
+    run, batch = setup_batch(cfg)
+    cut = batch.rollout.truncated
+    assert cut.any() and (~cut).any(), "the tiny model should cut some completions at 3 tokens and end others"
+    assert not batch.loss_mask[cut].any()                                   # no token of a cut completion
+    assert torch.equal(batch.loss_mask[~cut], batch.rollout.completion_mask[~cut])
+    _, plain = setup_batch(tiny_config(preset="deepseekmath", task="dense", prompts_per_step=4, max_new_tokens=3))
+    assert plain.loss_mask[cut].any()                                       # the default keeps them
+
+
+def test_kl_clamp_bounds_each_tokens_kl(tiny_config):
+    """Two passes at a high learning rate move the policy off the reference; the clamp caps every
+    token's k3, so the logged mean KL (over the steps' tokens) stays within it."""
+    common = dict(preset="deepseekmath", task="dense", updates_per_batch=2, lr=5e-2, max_steps=2, eval_size=0,
+                  save_model=False)
+    free, capped = tiny_config(**common), tiny_config(**common, kl_clamp=1e-7)
+    train(free, log=lambda *a: None)
+    train(capped, log=lambda *a: None)
+    kl_free = [r["kl"] for r in read_jsonl(cfg_out(free) / "metrics.jsonl")]
+    kl_capped = [r["kl"] for r in read_jsonl(cfg_out(capped) / "metrics.jsonl")]
+    assert max(kl_free) > 1e-5
+    assert all(0 <= k <= 1e-7 + 1e-12 for k in kl_capped)

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 
 from ..algo.advantages import baseline_values, compute_advantages, zero_variance_groups
-from ..algo.losses import aggregate, clipped_policy_loss, kl_estimate, reinforce_policy_loss, sequence_count
+from ..algo.losses import (aggregate, clipped_policy_loss, kl_estimate, policy_loss, reinforce_policy_loss,
+                           sequence_count)
 from ..config import ConfigError, TrainConfig
 from .render import render
 
@@ -175,9 +176,14 @@ def _first_token_loss(cfg: TrainConfig, adv, zero_var: torch.Tensor, G: int,
         out.update(ratio=float(ratio), clipped_ratio=float(clipped), surrogate=float(ratio * A),
                    clipped_surrogate=float(clipped * A), clip_binds_low=bool(low), clip_binds_high=bool(high),
                    policy_loss=float(loss))
-    else:
+    elif cfg.policy_loss == "reinforce":
         out.update(ratio=None, clipped_ratio=None, surrogate=float(A * logp), clipped_surrogate=None,
                    clip_binds_low=False, clip_binds_high=False, policy_loss=float(reinforce_policy_loss(logp, A)))
+    else:       # the other registered losses, on this one token (a one-token sequence)
+        terms = policy_loss(cfg.policy_loss)(logp[None], base[None], A[None], torch.ones(1, 1, dtype=torch.bool), cfg)
+        out.update(ratio=float(terms.ratio), clipped_ratio=None, surrogate=None, clipped_surrogate=None,
+                   clip_binds_low=bool(terms.clipped_low), clip_binds_high=bool(terms.clipped_high),
+                   policy_loss=float(terms.loss))
     k1 = float(kl_estimate(logp, ref, "k1"))
     kl = None if cfg.kl_estimator == "full" else float(kl_estimate(logp, ref, cfg.kl_estimator))
     out.update(kl=kl, kl_k1=k1, beta=cfg.beta)

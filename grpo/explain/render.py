@@ -202,6 +202,10 @@ def _render_policy(cfg, lo, article: bool) -> list[str]:
     else:
         lines = [f"  ratio (ratio_vs=ref, the article: pi_X = pi_ref): log-ratio = {fmt(lo['logp_theta'])} - "
                  f"({fmt(lo['logp_ref'])}) = {fmt(lo['log_ratio'])}; rho = e^{fmt(lo['log_ratio'])} = {fmt(lo['ratio'])}"]
+    if cfg.policy_loss != "clip":
+        return lines + [f"  policy loss (policy_loss={cfg.policy_loss}, its formula in docs/algorithm.md), on this token: "
+                        f"{fmt(lo['policy_loss'])}" + (" (a bound binds)" if lo["clip_binds_low"] or lo["clip_binds_high"]
+                                                       else "")]
     lo_b, hi_b = 1.0 - lo["eps_low"], 1.0 + lo["eps_high"]
     if lo["clip_binds_low"] or lo["clip_binds_high"]:
         binds = "the clip binds: the loss uses the clipped term"

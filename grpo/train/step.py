@@ -131,6 +131,8 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups
             else torch.ones(rewards.shape[0], dtype=torch.bool))[first:first + b]
     loss_mask = roll.completion_mask & keep.repeat_interleave(G).to(roll.completion_mask.device)[:, None]
+    if cfg.mask_truncated_completions:                 # a cut completion is not judged (DAPO's overlong filter)
+        loss_mask = loss_mask & ~roll.truncated.to(loss_mask.device)[:, None]
     return StepBatch(rows, roll, texts, rewards, per_fn, failed, full.rows(first, b, G, L), loss_mask, None, lengths,
                      truncated, first, full.scaled_rewards)
 

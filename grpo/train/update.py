@@ -49,6 +49,8 @@ def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old:
     kl = None
     if run.ref is not None:
         kl = st.full_kl if full_kl else losses.kl_estimate(st.logp, ref_logp, cfg.kl_estimator)
+        if cfg.kl_clamp is not None and not full_kl:
+            kl = kl.clamp(-cfg.kl_clamp, cfg.kl_clamp)
     per_token = pol.loss + beta * kl if (kl is not None and beta > 0) else pol.loss
     return TokenTerms(batch.loss_mask[micro, :W], per_token, pol.loss, kl, pol.ratio, pol.clipped_low,
                       pol.clipped_high, st.entropy)
