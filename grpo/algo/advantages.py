@@ -62,13 +62,16 @@ def baseline_values(rewards: Tensor, baseline: str, history: list[Tensor] | None
     if baseline == "leave_one_out":
         G = rewards.shape[1]
         return (rewards.sum(1, keepdim=True) - rewards) / (G - 1)
+    return _pool(rewards, baseline, history).mean().expand_as(rewards)
+
+
+def _pool(rewards: Tensor, baseline: str, history: list[Tensor] | None) -> Tensor:
+    """The rewards a `batch` or `window` baseline averages, flat."""
     if baseline == "batch":
-        pool = rewards.flatten()
-    elif baseline == "window":
-        pool = torch.cat([h.flatten() for h in (history or [])] + [rewards.flatten()])
-    else:
-        raise ValueError(f"unknown baseline {baseline!r}")
-    return pool.mean().expand_as(rewards)
+        return rewards.flatten()
+    if baseline == "window":
+        return torch.cat([h.flatten() for h in (history or [])] + [rewards.flatten()])
+    raise ValueError(f"unknown baseline {baseline!r}")
 
 
 def sequence_advantages(rewards: Tensor, baseline: str, history: list[Tensor] | None = None) -> Tensor:
@@ -78,12 +81,7 @@ def sequence_advantages(rewards: Tensor, baseline: str, history: list[Tensor] | 
         adv = rewards - baseline_values(rewards, baseline)
         # an all-equal group gets exactly 0 (the mean of equal floats can differ in the last bit)
         return torch.where(zero_variance_groups(rewards)[:, None], torch.zeros_like(adv), adv)
-    if baseline == "batch":
-        pool = rewards.flatten()
-    elif baseline == "window":
-        pool = torch.cat([h.flatten() for h in (history or [])] + [rewards.flatten()])
-    else:
-        raise ValueError(f"unknown baseline {baseline!r}")
+    pool = _pool(rewards, baseline, history)
     if pool.max() == pool.min():
         return torch.zeros_like(rewards)
     return rewards - pool.mean()

@@ -104,13 +104,6 @@ class WorkerPool:
         self.workers[self.workers.index(w)] = _Worker(self.targets, self.cwd)
         self.replaced += 1
 
-    def _reply(self, w: _Worker):
-        """The worker's next message, or None when it has ended."""
-        try:
-            return w.conn.recv()
-        except (EOFError, OSError):
-            return None
-
     def run(self, calls: list[tuple[str, list, list, dict]], stop_at_failure: bool = False) -> dict[str, list]:
         """Score every completion of each (name, prompts, completions, columns): {name: [float | None
         | Failure, ...]}, in order. With `stop_at_failure`, raise RewardError at the first failure

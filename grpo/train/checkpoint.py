@@ -128,15 +128,23 @@ def _sync(folder: Path) -> None:
 
 
 # ============================================================================== checking
-def manifest_of(path: Path) -> dict | None:
-    """The checkpoint's manifest, or None when it has none (written before manifests existed)."""
+def _read_manifest(path: Path) -> tuple[dict | None, str | None]:
+    """(the manifest or None when there is none, None) or (None, why it cannot be read)."""
     f = Path(path) / MANIFEST
     if not f.exists():
-        return None
+        return None, None
     try:
-        return json.loads(f.read_text())
+        return json.loads(f.read_text()), None
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"resume: {path} is damaged: its {MANIFEST} cannot be read ({e})") from None
+        return None, f"its {MANIFEST} cannot be read ({e})"
+
+
+def manifest_of(path: Path) -> dict | None:
+    """The checkpoint's manifest, or None when it has none (written before manifests existed)."""
+    manifest, why = _read_manifest(path)
+    if why is not None:
+        raise CheckpointError(f"resume: {path} is damaged: {why}")
+    return manifest
 
 
 def problem(path: Path) -> str | None:
@@ -148,10 +156,9 @@ def problem(path: Path) -> str | None:
         return "it does not exist"
     if not path.is_dir():
         return "it is a file, not a checkpoint folder"
-    try:
-        manifest = manifest_of(path)
-    except CheckpointError as e:
-        return str(e).split(": ", 2)[-1]
+    manifest, why = _read_manifest(path)
+    if why is not None:
+        return why
     if manifest is None:
         if not (path / STATE).exists() or not (path / "model").is_dir():
             return f"it is not a complete checkpoint (expected {STATE} and model/)"
