@@ -70,10 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompts_per_step / N prompts). Several machines: run torchrun yourself (docs/scaling.md).")
 
     e = sub.add_parser("explain", help="Walk through one advantage and loss computation, every number shown.",
-                       description="Without --rewards: the article's worked example (B=1, G=2, T=(3,4), r=(0.8,0.6)).")
+                       description="Without --rewards: the article's worked example (B=1, G=2, T=(3,4), r=(0.8,0.6)). "
+                       "With --all-losses, or any of --logp, --old-logp, --ref-logp, --advantages: the loss on every "
+                       "token under every registered policy loss (without --logp, on built-in log-probs). A value "
+                       "that starts with '-' is written --logp=-1.5,-0.8.")
     add_config_flags(e)
     e.add_argument("--rewards", help='Rewards, groups separated by ";", values by ",", e.g. "0.8,0.6;1,0,0,1".')
-    e.add_argument("--lengths", help="Completion lengths in the same shape as --rewards.")
+    e.add_argument("--lengths", help="Completion lengths in the same shape as --rewards (not needed with --logp).")
+    e.add_argument("--logp", metavar="LOGPS", help="log pi_theta of each token: one sequence per completion in group "
+                   "order, ';' between sequences, ',' between tokens, e.g. --logp=-1.5,-0.8,-2.3;-1.1,-0.5 (lengths "
+                   "may differ; they are the completions' lengths).")
+    e.add_argument("--old-logp", metavar="LOGPS", help="log pi_old of each token, as --logp (default: pi_old = "
+                   "pi_theta, the first update). The ratio's denominator with ratio_vs=old.")
+    e.add_argument("--ref-logp", metavar="LOGPS", help="log pi_ref of each token, as --logp: the KL term's reference "
+                   "(and the ratio's denominator with ratio_vs=ref). Without it, no KL term.")
+    e.add_argument("--advantages", metavar="VALUES", help="One advantage per completion, in --rewards' groups or as "
+                   "one flat list, on every token of that completion, in place of the estimator's.")
+    e.add_argument("--component", action="append", metavar="NAME[:WEIGHT]=SCORES",
+                   help="Repeatable: one reward function's scores in --rewards' syntax, with its weight (default 1), "
+                        "e.g. --component correct=1,0 --component format:0.5=1,1. The reward is their weighted "
+                        "sum (give them instead of --rewards); advantage_estimator gdpo normalises them one by one.")
+    e.add_argument("--all-losses", action="store_true", help="Show every registered policy loss on every token "
+                   "(implied by --logp, --old-logp, --ref-logp and --advantages).")
     e.add_argument("--json", action="store_true", help="Print one JSON object instead of the walk-through.")
 
     v = sub.add_parser("eval", help="Held-out accuracy, pass@k and mean reward of a model on a task.",
@@ -150,7 +168,9 @@ def _without_nproc(argv: list[str]) -> list[str]:
 def cmd_explain(args) -> int:
     from .explain import main as explain_main
     # explain shows the algorithm's defaults (preset seed), never the demo's training sizes
-    return explain_main(config_from_args(args, demo=False), args.rewards, args.lengths, args.json)
+    return explain_main(config_from_args(args, demo=False), args.rewards, args.lengths, args.json,
+                        logp=args.logp, old_logp=args.old_logp, ref_logp=args.ref_logp, advantages=args.advantages,
+                        components=args.component, all_losses=args.all_losses)
 
 
 def cmd_eval(args) -> int:

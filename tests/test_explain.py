@@ -10,6 +10,7 @@ import torch
 from grpo.algo.advantages import compute_advantages
 from grpo.config import PRESETS, ConfigError, resolve
 from grpo.explain import explain, main, parse_groups, render
+from grpo.explain.render import fmt
 
 
 def cfg_for(preset="seed", **overrides):
@@ -315,3 +316,465 @@ def test_leave_one_out_shows_each_sequences_baseline():
     text = render(cfg, res)
     assert "r_bar_1 = (6 - 1) / 2 = 2.5;  A_1 = 1 - 2.5 = -1.5" in text
     assert "r_bar_6 = (15 - 6) / 2 = 4.5;  A_6 = 6 - 4.5 = 1.5" in text
+
+
+# ------------------------------------------------------- every registered policy loss, every token
+from grpo.algo.advantages import estimator as adv_estimator          # noqa: E402
+from grpo.algo.losses import POLICY_LOSSES, aggregate, kl_estimate, policy_loss   # noqa: E402
+from grpo.explain import (DEFAULT_LOGP, DEFAULT_OLD_LOGP, DEFAULT_REF_LOGP, TokenInputs,  # noqa: E402
+                          parse_components, parse_sequences)
+
+# The built-in log-probs (grpo/explain/__init__.py), per token:
+#   log pi_theta  -1.5, -0.8, -2.3 | -1.1, -0.5, -2.8, -0.7
+#   log pi_old    -1.6, -1.0, -2.2 | -1.2, -0.4, -2.6, -0.7
+#   log pi_ref    -1.6, -1.3, -2.1 | -1.0, -0.6, -1.6, -2.0
+# so against pi_ref l = 0.1, 0.5, -0.2 | -0.1, 0.1, -1.2, 1.3 and against pi_old l = 0.1, 0.2, -0.1 | 0.1, -0.1, -0.2, 0.
+L_REF = [[0.1, 0.5, -0.2], [-0.1, 0.1, -1.2, 1.3]]
+L_OLD = [[0.1, 0.2, -0.1], [0.1, -0.1, -0.2, 0.0]]
+LOGP = [[-1.5, -0.8, -2.3], [-1.1, -0.5, -2.8, -0.7]]
+
+
+def every_loss(capsys, cfg, *args, **kw):
+    """main(..., all_losses=True) as JSON: the whole result."""
+    kw.setdefault("all_losses", True)
+    assert main(cfg, *(args or (None, None)), True, **kw) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def flat(rows):
+    return [v for r in rows for v in r]
+
+
+def test_builtin_log_probs_are_the_stated_ones():
+    assert parse_sequences(DEFAULT_LOGP, "--logp") == LOGP
+    ref, old = parse_sequences(DEFAULT_REF_LOGP, "--ref-logp"), parse_sequences(DEFAULT_OLD_LOGP, "--old-logp")
+    assert [[a - b for a, b in zip(p, r)] for p, r in zip(LOGP, ref)] == [pytest.approx(x) for x in L_REF]
+    assert [[a - b for a, b in zip(p, o)] for p, o in zip(LOGP, old)] == [pytest.approx(x) for x in L_OLD]
+    # token 1 of sequence 1 is the article's: log pi_theta -1.5, log pi_ref -1.6
+    assert (LOGP[0][0], ref[0][0]) == (-1.5, -1.6)
+
+
+def test_every_registered_loss_is_shown(capsys):
+    res = every_loss(capsys, cfg_for("seed"))
+    assert list(res["all_losses"]["losses"]) == POLICY_LOSSES.names()
+    assert res["loss"] is None                                   # the one-token step is replaced
+    assert [n for n, lo in res["all_losses"]["losses"].items() if lo["configured"]] == ["clip"]
+    text = render(cfg_for("seed"), res)
+    for name in POLICY_LOSSES.names():
+        assert f"policy_loss={name}" in text, name
+
+
+def test_clip_on_the_builtin_example_by_hand(capsys):
+    res = every_loss(capsys, cfg_for("seed"))            # ratio_vs=ref, eps 0.2, k1, beta 0.05, seq_mean_token_mean
+    ev = res["all_losses"]
+    A = res["normalized_token_advantages"]              # 1.143062, 1.154608, 1.166271 | -0.8529739, ... -0.8790836
+    assert ev["advantages"] == A and ev["log_ratio"] == [pytest.approx(x) for x in L_REF]
+    clip = ev["losses"]["clip"]
+    e = math.exp
+    want = [[-e(0.1) * A[0][0],            # rho 1.105171 inside [0.8, 1.2]: -rho A = -1.263279
+             -1.2 * A[0][1],               # rho e^0.5 = 1.648721 > 1.2, A > 0: the clip binds, -1.2 A = -1.385529
+             -e(-0.2) * A[0][2]],          # rho 0.8187308 inside: -0.9548615
+            [-e(-0.1) * A[1][0],           # A < 0: max(-rho A, -clip(rho) A) = -rho A = 0.7718027
+             -e(0.1) * A[1][1],            # 1.105171 * 0.8615898 = 0.952204
+             -0.8 * A[1][2],               # rho e^-1.2 = 0.3011942 < 0.8, A < 0: the clip binds, 0.8 * 0.8702927 = 0.6962342
+             -e(1.3) * A[1][3]]]           # rho e^1.3 = 3.669297 > 1.2 but A < 0: unclipped, 3.669297 * 0.8790836 = 3.225619
+    assert clip["policy"] == [pytest.approx(w, rel=1e-12) for w in want]
+    assert clip["clipped_high"] == [[False, True, False], [False, False, False, False]]
+    assert clip["clipped_low"] == [[False, False, False], [False, False, True, False]]
+    assert clip["ratio"] == [pytest.approx([e(x) for x in r]) for r in L_REF]
+    # k1 = l per token; total = policy + 0.05 * l
+    assert ev["kl"] == [pytest.approx(x) for x in L_REF] and ev["kl_in_loss"] is True
+    total = [[p + 0.05 * k for p, k in zip(pr, kr)] for pr, kr in zip(want, L_REF)]
+    assert clip["total"] == [pytest.approx(t, rel=1e-12) for t in total]
+    # seq_mean_token_mean: (mean of sequence 1's 3 totals + mean of sequence 2's 4) / 2
+    loss = (math.fsum(total[0]) / 3 + math.fsum(total[1]) / 4) / 2
+    assert clip["loss"] == pytest.approx(loss, rel=1e-12)
+    assert clip["policy_aggregate"] == pytest.approx((math.fsum(want[0]) / 3 + math.fsum(want[1]) / 4) / 2, rel=1e-12)
+    # = ((-1.258279 - 1.360529 - 0.9648615) / 3 + (0.7668027 + 0.957204 + 0.6362342 + 3.290619) / 4) / 2 = 0.1090792
+    assert clip["loss"] == pytest.approx(0.1090792, abs=1e-7)
+
+
+def test_gspo_on_the_builtin_example_by_hand(capsys):
+    # the seed preset (ratio vs pi_ref, eps 0.2): s_1 = exp((0.1 + 0.5 - 0.2) / 3) = e^0.1333333 = 1.142631, inside
+    # [0.8, 1.2]; A_1 = mean A^ = 1.154647 -> -1.142631 * 1.154647 = -1.319335 on each token of sequence 1.
+    # s_2 = exp((-0.1 + 0.1 - 1.2 + 1.3) / 4) = e^0.025 = 1.025315; A_2 = -0.865985 -> +0.887908 on each token.
+    res = every_loss(capsys, cfg_for("seed"))
+    A = res["normalized_token_advantages"]
+    a1, a2 = sum(A[0]) / 3, sum(A[1]) / 4
+    s1, s2 = math.exp(0.4 / 3), math.exp(0.025)
+    gspo = res["all_losses"]["losses"]["gspo"]
+    assert gspo["ratio"] == [pytest.approx([s1] * 3), pytest.approx([s2] * 4)]
+    assert gspo["policy"] == [pytest.approx([-s1 * a1] * 3, rel=1e-12), pytest.approx([-s2 * a2] * 4, rel=1e-12)]
+    assert gspo["policy"][0][0] == pytest.approx(-1.319335, abs=1e-6)
+    assert not any(flat(gspo["clipped_low"]) + flat(gspo["clipped_high"]))
+    # the loss: each sequence's mean of (its loss + 0.05 * k1), then the mean of the two
+    loss = ((-s1 * a1 + 0.05 * 0.4 / 3) + (-s2 * a2 + 0.05 * 0.025)) / 2
+    assert gspo["loss"] == pytest.approx(loss, rel=1e-12)
+
+
+def test_gspo_preset_clips_both_sequences(capsys):
+    # --preset gspo: ratio vs pi_old, eps 3e-4 / 4e-4, beta 0; group z-score A = +-0.1 / (0.1 + 1e-8), uniform credit.
+    # s_1 = exp((0.1 + 0.2 - 0.1) / 3) = 1.068939 > 1.0004 with A > 0: clipped, -1.0004 A
+    # s_2 = exp((0.1 - 0.1 - 0.2 + 0) / 4) = 0.9512294 < 0.9997 with A < 0: clipped, +0.9997 A
+    # loss = (-1.0004 + 0.9997) A / 2 = -0.00035 A
+    res = every_loss(capsys, cfg_for("gspo"))
+    ev = res["all_losses"]
+    A = 0.1 / (0.1 + 1e-8)
+    assert ev["ratio_vs"] == "old" and ev["kl_in_loss"] is False and ev["log_ratio"] == [pytest.approx(x) for x in L_OLD]
+    gspo = ev["losses"]["gspo"]
+    assert gspo["configured"]
+    assert gspo["policy"] == [pytest.approx([-1.0004 * A] * 3, rel=1e-12), pytest.approx([0.9997 * A] * 4, rel=1e-12)]
+    assert gspo["clipped_high"] == [[True] * 3, [False] * 4] and gspo["clipped_low"] == [[False] * 3, [True] * 4]
+    assert gspo["loss"] == pytest.approx(-0.00035 * A, rel=1e-9)
+    assert gspo["total"] == gspo["policy"]                         # beta 0: no KL term
+
+
+def test_cispo_on_the_builtin_example_by_hand(capsys):
+    # cispo: -sg[min(rho, 5)] A^ log pi_theta; every rho here is below 5 (the largest, e^1.3 = 3.669297)
+    res = every_loss(capsys, cfg_for("seed"))
+    A = res["normalized_token_advantages"]
+    cispo = res["all_losses"]["losses"]["cispo"]
+    want = [[-math.exp(l) * a * lp for l, a, lp in zip(lr, ar, pr)] for lr, ar, pr in zip(L_REF, A, LOGP)]
+    # token 1: -1.105171 * 1.143062 * (-1.5) = 1.894918
+    assert want[0][0] == pytest.approx(1.894918, abs=1e-6)
+    assert cispo["policy"] == [pytest.approx(w, rel=1e-12) for w in want]
+    assert not any(flat(cispo["clipped_high"]))
+    # --cispo-max 1.5: sequence 1 token 2's rho 1.648721 is capped (A > 0: flagged), -1.5 * 1.154608 * (-0.8) = 1.38553;
+    # sequence 2 token 4's rho 3.669297 too (A < 0: capped, not flagged), -1.5 * (-0.8790836) * (-0.7) = -0.9230378
+    capped = every_loss(capsys, cfg_for("seed", cispo_max=1.5))["all_losses"]["losses"]["cispo"]
+    assert capped["policy"][0][1] == pytest.approx(-1.5 * A[0][1] * -0.8, rel=1e-12)
+    assert capped["policy"][1][3] == pytest.approx(-1.5 * A[1][3] * -0.7, rel=1e-12)
+    assert capped["clipped_high"] == [[False, True, False], [False] * 4]
+    assert capped["policy"][0][0] == cispo["policy"][0][0]
+
+
+def test_parameters_reach_the_figures(capsys):
+    base = every_loss(capsys, cfg_for("seed"))["all_losses"]["losses"]
+    # dual_clip c = 3: sequence 2 token 4 has -rho A = 3.225619 > -3 A = 2.637251: c binds (flagged low)
+    assert base["dual_clip"]["policy"][1][3] == pytest.approx(3.0 * base["clip"]["policy"][1][3] / math.exp(1.3), rel=1e-12)
+    assert base["dual_clip"]["clipped_low"][1][3] is True
+    c4 = every_loss(capsys, cfg_for("seed", dual_clip_c=4.0))["all_losses"]["losses"]["dual_clip"]
+    assert c4["policy"][1][3] == pytest.approx(base["clip"]["policy"][1][3])     # 3.67 < 4: c does not bind
+    for field, value, name in [("sapo_temperature_pos", 2.0, "sapo"), ("gmpo_epsilon", 0.1, "gmpo"),
+                               ("epsilon", 0.05, "clip"), ("epsilon_high", 0.6, "clip")]:
+        other = every_loss(capsys, cfg_for("seed", **{field: value}))["all_losses"]["losses"][name]
+        assert other["loss"] != base[name]["loss"], field
+
+
+def _direct(cfg, res, tokens):
+    """Every loss's aggregate computed here from the registry, as grpo/train/update.py does."""
+    T = [len(r) for r in tokens["logp"]]
+    N, L = len(T), max(T)
+
+    def pad(rows):
+        out = torch.zeros(N, L, dtype=torch.float64)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = torch.tensor(r, dtype=torch.float64)
+        return out
+    mask = torch.arange(L)[None, :] < torch.tensor(T)[:, None]
+    logp, old = pad(tokens["logp"]), pad(tokens.get("old_logp") or tokens["logp"])
+    ref = pad(tokens["ref_logp"]) if tokens.get("ref_logp") else None
+    base = ref if cfg.ratio_vs == "ref" else old
+    A = pad(res["normalized_token_advantages"])
+    G = len(res["rewards"][0])
+    keep = torch.tensor([b not in res["dropped_groups"] for b in range(len(res["rewards"])) for _ in range(G)])
+    loss_mask = mask & keep[:, None]
+    kl = kl_estimate(logp, ref, "k1" if cfg.kl_estimator == "full" else cfg.kl_estimator) if ref is not None else None
+    out = {}
+    for name in POLICY_LOSSES.names():
+        pol = policy_loss(name)(logp, base, A, mask, cfg).loss
+        total = pol + cfg.beta * kl if (kl is not None and cfg.beta > 0) else pol
+        out[name] = float(aggregate(total, loss_mask, cfg.loss_aggregation, max_new_tokens=L))
+    return out
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_loss_aggregate_agrees_with_the_registry(capsys, preset):
+    cfg = cfg_for(preset)
+    # ragged lengths, two groups, the second all-equal (dropped under dapo's filter)
+    tokens = {"logp": [[-0.3, -1.2], [-2.0], [-0.7, -0.1, -1.4], [-0.9, -0.2]],
+              "old_logp": [[-0.4, -1.0], [-2.2], [-0.6, -0.3, -1.0], [-1.0, -0.2]],
+              "ref_logp": [[-0.5, -1.1], [-1.5], [-0.9, -0.1, -1.9], [-0.8, -0.5]]}
+    text = {k: ";".join(",".join(str(x) for x in r) for r in v) for k, v in tokens.items()}
+    res = every_loss(capsys, cfg, "1,0;0.5,0.5", None, logp=text["logp"], old_logp=text["old_logp"],
+                     ref_logp=text["ref_logp"])
+    assert res["lengths"] == [[2, 1], [3, 2]]                       # taken from --logp
+    direct = _direct(cfg, res, tokens)
+    printed = render(cfg, res)
+    width = max(len(n) for n in POLICY_LOSSES.names())
+    for name, lo in res["all_losses"]["losses"].items():
+        assert lo["loss"] == pytest.approx(direct[name], rel=1e-12, abs=1e-15), name
+        assert f"    {name.ljust(width)}  {fmt(lo['loss'])}" in printed, name       # the text's summary shows it
+    assert res["all_losses"]["in_loss"] == ([True, True, False, False] if preset == "dapo" else [True] * 4)
+
+
+def test_text_and_json_agree_with_every_loss(capsys):
+    cfg = cfg_for("seed")
+    res = every_loss(capsys, cfg)
+    assert main(cfg, None, None, False, all_losses=True) == 0
+    text = capsys.readouterr().out
+    assert text == render(cfg, res)
+    assert "Step 5. The loss on every token, under every registered policy loss" in text
+    assert "built-in illustrative values" in text
+    assert f"loss (policy + beta * KL; the policy part alone: {fmt(res['all_losses']['losses']['clip']['policy_aggregate'])})" in text
+
+
+def test_default_output_is_unchanged_without_token_inputs(capsys):
+    # the article walk-through (Step 5 at one token) stays what docs/worked-example.md shows
+    res = run_main(capsys, cfg_for("seed"))
+    assert res["all_losses"] is None and res["loss"] is not None
+
+
+def test_advantages_override_and_no_reference(capsys):
+    # --logp only (pi_old = pi_theta: rho = 1 against pi_old), --advantages one per completion, --ratio-vs old
+    cfg = cfg_for("seed", ratio_vs="old")
+    res = every_loss(capsys, cfg, "0.8,0.6", None, logp="-1,-2;-0.5", advantages="2,-1", all_losses=False)
+    ev = res["all_losses"]
+    assert ev["advantages"] == [[2.0, 2.0], [-1.0]] and ev["advantages_from"] == "--advantages"
+    assert ev["old_logp_given"] is False and ev["old_logp"] == ev["logp"]
+    assert ev["ref_logp"] is None and ev["kl"] is None and ev["kl_in_loss"] is False
+    # clip with rho = 1: -A per token; seq_mean_token_mean: (-2 + 1) / 2 = -0.5
+    assert ev["losses"]["clip"]["policy"] == [[-2.0, -2.0], [1.0]]
+    assert ev["losses"]["clip"]["loss"] == pytest.approx(-0.5)
+    # reinforce: -A log pi = 2 * 1, 2 * 2 | -1 * 0.5 -> ((2 + 4) / 2 + (-0.5)) / 2 = 1.25
+    assert ev["losses"]["reinforce"]["loss"] == pytest.approx(1.25)
+    assert "no --ref-logp, so no KL term" in render(cfg, res)
+
+
+def test_token_mean_and_sum_norm_aggregates(capsys):
+    args = ("1,0", None)
+    kw = dict(logp="-1,-2;-0.5", advantages="2,-1")
+    tm = every_loss(capsys, cfg_for("seed", ratio_vs="old", loss_aggregation="token_mean"), *args, **kw)
+    # clip, rho = 1: per token -2, -2 | 1; token_mean: (-2 - 2 + 1) / 3 = -1
+    assert tm["all_losses"]["losses"]["clip"]["loss"] == pytest.approx(-1.0)
+    sn = every_loss(capsys, cfg_for("seed", ratio_vs="old", loss_aggregation="seq_mean_token_sum_norm"), *args, **kw)
+    # sum over (N_seq * L) = -3 / (2 * 2) = -0.75, L the longest given length
+    assert sn["all_losses"]["losses"]["clip"]["loss"] == pytest.approx(-0.75)
+    assert "= (-2 - 2 + 1) / (2 * 2) = -0.75" in render(cfg_for("seed", ratio_vs="old",
+                                                               loss_aggregation="seq_mean_token_sum_norm"), sn)
+
+
+def test_kl_estimator_and_clamp_in_the_token_table(capsys):
+    res = every_loss(capsys, cfg_for("seed", kl_estimator="k3", kl_clamp=0.5))
+    ev = res["all_losses"]
+    # k3 = e^-l + l - 1 per token, clamped to [-0.5, 0.5]: for l = 1.3, e^-1.3 + 0.3 = 0.5725 -> 0.5
+    k3 = [[min(math.exp(-l) + l - 1, 0.5) for l in r] for r in L_REF]
+    assert ev["kl"] == [pytest.approx(k, rel=1e-12) for k in k3] and ev["kl"][1][3] == 0.5
+    assert ev["losses"]["clip"]["total"][0][0] == pytest.approx(ev["losses"]["clip"]["policy"][0][0] + 0.05 * k3[0][0])
+
+
+def test_all_losses_json_keys(capsys):
+    res = every_loss(capsys, cfg_for("seed"))
+    assert set(res) == {"preset", "settings", "advantage_estimator", "rewards", "lengths", "components",
+                        "rewards_are_final", "scaling_means", "scaling_stds", "scaled_rewards", "baseline_values",
+                        "zero_variance_groups", "dropped_groups", "sequence_advantages", "discount_weights",
+                        "discount_sums", "credit_denominators", "token_advantages", "token_mean", "token_std",
+                        "normalized_token_advantages", "estimator_steps", "loss", "all_losses"}
+    assert set(res["all_losses"]) == {"builtin", "logp", "old_logp", "old_logp_given", "ref_logp", "ratio_vs",
+                                      "log_ratio", "advantages", "advantages_from", "sequence_log_ratio_means",
+                                      "sequence_advantage_means", "kl_estimator", "kl", "kl_in_loss", "beta",
+                                      "kl_clamp", "aggregation", "in_loss", "num_seqs", "num_tokens",
+                                      "max_new_tokens", "losses"}
+    for lo in res["all_losses"]["losses"].values():
+        assert set(lo) == {"configured", "ratio", "clipped_low", "clipped_high", "policy", "total",
+                           "policy_aggregate", "loss"}
+    for k in ("cispo_max", "dual_clip_c", "sapo_temperature_pos", "sapo_temperature_neg", "gmpo_epsilon",
+              "advantage_estimator", "kl_clamp"):
+        assert k in res["settings"], k
+    # the same keys without token inputs, and under another estimator
+    plain = run_main(capsys, cfg_for("seed"))
+    assert set(plain) == set(res)
+    assert set(run_main(capsys, cfg_for("seed", advantage_estimator="reinforce_pp"))) == set(res)
+
+
+# ------------------------------------------------------------------------- bad token inputs
+@pytest.mark.parametrize("text,words", [
+    ("-1.5,abc", ["--logp", "sequence 1, token 2", "'abc'"]),
+    ("-1.5;-0.5,-1,0.3", ["--logp", "sequence 2, token 3", "'0.3'", "<= 0"]),
+    ("-1.5;nan", ["--logp", "sequence 2, token 1", "nan"]),
+    ("-1.5;-inf", ["--logp", "sequence 2, token 1", "inf"]),
+    ("-1.5;", ["--logp", "sequence 2", "empty"]),
+    ("", ["--logp", "got nothing"]),
+])
+def test_parse_sequences_errors(text, words):
+    with pytest.raises(ConfigError) as e:
+        parse_sequences(text, "--logp")
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(logp="-1,-2;-1;-1"), ["--logp", "3 sequences", "2 completions"]),
+    (dict(logp="-1,-2;-1", old_logp="-1,-2;-1,-1"), ["--old-logp", "sequence 2 has 2 tokens", "--logp's sequence 2 has 1"]),
+    (dict(logp="-1,-2;-1", ref_logp="-1"), ["--ref-logp", "1 sequence", "--logp has 2"]),
+    (dict(logp="-1,-2;-1", ref_logp="-1,-2;-1,x"), ["--ref-logp", "sequence 2, token 2", "'x'"]),
+    (dict(old_logp="-1,-2;-1"), ["--old-logp", "without --logp"]),
+    (dict(ref_logp="-1,-2;-1"), ["--ref-logp", "without --logp"]),
+    (dict(logp="-1,-2;-1", advantages="1,2,3"), ["--advantages", "one advantage per completion"]),
+    (dict(logp="-1,-2;-1", advantages="1,z"), ["--advantages", "group 1", "'z'"]),
+    (dict(logp="-1,-2;-1"), ["--ref-logp", "ratio_vs=ref"]),                    # seed: the ratio needs pi_ref
+])
+def test_bad_token_inputs_are_one_liners(kw, words):
+    with pytest.raises(ConfigError) as e:
+        main(cfg_for("seed"), "0.8,0.6", None, False, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_lengths_must_agree_with_logp():
+    with pytest.raises(ConfigError) as e:
+        main(cfg_for("seed", ratio_vs="old"), "0.8,0.6", "3,4", False, logp="-1,-1,-1;-1,-1")
+    assert "--logp: sequence 2 has 2 tokens but --lengths gives completion 2 a length of 4" in str(e.value)
+    # agreeing --lengths is fine
+    assert main(cfg_for("seed", ratio_vs="old"), "0.8,0.6", "3,2", True, logp="-1,-1,-1;-1,-1") == 0
+
+
+def test_builtin_log_probs_need_the_article_shape():
+    with pytest.raises(ConfigError) as e:
+        main(cfg_for("seed"), "1,0,0", "2,2,2", False, all_losses=True)
+    assert "--logp" in str(e.value) and "built-in" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_token_inputs_check_in_explain_too():
+    with pytest.raises(ConfigError, match="--logp: 1 sequence"):
+        explain(cfg_for("seed"), [[0.8, 0.6]], [[3, 4]], tokens=TokenInputs([[-1.0, -1.0, -1.0]]))
+
+
+# ----------------------------------------------------------- the other advantage estimators
+def test_leave_one_out_walkthrough_via_main(capsys):
+    res = run_main(capsys, cfg_for("dr_grpo", baseline="leave_one_out"), "1,2,3;4,5,6", "2,2,2;2,2,2")
+    # r_bar_i = (group sum - r_i) / (G - 1): (6 - 1) / 2 = 2.5, (6 - 2) / 2 = 2, (6 - 3) / 2 = 1.5; (15 - 4) / 2 = 5.5 ...
+    assert flat(res["baseline_values"]) == [2.5, 2.0, 1.5, 5.5, 5.0, 4.5]
+    assert res["advantage_estimator"] == "grpo" and res["estimator_steps"] is None
+
+
+def test_reinforce_pp_walkthrough(capsys):
+    cfg = cfg_for("seed", advantage_estimator="reinforce_pp")
+    res = run_main(capsys, cfg, "1,2,3;4,5,6", "2,1,3;1,1,2")
+    st = res["estimator_steps"]
+    # token-weighted mean over the 10 tokens: (2*1 + 1*2 + 3*3 + 1*4 + 1*5 + 2*6) / 10 = 34 / 10 = 3.4
+    assert st["kind"] == "reinforce_pp" and st["token_count"] == 10 and st["token_mean"] == pytest.approx(3.4)
+    # population std: sqrt((2*2.4^2 + 1.4^2 + 3*0.4^2 + 0.6^2 + 1.6^2 + 2*2.6^2) / 10) = sqrt(30.4 / 10) = 1.743560
+    sd = math.sqrt(30.4 / 10)
+    assert st["token_std"] == pytest.approx(sd, rel=1e-12)
+    want = [(r - 3.4) / (sd + 1e-8) for r in range(1, 7)]                   # (1 - 3.4) / 1.74356 = -1.376494 ...
+    assert [row[0] for row in res["normalized_token_advantages"]] == pytest.approx(want, rel=1e-12)
+    ref = adv_estimator("reinforce_pp")(torch.tensor([[1., 2, 3], [4, 5, 6]], dtype=torch.float64),
+                                        torch.tensor([2, 1, 3, 1, 1, 2]), 3, cfg)
+    assert flat(res["normalized_token_advantages"]) == pytest.approx(ref.normalized[ref.mask].tolist(), abs=0)
+    text = render(cfg, res)
+    assert "mean = (2 * 1 + 1 * 2 + 3 * 3 + 1 * 4 + 1 * 5 + 2 * 6) / 10 = 3.4" in text
+    assert "(1 - 3.4) / (1.74356 + 1e-8) = -1.376494" in text
+    assert "Step 3. Loss at sequence 1, token 1" in text
+
+
+def test_reinforce_pp_baseline_walkthrough(capsys):
+    cfg = cfg_for("seed", advantage_estimator="reinforce_pp_baseline")
+    res = run_main(capsys, cfg, "1,2,3;4,5,6", "2,1,3;1,1,2")
+    st = res["estimator_steps"]
+    # group means 2 and 5; c = -1, 0, 1 | -1, 0, 1; token mean (2*(-1) + 0 + 3*1 - 1 + 0 + 2*1) / 10 = 0.2
+    assert st["group_means"] == [2.0, 5.0] and st["centered"] == [[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]]
+    assert st["token_mean"] == pytest.approx(0.2)
+    # std sqrt((2*1.44 + 0.04 + 3*0.64 + 1.44 + 0.04 + 2*0.64) / 10) = sqrt(7.6 / 10) = 0.8717798
+    sd = math.sqrt(0.76)
+    assert [row[0] for row in res["normalized_token_advantages"]] == pytest.approx(
+        [(c - 0.2) / (sd + 1e-8) for c in (-1, 0, 1, -1, 0, 1)], rel=1e-12)
+    assert "c_1 = 1 - 2 = -1" in render(cfg, res)
+
+
+def test_gdpo_with_components(capsys):
+    cfg = cfg_for("seed", advantage_estimator="gdpo")
+    assert main(cfg, None, "2,2;3,1", True, components=["correct=1,0;1,1", "format:0.5=1,1;0,1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    # rewards: 1*correct + 0.5*format = 1.5, 0.5 | 1, 1.5
+    assert res["rewards"] == [[1.5, 0.5], [1.0, 1.5]]
+    st = res["estimator_steps"]
+    # correct: group 1 (1, 0) -> z = +-0.5 / (0.5 + 1e-8); group 2 all equal -> 0.  format: group 1 equal -> 0,
+    # group 2 (0, 1) -> -+1.  s = 1*z_c + 0.5*z_f = 1, -1, -0.5, 0.5 (to 1e-8)
+    z = 0.5 / (0.5 + 1e-8)
+    assert flat(st["weighted_sum"]) == pytest.approx([z, -z, -0.5 * z, 0.5 * z], rel=1e-12)
+    # batch z-score: mean 0, std sqrt((1 + 1 + 0.25 + 0.25) / 4) z = 0.7905694 z -> A = s / (std + 1e-8)
+    sd = math.sqrt(0.625) * z
+    assert st["batch_std"] == pytest.approx(sd, rel=1e-12)
+    assert flat(res["sequence_advantages"]) == pytest.approx([s / (sd + 1e-8) for s in flat(st["weighted_sum"])],
+                                                             rel=1e-12)
+    assert flat(res["sequence_advantages"])[0] == pytest.approx(1.264911, abs=1e-6)
+    # the registered function gives the same numbers
+    parts = {"correct": (torch.tensor([[1., 0], [1, 1]], dtype=torch.float64), 1.0),
+             "format": (torch.tensor([[1., 1], [0, 1]], dtype=torch.float64), 0.5)}
+    ref = adv_estimator("gdpo")(torch.tensor(res["rewards"], dtype=torch.float64), torch.tensor([2, 2, 3, 1]), 3, cfg,
+                                components=parts)
+    assert res["sequence_advantages"] == ref.sequence.tolist()
+    text = render(cfg, res)
+    assert "reward function format (weight 0.5): 1, 1; 0, 1" in text
+    assert "correct, group 2: mu = (1 + 1) / 2 = 1; all equal: z = 0" in text
+    assert "s_3 = 1 * 0 + 0.5 * (-1) = -0.5" in text
+
+
+def test_gdpo_without_components_says_what_to_give(capsys):
+    cfg = cfg_for("seed", advantage_estimator="gdpo")
+    res = run_main(capsys, cfg, "1,0;0.2,0.4", "1,1;1,1")
+    assert res["estimator_steps"]["components_given"] is False
+    assert "--component NAME[:WEIGHT]=SCORES" in render(cfg, res)
+
+
+@pytest.mark.parametrize("specs,rewards,words", [
+    (["correct"], None, ["--component", "NAME[:WEIGHT]=SCORES"]),
+    (["correct:x=1,0"], None, ["--component correct", "'x'"]),
+    (["a=1,0", "a=0,1"], None, ["--component", "'a' is given twice"]),
+    (["a=1,0", "b=0,1,1"], None, ["--component b", "do not match"]),
+    (["a=1,q"], None, ["--component a", "group 1", "'q'"]),
+    (["a=1,0"], "1,0", ["--component", "not both"]),
+])
+def test_component_errors(specs, rewards, words):
+    with pytest.raises(ConfigError) as e:
+        main(cfg_for("seed", advantage_estimator="gdpo"), rewards, "1,1", False, components=specs)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_parse_components():
+    assert parse_components(["correct:0.8=1,0;0,1", "format=1,1;1,0"]) == {
+        "correct": ([[1.0, 0.0], [0.0, 1.0]], 0.8), "format": ([[1.0, 1.0], [1.0, 0.0]], 1.0)}
+
+
+@pytest.mark.parametrize("name,step", [("reinforce_pp", 3), ("reinforce_pp_baseline", 3), ("gdpo", 4)])
+def test_every_estimator_with_every_loss(capsys, name, step):
+    cfg = cfg_for("seed", advantage_estimator=name)
+    res = every_loss(capsys, cfg)
+    assert res["all_losses"]["advantages"] == res["normalized_token_advantages"]
+    tokens = {"logp": LOGP, "old_logp": parse_sequences(DEFAULT_OLD_LOGP, "x"),
+              "ref_logp": parse_sequences(DEFAULT_REF_LOGP, "x")}
+    direct = _direct(cfg, res, tokens)
+    for loss, lo in res["all_losses"]["losses"].items():
+        assert lo["loss"] == pytest.approx(direct[loss], rel=1e-12), loss
+    assert f"Step {step}. The loss on every token" in render(cfg, res)
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_command_line_options_reach_explain(capsys):
+    from grpo.cli import main as cli_main
+    assert cli_main(["explain", "--json", "--ratio-vs", "old", "--rewards", "1,0", "--logp=-1,-2;-0.5",
+                     "--advantages=2,-1", "--policy-loss", "reinforce"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["lengths"] == [[2, 1]] and res["all_losses"]["advantages"] == [[2.0, 2.0], [-1.0]]
+    assert res["all_losses"]["losses"]["reinforce"]["configured"] is True
+    assert cli_main(["explain", "--advantage-estimator", "gdpo", "--component", "a=1,0", "--component", "b:2=0,1",
+                     "--lengths", "3,4", "--all-losses", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["rewards"] == [[1.0, 2.0]] and set(res["components"]) == {"a", "b"}
+    assert cli_main(["explain", "--logp=-1,x"]) == 2
+    assert "grpo explain: error: --logp: sequence 1, token 2 has the bad value 'x'" in capsys.readouterr().err
+
+
+def test_algorithm_doc_shows_the_current_every_loss_output(capsys):
+    # docs/algorithm.md pastes this command's output ("`grpo explain`: every loss on every token")
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "algorithm.md").read_text()
+    assert 'grpo explain --preset gspo --rewards "1,0" --logp="-0.5,-1.2;-0.9" --old-logp="-0.6,-1.0;-0.7"' in doc
+    assert main(cfg_for("gspo"), "1,0", None, False, logp="-0.5,-1.2;-0.9", old_logp="-0.6,-1.0;-0.7") == 0
+    assert "```\n" + capsys.readouterr().out + "```" in doc

@@ -1,5 +1,6 @@
 """`grpo explain`'s walk-through: the computation's result (grpo/explain/__init__.py) as text, every
-number printed the way the article's worked example prints it."""
+number printed the way the article's worked example prints it. Reads only the result (and the
+config for the settings' names and parameters), so the text and `--json` always agree."""
 
 from __future__ import annotations
 
@@ -31,22 +32,33 @@ def _sum(values) -> str:
 
 
 def _is_article_example(cfg: TrainConfig, res: dict) -> bool:
-    return (res["rewards"] == [[0.8, 0.6]] and res["lengths"] == [[3, 4]] and cfg.reward_scaling == "none"
+    return (res["rewards"] == [[0.8, 0.6]] and res["lengths"] == [[3, 4]] and res["advantage_estimator"] == "grpo"
+            and res["components"] is None and cfg.reward_scaling == "none"
             and cfg.token_credit == "discounted" and cfg.gamma == 0.99 and cfg.token_norm)
 
 
 def render(cfg: TrainConfig, result: dict) -> str:
     """The step-by-step walk-through, like the article's worked example, every number printed."""
-    lines: list[str] = []
-    for step in (_render_inputs, _render_scaling, _render_baseline, _render_credit, _render_norm, _render_loss):
-        lines += step(cfg, result)
-        lines.append("")
+    lines = _render_inputs(cfg, result) + [""]
+    if result["advantage_estimator"] == "grpo":
+        for step in (_render_scaling, _render_baseline, _render_credit, _render_norm):
+            lines += step(cfg, result) + [""]
+        n = 5
+    else:
+        steps = _render_estimator(cfg, result)
+        for step in steps:
+            lines += step + [""]
+        n = len(steps) + 1
+    if result["all_losses"] is None:
+        lines += _render_loss(cfg, result, n)
+    else:
+        lines += _render_every_loss(cfg, result, n)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _seq_label(i: int, res: dict) -> str:
     G = len(res["rewards"][0])
-    dropped = ", dropped from the loss" if i // G in res["loss"]["dropped_groups"] else ""
+    dropped = ", dropped from the loss" if i // G in res["dropped_groups"] else ""
     return f"sequence {i + 1} (group {i // G + 1}, completion {i % G + 1}{dropped})"
 
 
@@ -57,6 +69,13 @@ def _render_inputs(cfg, res) -> list[str]:
              f"N = {B * G} sequences, numbered in group order.",
              f"  rewards r = {_groups(res['rewards'])}",
              f"  lengths T = {_groups(res['lengths'])}"]
+    if res["components"] is not None:
+        comps = res["components"]
+        for name, c in comps.items():
+            lines.append(f"  reward function {name} (weight {fmt(c['weight'])}): {_groups(c['scores'])}")
+        lines.append("  r = sum_k w_k r_k over the " + str(len(comps)) + " functions (as the trainer sums them); "
+                     + ("advantage_estimator=gdpo normalises them one by one." if res["advantage_estimator"] == "gdpo"
+                        else f"advantage_estimator={res['advantage_estimator']} reads only the sum."))
     if cfg.overlong_penalty:
         lines.append("  overlong_penalty=on: the soft overlong penalty is part of the reward; the rewards given "
                      "here are taken as final (penalty already included).")
@@ -120,15 +139,8 @@ def _render_baseline(cfg, res) -> list[str]:
                              f"{fmt(rbar[b][g])};  A_{b * G + g + 1} = {fmt(v)} - {_p(rbar[b][g])} = {fmt(a)}")
             else:
                 lines.append(f"    A_{b * G + g + 1} = {fmt(v)} - {_p(rbar[b])} = {fmt(a)}")
-    zv = res["zero_variance_groups"]
-    if not zv:
-        lines.append("  Zero-variance groups (all rewards equal): none.")
-    else:
-        names = ", ".join(str(b + 1) for b in zv)
-        what = ("DROPPED from the loss (filter_zero_variance_groups=on, as in DAPO)" if cfg.filter_zero_variance_groups
-                else "kept in the loss (filter_zero_variance_groups=off)")
-        extra = " their advantages are exactly 0;" if cfg.baseline in ("group", "leave_one_out") else ""
-        lines.append(f"  Zero-variance groups (all rewards equal): group {names} ({len(zv)} of {len(scaled)});{extra} {what}.")
+    extra = " their advantages are exactly 0;" if cfg.baseline in ("group", "leave_one_out") else ""
+    lines.append(_zero_var_line(cfg, res, extra))
     return lines
 
 
@@ -177,9 +189,9 @@ def _render_norm(cfg, res) -> list[str]:
     return lines
 
 
-def _render_loss(cfg, res) -> list[str]:
+def _render_loss(cfg, res, n: int = 5) -> list[str]:
     lo = res["loss"]
-    lines = [f"Step 5. Loss at sequence 1, token 1 (log pi_theta = {fmt(lo['logp_theta'])}, "
+    lines = [f"Step {n}. Loss at sequence 1, token 1 (log pi_theta = {fmt(lo['logp_theta'])}, "
              f"log pi_ref = {fmt(lo['logp_ref'])}, A^ = {fmt(lo['advantage'])})"]
     lines += _render_policy(cfg, lo, _is_article_example(cfg, res))
     lines += _render_kl(cfg, lo)
@@ -266,3 +278,227 @@ def _render_weight(cfg, lo) -> list[str]:
                      f"{', '.join(str(b + 1) for b in lo['dropped_groups'])})")
     lines.append(f"  contribution to the loss = {fmt(lo['weight'])} * {_p(lo['total'])} = {fmt(lo['contribution'])}")
     return lines
+
+
+# ------------------------------------------------------------------- the other advantage estimators
+def _zero_var_line(cfg, res, extra: str = "") -> str:
+    zv = res["zero_variance_groups"]
+    if not zv:
+        return "  Zero-variance groups (all rewards equal): none."
+    what = ("DROPPED from the loss (filter_zero_variance_groups=on, as in DAPO)" if cfg.filter_zero_variance_groups
+            else "kept in the loss (filter_zero_variance_groups=off)")
+    return (f"  Zero-variance groups (all rewards equal): group {', '.join(str(b + 1) for b in zv)} "
+            f"({len(zv)} of {len(res['rewards'])});{extra} {what}.")
+
+
+def _flat(groups) -> list[float]:
+    return [v for g in groups for v in g]
+
+
+def _render_estimator(cfg, res) -> list[list[str]]:
+    """The stages of a non-`grpo` estimator, one list of lines per step."""
+    name, st = res["advantage_estimator"], res["estimator_steps"]
+    unread = "reward_scaling, baseline, token_credit and token_norm are not read."
+    if name == "reinforce_pp":
+        step1 = [f"Step 1. Token returns (advantage_estimator=reinforce_pp, REINFORCE++): every token of sequence i "
+                 f"gets R = r_i (an outcome reward, gamma 1); no per-prompt baseline. {unread}"]
+        step1 += [f"  {_seq_label(i, res)}: {T} token{'s' if T > 1 else ''} of R = {fmt(v)}"
+                  for i, (v, T) in enumerate(zip(_flat(st["returns"]), _flat(res["lengths"])))]
+        step1.append(_zero_var_line(cfg, res))
+        return [step1, _render_whitening(res, "R")]
+    if name == "reinforce_pp_baseline":
+        G = len(res["rewards"][0])
+        step1 = ["Step 1. Group baseline (advantage_estimator=reinforce_pp_baseline, REINFORCE++-baseline): "
+                 f"c_i = r_i - the mean of its prompt's group. {unread}"]
+        for b, (group, mu, cent) in enumerate(zip(res["rewards"], st["group_means"], st["centered"])):
+            step1.append(f"  group {b + 1}: mean = ({_sum(group)}) / {G} = {fmt(mu)}")
+            step1 += [f"    c_{b * G + g + 1} = {fmt(v)} - {_p(mu)} = {fmt(c)}" for g, (v, c) in enumerate(zip(group, cent))]
+        step1.append(_zero_var_line(cfg, res, " their c are exactly 0;"))
+        return [step1, _render_whitening(res, "c")]
+    if name == "gdpo":
+        return _render_gdpo(cfg, res)
+    rows = [f"  {_seq_label(i, res)}: " + ", ".join(fmt(v) for v in row)
+            for i, row in enumerate(res["normalized_token_advantages"])]
+    return [[f"Step 1. Advantages (advantage_estimator={name}: a registered estimator whose stages explain does not "
+             "break down); its per-token advantages:"] + rows + [_zero_var_line(cfg, res)]]
+
+
+def _render_whitening(res, sym: str) -> list[str]:
+    """REINFORCE++'s whitening of the per-token values `sym` over the batch's valid tokens."""
+    st = res["estimator_steps"]
+    n, mu, sd = st["token_count"], st["token_mean"], st["token_std"]
+    seq = _flat(res["sequence_advantages"])
+    T = _flat(res["lengths"])
+    lines = [f"Step 2. Whitening over the batch's {n} valid tokens: A^_t = ({sym} - mean) / (std + {EPS_TEXT}), "
+             "the same on each token of a sequence",
+             f"  mean = ({' + '.join(f'{t} * {_p(v)}' for t, v in zip(T, seq))}) / {n} = {fmt(mu)}",
+             f"  std (population) = sqrt(({' + '.join(f'{t} * ({fmt(v)} - {_p(mu)})^2' for t, v in zip(T, seq))})"
+             f" / {n}) = {fmt(sd)}"]
+    if st["all_equal"]:
+        return lines + ["  All token values are equal (std 0): every advantage is exactly 0, never NaN."]
+    for i, (v, row) in enumerate(zip(seq, res["normalized_token_advantages"])):
+        lines.append(f"  {_seq_label(i, res)}: ({fmt(v)} - {_p(mu)}) / ({fmt(sd)} + {EPS_TEXT}) = {fmt(row[0])}")
+    return lines
+
+
+def _render_gdpo(cfg, res) -> list[list[str]]:
+    st = res["estimator_steps"]
+    G = len(res["rewards"][0])
+    comps = st["components"]
+    step1 = ["Step 1. Group z-score of each reward function on its own (advantage_estimator=gdpo, GDPO): "
+             f"z_k = (r_k - mu_group) / (sigma_group + {EPS_TEXT}), sigma the population std; an all-equal group "
+             f"gets z = 0. reward_scaling, baseline, token_credit and token_norm are not read."]
+    if not st["components_given"]:
+        step1.append("  No --component given: one function, the reward itself (weight 1). Give each function's scores "
+                     "with --component NAME[:WEIGHT]=SCORES to see them normalised apart.")
+    for name, c in comps.items():
+        for b, (group, mu, sd, z) in enumerate(zip(c["scores"], c["group_means"], c["group_stds"], c["z"])):
+            head = f"  {name}, group {b + 1}: mu = ({_sum(group)}) / {G} = {fmt(mu)}"
+            if max(group) == min(group):
+                step1.append(head + "; all equal: z = 0")
+                continue
+            step1.append(head + f"; sigma = {fmt(sd)}")
+            step1.append("    " + "; ".join(f"z_{b * G + g + 1} = ({fmt(v)} - {_p(mu)}) / ({fmt(sd)} + {EPS_TEXT}) "
+                                            f"= {fmt(x)}" for g, (v, x) in enumerate(zip(group, z))))
+    step2 = ["Step 2. Weighted sum over the functions: s_i = sum_k w_k z_k,i"]
+    total = _flat(st["weighted_sum"])
+    for i, s in enumerate(total):
+        terms = " + ".join(f"{fmt(c['weight'])} * {_p(_flat(c['z'])[i])}" for c in comps.values())
+        step2.append(f"  s_{i + 1} = {terms} = {fmt(s)}")
+    N = len(total)
+    step3 = [f"Step 3. Batch z-score: A_i = (s_i - mean) / (std + {EPS_TEXT}) over the {N} sequences; every token "
+             "of sequence i gets A_i (no token normalisation)",
+             f"  mean = ({_sum(total)}) / {N} = {fmt(st['batch_mean'])}; std (population) = {fmt(st['batch_std'])}"]
+    if st["all_equal"]:
+        step3.append("  All s_i are equal (std 0): every advantage is exactly 0, never NaN.")
+    else:
+        step3 += [f"  {_seq_label(i, res)}: A = ({fmt(s)} - {_p(st['batch_mean'])}) / ({fmt(st['batch_std'])} + "
+                  f"{EPS_TEXT}) = {fmt(a)}" for i, (s, a) in enumerate(zip(total, _flat(res["sequence_advantages"])))]
+    step3.append(_zero_var_line(cfg, res))
+    return [step1, step2, step3]
+
+
+# ------------------------------------------------------------------ every registered policy loss
+def _loss_formula(cfg, name: str) -> str:
+    lo, hi = fmt(1.0 - cfg.epsilon), fmt(1.0 + (cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high))
+    return {
+        "clip": f"-min(rho A^, clip(rho, {lo}, {hi}) A^)",
+        "reinforce": "-A^ log pi_theta (no ratio in the loss, nothing clipped; rho shown for reference)",
+        "gspo": f"one ratio per sequence, s_i = exp(mean_t l), against A_i = mean_t A^: -min(s_i A_i, clip(s_i, {lo}, "
+                f"{hi}) A_i) on each of its tokens (rho column: s_i)",
+        "gspo_token": f"the sequence ratio's value s_i against each token's A^: -min(s_i A^, clip(s_i, {lo}, {hi}) A^)"
+                      " (rho column: s_i)",
+        "cispo": f"-sg[min(rho, cispo_max={fmt(cfg.cispo_max)})] A^ log pi_theta (flagged: above the cap with A^ > 0)",
+        "dual_clip": f"clip's -min(rho A^, clip(rho, {lo}, {hi}) A^), and for A^ < 0 at most -c A^ "
+                     f"(dual_clip_c={fmt(cfg.dual_clip_c)}; low also marks where c binds)",
+        "sapo": f"-(4/tau) sigmoid(tau (rho - 1)) A^, tau = {fmt(cfg.sapo_temperature_pos)} (sapo_temperature_pos) "
+                f"for A^ > 0, else {fmt(cfg.sapo_temperature_neg)} (sapo_temperature_neg); nothing clipped",
+        "gmpo": f"-A_i exp(mean_t l'), l' = l clipped to [-{fmt(cfg.gmpo_epsilon)}, {fmt(cfg.gmpo_epsilon)}] "
+                "(gmpo_epsilon) on the pessimistic side, A_i = mean_t A^ (rho column: exp(mean_t l), unclipped)",
+    }.get(name, "")
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "    ") -> list[str]:
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    fmt_row = lambda r: indent + "  ".join(c.rjust(w) for c, w in zip(r, widths))   # noqa: E731
+    return [fmt_row(header)] + [fmt_row(r) for r in rows]
+
+
+def _render_every_loss(cfg, res, n: int) -> list[str]:
+    ev = res["all_losses"]
+    X = "pi_ref" if ev["ratio_vs"] == "ref" else "pi_old"
+    lines = [f"Step {n}. The loss on every token, under every registered policy loss (grpo/algo/losses.py), "
+             f"aggregated by loss_aggregation={ev['aggregation']}"]
+    if ev["builtin"]:
+        lines.append("  Log-probs: the built-in illustrative values for the article's two completions (give your own "
+                     "with --logp, --old-logp, --ref-logp).")
+    else:
+        lines.append("  Log-probs: as given" + ("" if ev["old_logp_given"] else
+                                                 "; no --old-logp: pi_old = pi_theta (the first update)") + ".")
+    lines.append("  Advantages A^: " + ("as given by --advantages, on every token of each completion (the "
+                                        "estimator's above are not used)." if ev["advantages_from"] == "--advantages"
+                                        else "the estimator's, from the steps above."))
+    lines.append(f"  Ratio (ratio_vs={ev['ratio_vs']}): l = log pi_theta - log {X}, rho = e^l"
+                 + (" (log pi_old is not used)." if ev["ratio_vs"] == "ref" else "."))
+    kl_head = None
+    if ev["ref_logp"] is None:
+        lines.append("  KL: no --ref-logp, so no KL term (the trainer adds beta * KL against pi_ref when beta > 0).")
+    elif not ev["kl_in_loss"]:
+        lines.append("  KL: beta = 0, the KL term is off.")
+    else:
+        est = ev["kl_estimator"]
+        note = " (k1 in place of the full-vocabulary KL, which needs the logits)" if cfg.kl_estimator == "full" else ""
+        clamp = f", clamped to [-{fmt(ev['kl_clamp'])}, {fmt(ev['kl_clamp'])}] (kl_clamp)" if ev["kl_clamp"] else ""
+        lines.append(f"  KL (kl_estimator={est}{note}{clamp}) per token, against pi_ref; every loss's per-token total "
+                     f"adds beta * KL, beta = {fmt(ev['beta'])}.")
+        kl_head = f"KL ({est})"
+    header = ["seq", "t", "log pi_theta", "log pi_old"] + (["log pi_ref"] if ev["ref_logp"] is not None else []) \
+        + ["l", "A^"] + ([kl_head] if kl_head else [])
+    rows = []
+    for i, T_i in enumerate(len(r) for r in ev["logp"]):
+        for t in range(T_i):
+            row = [str(i + 1) + ("" if ev["in_loss"][i] else "*"), str(t + 1), fmt(ev["logp"][i][t]),
+                   fmt(ev["old_logp"][i][t])]
+            row += [fmt(ev["ref_logp"][i][t])] if ev["ref_logp"] is not None else []
+            row += [fmt(ev["log_ratio"][i][t]), fmt(ev["advantages"][i][t])]
+            row += [fmt(ev["kl"][i][t])] if kl_head else []
+            rows.append(row)
+    lines += _table(header, rows)
+    if not all(ev["in_loss"]):
+        lines.append("    * a sequence of a zero-variance group, dropped from the loss (filter_zero_variance_groups=on)")
+    lines.append("  Sequence means (gspo, gspo_token and gmpo read them):")
+    for i, row in enumerate(ev["log_ratio"]):
+        m_l, m_a = ev["sequence_log_ratio_means"][i], ev["sequence_advantage_means"][i]
+        lines.append(f"    sequence {i + 1}: mean l = ({_sum(row)}) / {len(row)} = {fmt(m_l)}, e^{_p(m_l)} = "
+                     f"{fmt(math.exp(m_l))}; mean A^ = ({_sum(ev['advantages'][i])}) / {len(row)} = {fmt(m_a)}")
+    lines.append("  " + _aggregation_text(ev))
+    for name, lo in ev["losses"].items():
+        lines.append("")
+        lines.append(f"  policy_loss={name}{' (the configured one)' if lo['configured'] else ''}: "
+                     f"{_loss_formula(cfg, name)}".rstrip(": "))
+        head = ["seq", "t", "rho", "clipped", "policy"] + (["total"] if ev["kl_in_loss"] else [])
+        rows = []
+        for i, T_i in enumerate(len(r) for r in lo["policy"]):
+            for t in range(T_i):
+                clip = "low" if lo["clipped_low"][i][t] else "high" if lo["clipped_high"][i][t] else "-"
+                row = [str(i + 1) + ("" if ev["in_loss"][i] else "*"), str(t + 1), fmt(lo["ratio"][i][t]), clip,
+                       fmt(lo["policy"][i][t])]
+                rows.append(row + ([fmt(lo["total"][i][t])] if ev["kl_in_loss"] else []))
+        lines += _table(head, rows)
+        lines += _aggregate_steps(ev, lo)
+    lines.append("")
+    lines.append(f"  Summary, the loss under loss_aggregation={ev['aggregation']}:")
+    width = max(len(k) for k in ev["losses"])
+    for name, lo in ev["losses"].items():
+        extra = f" (policy part {fmt(lo['policy_aggregate'])})" if ev["kl_in_loss"] else ""
+        lines.append(f"    {name.ljust(width)}  {fmt(lo['loss'])}{extra}{'  <- configured' if lo['configured'] else ''}")
+    return lines
+
+
+def _aggregation_text(ev) -> str:
+    mode, N, n, L = ev["aggregation"], ev["num_seqs"], ev["num_tokens"], ev["max_new_tokens"]
+    kept = "" if all(ev["in_loss"]) else " (the kept sequences only)"
+    if mode == "seq_mean_token_mean":
+        return f"Aggregation (loss_aggregation={mode}): (1/N_seq) sum_i (1/T_i) sum_t total, N_seq = {N}{kept}."
+    if mode == "token_mean":
+        return f"Aggregation (loss_aggregation={mode}): sum_{{i,t}} total / sum_i T_i, sum_i T_i = {n}{kept}."
+    return (f"Aggregation (loss_aggregation={mode}): sum_{{i,t}} total / (N_seq * L), N_seq = {N}{kept}, "
+            f"L = {L}, the longest given length (the configured max_new_tokens is not used here).")
+
+
+def _aggregate_steps(ev, lo) -> list[str]:
+    """The aggregate of one loss's per-token totals, its sums written out."""
+    mode, N, n, L = ev["aggregation"], ev["num_seqs"], ev["num_tokens"], ev["max_new_tokens"]
+    rows = [row for row, keep in zip(lo["total"], ev["in_loss"]) if keep]
+    if not rows:
+        return [f"    loss: no sequence is kept in the loss: {fmt(lo['loss'])}"]
+    what = "loss" + (f" (policy + beta * KL; the policy part alone: {fmt(lo['policy_aggregate'])})"
+                     if ev["kl_in_loss"] else "")
+    if mode == "seq_mean_token_mean":
+        means = [math.fsum(r) / len(r) for r in rows]
+        parts = "; ".join(f"({_sum(r)}) / {len(r)} = {fmt(m)}" for r, m in zip(rows, means))
+        return [f"    sequence means: {parts}",
+                f"    {what} = ({_sum(means)}) / {N} = {fmt(lo['loss'])}"]
+    flat = [v for r in rows for v in r]
+    denom = f"{n}" if mode == "token_mean" else f"({N} * {L})"
+    return [f"    {what} = ({_sum(flat)}) / {denom} = {fmt(lo['loss'])}"]
