@@ -132,6 +132,29 @@ class TrainConfig:
     mask_truncated_completions: bool = _f(
         False, "Completions cut at max_new_tokens carry no loss (and do not count in its normalisers): a cut "
                "answer is not judged as a wrong one (DAPO's overlong filtering; TRL's setting of this name).")
+    rollout_correction: Literal["none", "tis", "icepop", "seq_tis", "mis"] = _f(
+        "none", "Correct for the sampler's log-probs differing from the trainer's (bf16 sampling, another engine): "
+                "weight each token's policy loss by w = pi_train_old / pi_sampler, `tis` truncated at "
+                "rollout_is_max, `icepop` zero outside [rollout_is_min, rollout_is_max], `seq_tis` / `mis` the same "
+                "with one ratio per sequence (the product of its tokens'). docs/algorithm.md.")
+    rollout_is_min: Optional[float] = _f(None, "rollout_correction: the lower bound of the weight. Empty: the "
+                                               "mode's source default (icepop 0.5, the others none).", min=0.0)
+    rollout_is_max: Optional[float] = _f(None, "rollout_correction: the upper bound of the weight. Empty: the "
+                                               "mode's source default (tis and seq_tis 2.0, icepop 5.0, mis 3.0).",
+                                         gt=0.0)
+    top_entropy_quantile: float = _f(1.0, "Keep in the policy loss only the tokens whose sampling entropy is in the "
+                                          "batch's top fraction rho (0.2 in Wang et al.'s 80/20 result; 1.0 = every "
+                                          "token).", gt=0.0, max=1.0)
+    entropy_coef: float = _f(0.0, "Entropy bonus: subtract this times each token's entropy (of "
+                                  "softmax(logits / temperature)) from the per-token loss (0 = off).", min=0.0)
+    ref_sync_every: int = _f(0, "Reference refresh (TR-DPO): every this many steps, ref <- alpha * actor + "
+                                "(1 - alpha) * ref (0 = a frozen reference).", min=0)
+    ref_sync_alpha: float = _f(0.6, "Reference refresh: the actor's share alpha in the mix.", gt=0.0, max=1.0)
+    dynamic_sampling: bool = _f(False, "Keep drawing prompts until the batch holds prompts_per_step groups whose "
+                                       "rewards differ (DAPO's dynamic sampling); see dynamic_sampling_max_draws.")
+    dynamic_sampling_max_draws: int = _f(10, "dynamic_sampling: at most this many draws of prompts_per_step prompts "
+                                             "a step; a batch still short is filled with the last equal-reward "
+                                             "groups (left out of the loss when filter_zero_variance_groups).", min=1)
     kl_target: Optional[float] = _f(None, "Adaptive beta: steer the measured KL toward this value. Empty: beta is fixed.", gt=0.0)
     kl_adapt_rate: float = _f(0.1, "Adaptive beta: at most this relative change of beta per step.", gt=0.0, max=1.0)
     loss_aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = _f(
@@ -163,6 +186,12 @@ class TrainConfig:
         False, "With several processes: shard every decoder layer's weights, gradients and AdamW moments over them "
                "(FSDP2 fully_shard); embeddings and LM head stay whole. Ignored with one process.")
     bf16: bool = _f(False, "bf16 autocast for forward passes (where the device supports it; master weights stay fp32).")
+    rollout_dtype: Literal["fp32", "bf16"] = _f(
+        "fp32", "Sample from a copy of the actor's weights in this dtype, refreshed every step (bf16: half the "
+                "weight bytes per decoded token; the log-probs then differ from the trainer's: see "
+                "rollout_correction). Not with --fsdp.")
+    reference_dtype: Literal["fp32", "bf16"] = _f("fp32", "The reference pass under bf16 autocast (bf16) or as the "
+                                                          "weights are.")
     logprob_chunk: int = _f(256, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
 
     # ------------------------------------------- speed and memory levers (grpo/fast, see `Levers`)
@@ -209,9 +238,13 @@ class TrainConfig:
                                      "refused when damaged) or `latest-good` (the newest that passes its checks).")
 
 
-# The parameters of the other policy losses, the same in every preset (their sources' defaults).
+# The parameters of the other policy losses and the settings most presets leave off, the same in every
+# preset unless it says otherwise (their sources' defaults).
 LOSS_PARAMETERS = dict(cispo_max=5.0, dual_clip_c=3.0, sapo_temperature_pos=1.0, sapo_temperature_neg=1.05,
-                       gmpo_epsilon=0.4, kl_clamp=None, mask_truncated_completions=False)
+                       gmpo_epsilon=0.4, kl_clamp=None, mask_truncated_completions=False,
+                       rollout_correction="none", rollout_is_min=None, rollout_is_max=None, top_entropy_quantile=1.0,
+                       entropy_coef=0.0, ref_sync_every=0, ref_sync_alpha=0.6, dynamic_sampling=False,
+                       dynamic_sampling_max_draws=10)
 
 # Each preset sets every algorithm field, so a preset alone fully defines the algorithm.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -230,11 +263,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                     token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
                     loss_aggregation="seq_mean_token_sum_norm", epsilon=0.2, epsilon_high=None,
                     filter_zero_variance_groups=False, overlong_penalty=False, **LOSS_PARAMETERS),
-    # Yu et al. 2025: clip-higher, token-level loss, zero-variance group filter, soft overlong penalty.
+    # Yu et al. 2025: clip-higher, token-level loss, dynamic sampling with the zero-variance group
+# filter, soft overlong penalty.
     "dapo": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
                  token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
                  loss_aggregation="token_mean", epsilon=0.2, epsilon_high=0.28,
-                 filter_zero_variance_groups=True, overlong_penalty=True, **LOSS_PARAMETERS),
+                 filter_zero_variance_groups=True, overlong_penalty=True, **{**LOSS_PARAMETERS, "dynamic_sampling": True}),
     # Zheng et al. 2025: one clipped ratio per sequence, its tiny range (section 5.1), no KL; the
     # sequence mean per completion (TRL's paper index: loss_type "grpo" with importance_sampling_level "sequence").
     "gspo": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
@@ -243,11 +277,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                  filter_zero_variance_groups=False, overlong_penalty=False, **LOSS_PARAMETERS),
     # TRL 1.16's GRPOTrainer with its defaults (GRPOConfig): loss_type "dapo" (token-level mean over
     # the batch), scale_rewards "group", beta 0.0, epsilon 0.2 both sides, k3 when beta > 0, the
-    # ratio against the sampling policy, no entropy mask, truncated completions kept.
+    # ratio against the sampling policy, no entropy mask, truncated completions kept, and the
+    # sampler's log-probs corrected by sequence-level masking at 3.0 (vllm_importance_sampling_mode
+    # "sequence_mask", clip_max 3.0; TRL applies it when vLLM samples).
     "trl": dict(advantage_estimator="grpo", reward_scaling="group", baseline="group", token_credit="uniform", gamma=1.0,
                 token_norm=False, ratio_vs="old", policy_loss="clip", kl_estimator="k3", beta=0.0,
                 loss_aggregation="token_mean", epsilon=0.2, epsilon_high=None,
-                filter_zero_variance_groups=False, overlong_penalty=False, **LOSS_PARAMETERS),
+                filter_zero_variance_groups=False, overlong_penalty=False,
+                **{**LOSS_PARAMETERS, "rollout_correction": "mis", "rollout_is_max": 3.0}),
 }
 
 # Applied when no --model is given: the sizes and learning rate the built-in demo needs
@@ -259,6 +296,20 @@ DEMO_DEFAULTS: dict[str, Any] = dict(
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 ALGORITHM_FIELDS = sorted({k for p in PRESETS.values() for k in p})
+
+
+# Each rollout_correction mode's (low, high) bounds of the importance weight where the run leaves
+# them empty: TIS's cap (Yao et al. 2025, as verl's default), IcePop's band (Ring-1T), TRL's
+# sequence_mask cap.
+ROLLOUT_IS_BOUNDS = {"none": (None, None), "tis": (None, 2.0), "seq_tis": (None, 2.0), "icepop": (0.5, 5.0),
+                     "mis": (None, 3.0)}
+
+
+def rollout_is_bounds(cfg) -> tuple[float | None, float | None]:
+    """The run's (low, high) bounds of the rollout-correction weight, None where unbounded."""
+    lo, hi = ROLLOUT_IS_BOUNDS[cfg.rollout_correction]
+    return (cfg.rollout_is_min if cfg.rollout_is_min is not None else lo,
+            cfg.rollout_is_max if cfg.rollout_is_max is not None else hi)
 
 
 # --------------------------------------------------------------- typing helpers
@@ -365,6 +416,23 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainCo
                           "each minibatch holds whole groups")
     if cfg.epsilon >= 1.0:
         raise ConfigError(f"epsilon: must be < 1, got {cfg.epsilon}")
+    lo, hi = rollout_is_bounds(cfg)
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError(f"rollout_is_min ({lo}) must be < rollout_is_max ({hi})")
+    if cfg.ref_sync_every:
+        if cfg.lora_rank:
+            raise ConfigError("ref_sync_every: under LoRA the reference is the actor's own base weights (the adapter "
+                              "switched off), which a refresh cannot move without changing the actor; train the full "
+                              "model (lora_rank 0) to refresh the reference")
+        if cfg.fsdp:
+            raise ConfigError("ref_sync_every: a refreshed reference is not checkpointed under --fsdp; train without "
+                              "--fsdp to refresh the reference")
+        if not needs_reference(cfg):
+            raise ConfigError("ref_sync_every: this run has no reference to refresh (beta is 0 and ratio_vs is old); "
+                              "set beta > 0 or leave ref_sync_every at 0")
+    if cfg.rollout_dtype != "fp32" and cfg.fsdp:
+        raise ConfigError(f"rollout_dtype: {cfg.rollout_dtype} sampling keeps a whole copy of the weights, which "
+                          "--fsdp does not; sample in fp32 or train without --fsdp")
     cfg.report_to = [n.strip() for spec in cfg.report_to for n in spec.split(",") if n.strip()]
     for name in cfg.report_to:
         if name not in REPORT_TO:

@@ -36,11 +36,13 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def logprobs_and_entropy(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """token_logprobs and (detached) entropy_from_logits from one log-softmax, with one extra
-    (..., V) buffer for the entropy instead of three.  (..., V), (...) -> (...), (...)."""
+def logprobs_and_entropy(logits: Tensor, tokens: Tensor, entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
+    """token_logprobs and (detached unless `entropy_grad`) entropy_from_logits from one log-softmax,
+    with one extra (..., V) buffer for a detached entropy instead of three.  (..., V), (...) -> (...), (...)."""
     logp_all = torch.log_softmax(upcast(logits), dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if entropy_grad:
+        return logp, -(logp_all.exp() * logp_all).sum(-1)
     with torch.no_grad():
         p_logp = logp_all.detach().exp().mul_(logp_all.detach())
         entropy = -p_logp.sum(-1)
@@ -237,6 +239,74 @@ def gmpo_loss(logp: Tensor, base_logp: Tensor, adv: Tensor, mask: Tensor, settin
 def policy_loss(name: str):
     """The registered policy loss `name`."""
     return POLICY_LOSSES[name]
+
+
+# ------------------------------------------------------------ rollout-mismatch correction
+class RolloutWeights(NamedTuple):
+    """The importance weight of each token for the sampler/trainer mismatch, and what it masked."""
+    weight: Tensor           # (N, T) w >= 0, detached; 1 where there is nothing to correct
+    masked: Tensor           # (N, T) bool: valid tokens whose weight the mode set to 0
+    log_ratio: Tensor        # (N, T) log pi_train_old - log pi_sampler, 0 where masked
+
+
+def rollout_weights(train_logp: Tensor, sampler_logp: Tensor, mask: Tensor, mode: str,
+                    low: float | None, high: float | None) -> RolloutWeights:
+    """w = pi_train_old / pi_sampler per token (`tis`, `icepop`) or per sequence, the product of its
+    tokens' ratios (`seq_tis`, `mis`); truncated to [low, high] (`tis`, `seq_tis`: Yao et al. 2025's
+    TIS) or zeroed outside it (`icepop`: Ring-1T's IcePop; `mis`: masked IS, TRL's sequence_mask).
+    A bound of None is no bound. The policy loss of each token is multiplied by w."""
+    with torch.no_grad():
+        valid = mask.bool()
+        log_ratio = torch.where(valid, upcast(train_logp) - upcast(sampler_logp), 0.0)
+        if mode in ("seq_tis", "mis"):
+            # the sequence's log-ratio, bounded above so that exp stays finite (its weight is then
+            # truncated or masked anyway)
+            ratio = log_ratio.sum(-1, keepdim=True).clamp(max=20.0).exp().expand_as(log_ratio)
+        else:
+            ratio = log_ratio.exp()
+        if mode in ("tis", "seq_tis"):
+            weight = ratio.clamp(min=low, max=high) if (low is not None or high is not None) else ratio
+            out = torch.zeros_like(valid)
+        elif mode in ("icepop", "mis"):
+            out = torch.zeros_like(valid)
+            if low is not None:
+                out |= ratio < low
+            if high is not None:
+                out |= ratio > high
+            out &= valid
+            weight = ratio.masked_fill(out, 0.0)
+        elif mode == "none":
+            weight, out = torch.ones_like(ratio), torch.zeros_like(valid)
+        else:
+            raise ValueError(f"unknown rollout_correction {mode!r}")
+        return RolloutWeights(torch.where(valid, weight, 1.0), out, log_ratio)
+
+
+def mismatch_kl(log_ratio: Tensor) -> Tensor:
+    """k3 estimate of KL(pi_sampler || pi_train) per token from d = log pi_train - log pi_sampler at
+    tokens drawn by the sampler: e^d - 1 - d (>= 0, 0 where d = 0)."""
+    return log_ratio.exp() - 1.0 - log_ratio
+
+
+# ------------------------------------------------------------------- token selection
+def high_entropy_mask(entropy: Tensor, mask: Tensor, rho: float, pool: Tensor | None = None) -> Tensor:
+    """Tokens whose entropy is at or above the (1 - rho) quantile of the valid tokens' entropies,
+    or of `pool` (every process's, under data parallelism) when given (Wang et al. 2025, "Beyond
+    the 80/20 rule": train on the top-rho forking tokens). rho = 1 keeps every valid token."""
+    valid = mask.bool()
+    pool = entropy[valid] if pool is None else pool
+    if rho >= 1.0 or pool.numel() == 0:
+        return valid if rho >= 1.0 else torch.zeros_like(valid)
+    return valid & (entropy.double() >= quantile(pool.double(), 1.0 - rho))
+
+
+def quantile(values: Tensor, q: float) -> Tensor:
+    """torch.quantile's linear interpolation (values (n,), n >= 1), without its input-size limit."""
+    v = values.sort().values
+    pos = q * (v.numel() - 1)
+    lo = int(pos)
+    hi = min(lo + 1, v.numel() - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 def sequence_count(mask: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from .loading import hf_model
 @dataclass
 class TokenStats:
     logp: Tensor              # (N, L) log pi(token), 0 where masked; differentiable under autograd
-    entropy: Tensor           # (N, L) detached
+    entropy: Tensor           # (N, L) detached unless asked for (entropy_grad)
     full_kl: Tensor | None    # (N, L) KL(pi || pi_ref) over the vocabulary, when a reference was given
 
 
@@ -168,13 +168,14 @@ def _head_logits(model, hidden: Tensor, temperature: float) -> Tensor:
     return logits if temperature == 1.0 else logits / temperature
 
 
-def _plain_chunks(model, h: Tensor, targets: Tensor, temperature: float, chunk: int, ref=None, ref_h=None):
+def _plain_chunks(model, h: Tensor, targets: Tensor, temperature: float, chunk: int, ref=None, ref_h=None,
+                  entropy_grad: bool = False):
     """(logp, entropy, full KL or None) of each row of `h` (M, H), `chunk` rows through the LM
     head at a time, each chunk checkpointed under autograd."""
 
     def piece(h_c, tok_c, ref_c):
         logits = _head_logits(model, h_c, temperature)                         # (m, V)
-        logp, ent = losses.logprobs_and_entropy(logits, tok_c)
+        logp, ent = losses.logprobs_and_entropy(logits, tok_c, entropy_grad)
         if ref_c is None:
             return logp, ent, torch.zeros_like(logp)
         with ref.scope() as ref_net:
@@ -194,14 +195,17 @@ def _plain_chunks(model, h: Tensor, targets: Tensor, temperature: float, chunk: 
     return logp, ent, kl if ref is not None else None
 
 
-def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref=None, head=None) -> TokenStats:
+def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref=None, head=None,
+                entropy_grad: bool = False) -> TokenStats:
     """Log-prob, entropy (and, with `ref` a Reference, the full-vocabulary KL to it) of every valid
     completion token. `head`: a faster LM-head computation (`head.module_for(model)` says whether
-    it applies; then `head(h, module, targets, temperature, chunk)` gives log-probs and entropy)."""
+    it applies; then `head(h, module, targets, temperature, chunk)` gives log-probs and entropy).
+    With `entropy_grad` the entropy is differentiable (an entropy bonus), through the plain path."""
     sel = rollout.completion_mask                                              # (N, L)
     targets = rollout.completion_ids[sel]                                      # (M,)
     h = _predicting_hidden(model, rollout)[sel]                                # (M, H)
-    module = head.module_for(model) if head is not None and ref is None else None
+    use_head = head is not None and ref is None and not entropy_grad
+    module = head.module_for(model) if use_head else None
     if module is not None:
         logp, ent = head(h, module, targets, temperature, chunk)
         kl = None
@@ -210,12 +214,13 @@ def token_stats(model, rollout: Rollout, *, temperature: float, chunk: int, ref=
         if ref is not None:
             with ref.scope() as ref_net:
                 ref_h = _predicting_hidden(ref_net, rollout)[sel]              # (M, H)
-        logp, ent, kl = _plain_chunks(model, h, targets, temperature, chunk, ref, ref_h)
+        logp, ent, kl = _plain_chunks(model, h, targets, temperature, chunk, ref, ref_h, entropy_grad)
 
     def scatter(v):
         return torch.zeros(sel.shape, dtype=v.dtype, device=v.device).masked_scatter(sel, v)
 
-    return TokenStats(scatter(logp), scatter(ent.detach()), scatter(kl) if kl is not None else None)
+    return TokenStats(scatter(logp), scatter(ent if entropy_grad else ent.detach()),
+                      scatter(kl) if kl is not None else None)
 
 
 def reference_logprobs(ref, rollout: Rollout, *, temperature: float, chunk: int, head=None) -> Tensor:

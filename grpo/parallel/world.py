@@ -93,6 +93,9 @@ class World:
     def all(self, flag: bool) -> bool:
         return self.min(1.0 if flag else 0.0) > 0.5
 
+    def any(self, flag: bool) -> bool:
+        return self.max(1.0 if flag else 0.0) > 0.5
+
     def sum_grads(self, params) -> None:
         """Sum the gradients of `params` over ranks in place (a missing gradient counts as zero).
         Sharded parameters (sharding.py) are skipped: FSDP has summed theirs already."""

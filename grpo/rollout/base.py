@@ -31,9 +31,34 @@ class Rollout:
     logprobs: Tensor          # (N, L) sampling policy's log-probs, 0 where masked
     lengths: Tensor           # (N,) valid completion tokens (EOS included)
     truncated: Tensor         # (N,) bool: no EOS within max_new_tokens
+    entropy: Tensor | None = None   # (N, L) entropy of the sampling distribution per token, where asked
 
     def select(self, idx: Tensor) -> "Rollout":
-        return Rollout(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return Rollout(*(None if getattr(self, f.name) is None else getattr(self, f.name)[idx] for f in fields(self)))
+
+
+def concat(rolls: list[Rollout], pad_id: int) -> Rollout:
+    """Rollouts stacked row-wise: prompts left-padded, completions right-padded to the widest."""
+    if len(rolls) == 1:
+        return rolls[0]
+    P = max(r.prompt_ids.shape[1] for r in rolls)
+    L = max(r.completion_ids.shape[1] for r in rolls)
+
+    def left(t, value):
+        return torch.nn.functional.pad(t, (P - t.shape[1], 0), value=value)
+
+    def right(t, value):
+        return None if t is None else torch.nn.functional.pad(t, (0, L - t.shape[1]), value=value)
+
+    with_entropy = all(r.entropy is not None for r in rolls)
+    return Rollout(prompt_ids=torch.cat([left(r.prompt_ids, pad_id) for r in rolls]),
+                   prompt_mask=torch.cat([left(r.prompt_mask, 0) for r in rolls]),
+                   completion_ids=torch.cat([right(r.completion_ids, pad_id) for r in rolls]),
+                   completion_mask=torch.cat([right(r.completion_mask, False) for r in rolls]),
+                   logprobs=torch.cat([right(r.logprobs, 0.0) for r in rolls]),
+                   lengths=torch.cat([r.lengths for r in rolls]),
+                   truncated=torch.cat([r.truncated for r in rolls]),
+                   entropy=torch.cat([right(r.entropy, 0.0) for r in rolls]) if with_entropy else None)
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,7 @@ class SamplingSettings:
     top_p: float = 1.0
     min_new_tokens: int = 0
     greedy: bool = False
+    record_entropy: bool = False    # also record each step's entropy of softmax(logits / temperature)
 
 
 class RolloutEngine(Protocol):

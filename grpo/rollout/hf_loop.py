@@ -17,6 +17,7 @@ from torch import Tensor
 from .. import compat
 from ..data.prompts import positions
 from .base import Generators, Rollout, SamplingSettings
+from ..algo.losses import entropy_from_logits
 from .sampling import next_token
 
 
@@ -72,11 +73,13 @@ def _decode(stepper, logits: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, sa
     eos = torch.tensor(list(sampling.eos_ids), device=device)
     next_pos = positions(prompt_mask)[:, -1] + 1                             # (N,)
     finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=device)
-    tokens, logps, valid = [], [], []
+    tokens, logps, valid, entropies = [], [], [], []
     for t in range(sampling.max_new_tokens):
         tok, logp = next_token(logits, t, sampling, eos, generator)
         tokens.append(torch.where(finished, torch.full_like(tok, sampling.pad_id), tok))
         logps.append(torch.where(finished, 0.0, logp))
+        if sampling.record_entropy:
+            entropies.append(torch.where(finished, 0.0, entropy_from_logits(logits.float() / sampling.temperature)))
         valid.append(~finished)
         finished = finished | torch.isin(tokens[-1], eos)
         if bool(finished.all()) or t == sampling.max_new_tokens - 1:
@@ -87,7 +90,8 @@ def _decode(stepper, logits: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, sa
     completion_mask = torch.stack(valid, 1)
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=torch.stack(tokens, 1),
                    completion_mask=completion_mask, logprobs=torch.stack(logps, 1),
-                   lengths=completion_mask.sum(1), truncated=~finished)
+                   lengths=completion_mask.sum(1), truncated=~finished,
+                   entropy=torch.stack(entropies, 1) if sampling.record_entropy else None)
 
 
 class HFEngine:

@@ -173,6 +173,11 @@ def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:
             state["opt"] = fsdp.shard_optimizer_state(st.opt, trainable(actor), state["opt"])
         state["sched"] = fsdp.fit_scheduler_state(state["sched"], len(st.opt.param_groups))
         st.load(state)
+        if cfg.ref_sync_every:
+            if "reference" not in state:
+                raise CheckpointError(f"resume: {resume_from} holds no refreshed reference (it was written without "
+                                      "ref_sync_every); resume with ref_sync_every 0, or start afresh")
+            run.ref.load_weights(state["reference"])
         if run.world.main:                     # rank 0 alone writes (and rewrites) the run's files
             for name in ("metrics.jsonl", "completions.jsonl", "eval.jsonl"):
                 checkpoint.truncate_jsonl(out / name, st.step)
@@ -210,6 +215,9 @@ def _steps(run: Run, st: RunState, sinks: Sinks, out: Path, log) -> None:
                          initial=st.step, total=cfg.max_steps, disable=not world.main):
             st.step = step
             metrics, batch = train_step(run, st)
+            if cfg.ref_sync_every and step % cfg.ref_sync_every == 0:
+                run.ref.refresh(run.actor, cfg.ref_sync_alpha)            # TR-DPO's soft update
+                metrics["reference/refreshed"] = 1
             sinks.log(metrics, _samples(cfg, batch) if sinks else [])
             stopping = world.max(float(stop.signum or 0))
             if cfg.eval_size and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
@@ -237,6 +245,8 @@ def _samples(cfg, batch) -> list[dict]:
 
 def _checkpoint(run: Run, st: RunState, out: Path) -> None:
     weights, state = whole_state(run.actor, st, run.shard)
+    if run.cfg.ref_sync_every:                       # the refreshed reference is part of the run's state
+        state["reference"] = run.ref.weights()
     if run.world.main:
         try:
             checkpoint.save(out, st.step, run.actor, run.tokenizer, state, run.cfg.keep_checkpoints, weights,

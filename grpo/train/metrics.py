@@ -42,6 +42,16 @@ def step_metrics(cfg, step: int, batch, acc, beta: float, lr: float, times: dict
         "lr": lr,
         "updates/skipped_nonfinite": skipped_total,
     })
+    if cfg.dynamic_sampling:
+        m["dynamic/draws"] = batch.draws
+        m["dynamic/short_groups"] = batch.short
+    if acc.mm_tokens:                    # sampler vs trainer (where the trainer's pi_old is known)
+        mm = acc.mm_tokens
+        m.update({"mismatch/kl": acc.mm_kl / mm, "mismatch/logp_diff_mean": acc.mm_abs_diff / mm,
+                  "mismatch/logp_diff_max": acc.mm_abs_diff_max, "mismatch/weight_mean": acc.mm_weight / mm,
+                  "mismatch/weight_max": acc.mm_weight_max, "mismatch/masked_frac": acc.mm_masked / mm})
+    if batch.entropy_mask is not None:
+        m["entropy/kept_frac"] = (batch.entropy_mask.sum() / batch.loss_mask.sum().clamp(min=1)).item()
     m.update({f"time/{k}": round(v, 4) for k, v in times.items()})
     m["time/tokens_per_sec"] = round(batch.lengths.sum().item() / max(times["step"], 1e-9), 1)
     return m

@@ -52,4 +52,5 @@ def trim(roll: Rollout) -> tuple[Rollout, int]:
     if width >= roll.completion_ids.shape[1]:
         return roll, roll.completion_ids.shape[1]
     return Rollout(roll.prompt_ids, roll.prompt_mask, roll.completion_ids[:, :width], roll.completion_mask[:, :width],
-                   roll.logprobs[:, :width], roll.lengths, roll.truncated), width
+                   roll.logprobs[:, :width], roll.lengths, roll.truncated,
+                   None if roll.entropy is None else roll.entropy[:, :width]), width

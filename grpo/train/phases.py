@@ -16,12 +16,15 @@ import torch
 
 from ..parallel import fsdp
 
-MODEL_PHASES = ("generate", "reference", "policy")
+MODEL_PHASES = ("generate", "reference", "old_policy", "policy")
 READS_REFERENCE = ("reference", "policy")
 
 
-def autocast(cfg, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+def autocast(cfg, device: torch.device, phase: str | None = None):
+    """bf16 autocast where `bf16` asks (every model phase), or for the reference pass alone where
+    `reference_dtype` does."""
+    on = cfg.bf16 or (phase == "reference" and getattr(cfg, "reference_dtype", "fp32") == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
 class Phases:
@@ -38,11 +41,11 @@ class Phases:
             if self.watch is not None:
                 stack.enter_context(self.watch(name))
             if name in MODEL_PHASES:
-                stack.enter_context(autocast(self.cfg, self.device))
+                stack.enter_context(autocast(self.cfg, self.device, name))
             stack.enter_context(self.memory(name))
             if name == "generate" and self.sharded:
                 stack.enter_context(fsdp.gathered(self.actor))
             yield
         if name in READS_REFERENCE and self.reference is not None:
             self.reference.release()          # a file-backed reference's pages leave memory
-        self.times[name] = time.time() - t
+        self.times[name] = self.times.get(name, 0.0) + time.time() - t     # a phase may run more than once

@@ -13,6 +13,7 @@ data parallelism this runs on every rank with its share of the prompts (grpo/par
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +21,15 @@ from typing import Any
 import torch
 
 from ..algo import advantages as adv_mod
+from ..algo import losses
 from ..data.prompts import encode_for_model
-from ..models.logprobs import reference_logprobs
+from ..models.logprobs import reference_logprobs, token_stats
 from ..models.lora import lora_merged
 from ..models.loading import hf_model
 from ..parallel.world import World, prompt_seed
 from ..rewards import score as score_rewards
 from ..rollout import Rollout, SamplingSettings, decode
+from ..rollout.base import concat
 from . import microbatch
 from .levers import Plugged
 from .metrics import step_metrics
@@ -49,6 +52,7 @@ class Run:
     plugged: Plugged
     shard: bool = False
     watch: Any = None         # a phase name -> context, wrapped around each phase (phases.py)
+    sampler: Any = None       # rollout_dtype's copy of the actor (step.sampler_model), made on first use
 
     def phases(self) -> Phases:
         return Phases(self.cfg, self.device, self.plugged.memory, self.actor, self.ref, self.shard, self.watch)
@@ -72,13 +76,17 @@ class StepBatch:
     truncated: torch.Tensor          # (N,) bool, global
     first_prompt: int = 0
     scaled_rewards: torch.Tensor | None = None   # (B, G) global, for the window baseline
+    old_logp: torch.Tensor | None = None         # (n, L) the trainer's log pi_old, where a pass computed it
+    entropy_mask: torch.Tensor | None = None     # (n, L) bool: the top-rho entropy tokens (top_entropy_quantile)
+    draws: int = 1                               # dynamic sampling: draws of prompts_per_step prompts this step
+    short: int = 0                               # dynamic sampling: equal-reward groups that filled the batch, global
 
 
 def sampling_settings(cfg, tokenizer, **override) -> SamplingSettings:
     return SamplingSettings(**{**dict(
         max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, eos_ids=(tokenizer.eos_token_id,),
         pad_id=tokenizer.pad_token_id, num_samples=cfg.group_size, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p), **override})
+        top_p=cfg.top_p, record_entropy=cfg.top_entropy_quantile < 1.0), **override})
 
 
 def sampling_generators(cfg, step: int, first: int, count: int, device) -> list[torch.Generator]:
@@ -94,9 +102,33 @@ def sample(run: Run, rows: list[dict], generator) -> tuple[Rollout, list[str]]:
     cfg, actor, tok = run.cfg, run.actor, run.tokenizer
     ids, mask = encode_for_model(tok, [r["prompt"] for r in rows], run.device,
                                  system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
-    with lora_merged(actor, run.plugged.merged_product):
-        roll = run.plugged.engine.generate(hf_model(actor), ids, mask, sampling_settings(cfg, tok), generator)
+    model = sampler_model(run)
+    with lora_merged(model, run.plugged.merged_product):
+        roll = run.plugged.engine.generate(hf_model(model), ids, mask, sampling_settings(cfg, tok), generator)
     return roll, decode(tok, roll)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@torch.no_grad()
+def sampler_model(run: Run):
+    """The model that samples: the actor, or (rollout_dtype other than fp32) a copy of it whose
+    parameters are in that dtype, refreshed from the actor at every call. Buffers (the rotary
+    frequencies) stay as they are, as an inference engine keeps them."""
+    dtype = DTYPES[run.cfg.rollout_dtype]
+    if dtype == torch.float32:
+        return run.actor
+    if run.sampler is None:
+        run.sampler = copy.deepcopy(run.actor)
+        run.sampler.requires_grad_(False)
+        for p in run.sampler.parameters():
+            p.data = p.data.to(dtype)
+    else:
+        for mine, theirs in zip(run.sampler.parameters(), run.actor.parameters()):
+            mine.copy_(theirs)
+    run.sampler.eval()
+    return run.sampler
 
 
 def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict, dict]:
@@ -133,46 +165,139 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     loss_mask = roll.completion_mask & keep.repeat_interleave(G).to(roll.completion_mask.device)[:, None]
     if cfg.mask_truncated_completions:                 # a cut completion is not judged (DAPO's overlong filter)
         loss_mask = loss_mask & ~roll.truncated.to(loss_mask.device)[:, None]
-    return StepBatch(rows, roll, texts, rewards, per_fn, failed, full.rows(first, b, G, L), loss_mask, None, lengths,
-                     truncated, first, full.scaled_rewards)
+    batch = StepBatch(rows, roll, texts, rewards, per_fn, failed, full.rows(first, b, G, L), loss_mask, None, lengths,
+                      truncated, first, full.scaled_rewards)
+    if cfg.top_entropy_quantile < 1.0:
+        batch.entropy_mask = entropy_mask(roll.entropy, loss_mask, cfg.top_entropy_quantile, world)
+    return batch
+
+
+def entropy_mask(entropy: torch.Tensor, loss_mask: torch.Tensor, rho: float, world: World) -> torch.Tensor:
+    """The tokens of this rank whose sampling entropy is in the top-rho fraction of the whole
+    batch's loss tokens (the threshold over every rank's, so it does not depend on the layout)."""
+    local = entropy[loss_mask].double()
+    every = world.gather_padded(local.to(world.device), dim=0, value=-1.0).cpu()
+    every = every[every >= 0]                          # entropies are >= 0; -1 is the padding
+    return losses.high_entropy_mask(entropy, loss_mask, rho, pool=every)
 
 
 def collect_batch(run: Run, st, phases: Phases) -> StepBatch:
     """Steps 1-4: this rank's prompts sampled, scored, turned into advantages, and (where needed)
-    scored by the reference. Advances the data order and the baseline window in `st`."""
+    scored by the reference and the old policy. Advances the data order and the baseline window in `st`."""
     cfg, world = run.cfg, run.world
-    every = run.task.sample_train(st.data_rng, cfg.prompts_per_step)     # the same global batch on every rank
     b = cfg.prompts_per_step // world.size
     first = world.rank * b
-    rows = every[first:first + b]
-    run.actor.eval()
-    with phases.run("generate"):
-        roll, texts = sample(run, rows, sampling_generators(cfg, st.step, first, b, run.device))
-    run.actor.train()
-    with phases.run("score"):
-        rewards, per_fn, failed = score(cfg, rows, texts, roll, run.reward_fns)
+    rows, roll, texts, rewards, per_fn, failed, draws, short = draw_groups(run, st, phases, b, first)
     weights = {name: weight for name, (_, weight) in run.reward_fns.items()}
     batch = build_batch(cfg, rows, roll, texts, rewards, per_fn, world, first, st.history, failed, weights)
+    batch.draws, batch.short = draws, short
     st.history.append(batch.scaled_rewards)         # the window baseline averages scaled rewards
     with phases.run("reference"):
         if run.ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
             batch.ref_logp = reference_pass(run, roll)
+    if needs_old_pass(cfg):
+        with phases.run("old_policy"):
+            batch.old_logp = logprob_pass(run, roll, old_policy=True)
     return batch
+
+
+def needs_old_pass(cfg) -> bool:
+    """A pass of the actor before the update for its log pi_old: the rollout correction needs the
+    trainer's pi_old, which the update's own forward gives only on a single update of the batch."""
+    return cfg.rollout_correction != "none" and not (cfg.updates_per_batch == 1 and cfg.minibatches == 1)
+
+
+def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):
+    """Draw k of the step: the next prompts_per_step prompts (the same on every rank), this
+    rank's b of them sampled and scored."""
+    cfg = run.cfg
+    every = run.task.sample_train(st.data_rng, cfg.prompts_per_step)
+    rows = every[first:first + b]
+    run.actor.eval()
+    with phases.run("generate"):
+        # generators seeded by the prompt's index among the step's draws: draw 0 is the batch of a
+        # run without dynamic sampling
+        roll, texts = sample(run, rows, sampling_generators(cfg, st.step, first + k * cfg.prompts_per_step, b,
+                                                            run.device))
+    run.actor.train()
+    with phases.run("score"):
+        rewards, per_fn, failed = score(cfg, rows, texts, roll, run.reward_fns)
+    return rows, roll, texts, rewards, per_fn, failed
+
+
+def draw_groups(run: Run, st, phases: Phases, b: int, first: int):
+    """This rank's b groups: one draw, or with dynamic_sampling (DAPO) draws until b groups whose
+    rewards differ are in hand, at most dynamic_sampling_max_draws. Every rank draws as long as
+    any still needs groups (the data order stays the same on all); each fills its own share from
+    its slice of each draw. A share still short takes the latest equal-reward groups.
+    (rows, rollout, texts, rewards (b, G), per_fn, failed, draws, short groups over all ranks)."""
+    cfg, world = run.cfg, run.world
+    drawn = [_draw(run, st, phases, b, first, 0)]
+    if not cfg.dynamic_sampling:
+        return (*drawn[0], 1, 0)
+    G = cfg.group_size
+    kept: list[tuple[int, int]] = []          # (draw, group) with differing rewards, in order
+    spare: list[tuple[int, int]] = []         # equal-reward groups, in order
+    while True:
+        k = len(drawn) - 1
+        if drawn[k] is not None:
+            same = adv_mod.zero_variance_groups(drawn[k][3])
+            for g in range(b):
+                (spare if same[g] else kept).append((k, g))
+        if not world.any(len(kept) < b) or len(drawn) >= cfg.dynamic_sampling_max_draws:
+            break
+        if len(kept) < b:
+            drawn.append(_draw(run, st, phases, b, first, len(drawn)))
+        else:                                 # this rank is full; the others draw (the data order moves on)
+            run.task.sample_train(st.data_rng, cfg.prompts_per_step)
+            drawn.append(None)
+    short = max(0, b - len(kept))
+    chosen = sorted(kept[:b] + spare[::-1][:short])      # in draw order
+    rows, texts, rolls, rewards, failed = [], [], [], [], {}
+    per_fn: dict = {}
+    for k, g in chosen:
+        d_rows, d_roll, d_texts, d_rewards, d_per_fn, d_failed = drawn[k]
+        idx = torch.arange(g * G, (g + 1) * G)
+        rows.append(d_rows[g])
+        texts.extend(d_texts[g * G:(g + 1) * G])
+        rolls.append(d_roll.select(idx.to(d_roll.lengths.device)))
+        rewards.append(d_rewards[g])
+        for name, v in d_per_fn.items():
+            per_fn.setdefault(name, []).append(v[g * G:(g + 1) * G])
+        for name, v in d_failed.items():
+            failed.setdefault(name, []).append(v[g * G:(g + 1) * G])
+    roll = concat(rolls, run.tokenizer.pad_token_id)
+    return (rows, roll, texts, torch.stack(rewards), {k: torch.cat(v) for k, v in per_fn.items()},
+            {k: torch.cat(v) for k, v in failed.items()}, len(drawn),
+            int(world.sum(torch.tensor([float(short)], dtype=torch.float64, device=world.device)).item()))
 
 
 def reference_pass(run: Run, roll: Rollout) -> torch.Tensor:
     """(N, L) log pi_ref of the rollout's tokens, in micro-batches within `micro_batch_tokens`."""
+    return logprob_pass(run, roll, old_policy=False)
+
+
+def logprob_pass(run: Run, roll: Rollout, old_policy: bool) -> torch.Tensor:
+    """(N, L) log-probs of the rollout's tokens under the reference, or (`old_policy`) under the
+    actor as it is before the update, in micro-batches within `micro_batch_tokens`."""
     cfg = run.cfg
+
+    def logp(sub: Rollout) -> torch.Tensor:
+        if old_policy:
+            with torch.no_grad():
+                return token_stats(run.actor, sub, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
+                                   head=run.plugged.head).logp
+        return reference_logprobs(run.ref, sub, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
+                                  head=run.plugged.head)
+
     seqs = torch.arange(roll.completion_ids.shape[0], device=roll.completion_ids.device)
     parts = microbatch.plan(seqs, roll.lengths, roll.prompt_ids.shape[1], cfg.micro_batch_tokens)
     if len(parts) == 1:
-        return reference_logprobs(run.ref, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
-                                  head=run.plugged.head)
+        return logp(roll)
     out = torch.zeros_like(roll.logprobs)
     for part in parts:
         sub, width = microbatch.trim(roll.select(part))
-        out[part, :width] = reference_logprobs(run.ref, sub, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
-                                               head=run.plugged.head).to(out.dtype)
+        out[part, :width] = logp(sub).to(out.dtype)
     return out
 
 

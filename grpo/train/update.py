@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..algo import losses
+from ..config import rollout_is_bounds
 from ..models.logprobs import token_stats
 from ..parallel.fsdp import with_stand_ins
 from ..parallel.world import World
@@ -30,6 +31,7 @@ class TokenTerms:
     clipped_low: torch.Tensor
     clipped_high: torch.Tensor
     entropy: torch.Tensor
+    mismatch: losses.RolloutWeights | None = None    # sampler vs trainer, where the trainer's pi_old is known
 
 
 def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old: bool) -> TokenTerms:
@@ -38,33 +40,55 @@ def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old:
     roll, W = microbatch.trim(batch.rollout.select(micro))
     full_kl = cfg.kl_estimator == "full" and run.ref is not None
     st = token_stats(run.actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
-                     ref=run.ref if full_kl else None, head=run.plugged.head)
+                     ref=run.ref if full_kl else None, head=run.plugged.head, entropy_grad=cfg.entropy_coef > 0)
     ref_logp = batch.ref_logp[micro, :W] if batch.ref_logp is not None else None
+    # the trainer's own log-probs under the weights that sampled (pi_old as the trainer computes it):
+    # this pass's, detached, on the first and only update; else the old-policy pass's, where one ran
+    if reuse_logp_as_old:
+        train_old = st.logp.detach()
+    else:
+        train_old = batch.old_logp[micro, :W] if batch.old_logp is not None else None
     if cfg.ratio_vs == "ref":
         base = ref_logp
-    else:                           # pi_old: equal to pi_theta in value on the first and only update
-        base = st.logp.detach() if reuse_logp_as_old else roll.logprobs
+    else:                           # pi_old: the trainer's where known, else the sampler's
+        base = train_old if train_old is not None else roll.logprobs
     adv = batch.adv.normalized.to(st.logp.device)[micro, :W]                 # (n, W)
     pol = losses.policy_loss(cfg.policy_loss)(st.logp, base, adv, roll.completion_mask, cfg)
+    policy = pol.loss
+    mismatch = None
+    if train_old is not None:
+        mismatch = losses.rollout_weights(train_old, roll.logprobs, roll.completion_mask, cfg.rollout_correction,
+                                          *rollout_is_bounds(cfg))
+        if cfg.rollout_correction != "none":
+            policy = policy * mismatch.weight.to(policy.dtype)
+    if batch.entropy_mask is not None:              # top-rho entropy tokens only
+        policy = policy * batch.entropy_mask[micro, :W].to(policy.dtype)
     kl = None
     if run.ref is not None:
         kl = st.full_kl if full_kl else losses.kl_estimate(st.logp, ref_logp, cfg.kl_estimator)
         if cfg.kl_clamp is not None and not full_kl:
             kl = kl.clamp(-cfg.kl_clamp, cfg.kl_clamp)
-    per_token = pol.loss + beta * kl if (kl is not None and beta > 0) else pol.loss
-    return TokenTerms(batch.loss_mask[micro, :W], per_token, pol.loss, kl, pol.ratio, pol.clipped_low,
-                      pol.clipped_high, st.entropy)
+    per_token = policy + beta * kl if (kl is not None and beta > 0) else policy
+    if cfg.entropy_coef > 0:                        # the bonus: its gradient raises each token's entropy
+        per_token = per_token - cfg.entropy_coef * st.entropy
+    return TokenTerms(batch.loss_mask[micro, :W], per_token, policy, kl, pol.ratio, pol.clipped_low,
+                      pol.clipped_high, st.entropy.detach(), mismatch)
 
 
 class Tally:
     """Token-weighted sums of the health figures over every micro-batch of a step."""
 
-    SUMS = ("tokens", "pg", "kl", "ent", "ratio", "clip_low", "clip_high")
+    SUMS = ("tokens", "pg", "kl", "ent", "ratio", "clip_low", "clip_high", "mm_tokens", "mm_kl", "mm_weight",
+            "mm_masked", "mm_abs_diff")
 
     def __init__(self):
         self.loss, self.n_updates, self.skipped, self.grad_norm = 0.0, 0, 0, 0.0
         self.tokens = self.pg = self.kl = self.ent = self.ratio = self.clip_low = self.clip_high = 0.0
         self.ratio_min, self.ratio_max = math.inf, -math.inf
+        # sampler vs trainer, counted on the first pass only (each token once)
+        self.mm_tokens = self.mm_kl = self.mm_weight = self.mm_masked = self.mm_abs_diff = 0.0
+        self.mm_weight_max = self.mm_abs_diff_max = -math.inf
+        self.count_mismatch = True
 
     def reduce(self, world: World) -> None:
         """Sum the token-weighted figures over ranks (the losses are summed as they are made)."""
@@ -74,6 +98,7 @@ class Tally:
             for k, v in zip(self.SUMS, sums.tolist()):
                 setattr(self, k, v)
             self.ratio_min, self.ratio_max = world.min(self.ratio_min), world.max(self.ratio_max)
+            self.mm_weight_max, self.mm_abs_diff_max = world.max(self.mm_weight_max), world.max(self.mm_abs_diff_max)
 
     def add(self, t: TokenTerms, mask: torch.Tensor) -> None:
         if not mask.any():               # every group here was filtered out: nothing to count
@@ -89,6 +114,16 @@ class Tally:
         self.ratio_max = max(self.ratio_max, t.ratio[mask].max().item())
         if t.kl is not None:
             self.kl += (t.kl.detach() * m).sum().item()
+        if t.mismatch is not None and self.count_mismatch:
+            d = t.mismatch.log_ratio[mask]
+            w = t.mismatch.weight[mask]
+            self.mm_tokens += d.numel()
+            self.mm_kl += losses.mismatch_kl(d.double()).sum().item()
+            self.mm_weight += w.double().sum().item()
+            self.mm_masked += (t.mismatch.masked & mask).sum().item()
+            self.mm_abs_diff += d.abs().double().sum().item()
+            self.mm_weight_max = max(self.mm_weight_max, w.max().item())
+            self.mm_abs_diff_max = max(self.mm_abs_diff_max, d.abs().max().item())
 
     def __getitem__(self, key):          # dict-style access for callers and tests
         return getattr(self, key)
@@ -163,7 +198,8 @@ def update_policy(run, opt, sched, batch, beta: float, shuffle: torch.Generator)
     reuse_logp_as_old = cfg.updates_per_batch == 1 and cfg.minibatches == 1
     params = trainable(run.actor)
     tally = Tally()
-    for _ in range(cfg.updates_per_batch):
+    for n_pass in range(cfg.updates_per_batch):
+        tally.count_mismatch = n_pass == 0
         order = torch.randperm(B, generator=shuffle) if cfg.minibatches > 1 else torch.arange(B)
         for groups in torch.tensor_split(order, cfg.minibatches):
             seqs = _minibatch_seqs(batch, groups, G)
