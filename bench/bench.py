@@ -97,7 +97,8 @@ def run_ours(workload: str, model: str, steps: int, extra: dict, watch=None) -> 
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"step_s": [r["time/step"] for r in rows],
             "phases": {k[5:]: [r[k] for r in rows] for k in rows[0] if k.startswith("time/") and k != "time/step"},
-            "tokens": [r["length/mean"] * cfg.prompts_per_step * cfg.group_size for r in rows]}
+            "tokens": [r["length/mean"] * cfg.prompts_per_step * cfg.group_size for r in rows],
+            "metrics": {k: [r[k] for r in rows] for k in rows[0] if k.startswith(("mismatch/", "reward/mean"))}}
 
 
 def run_trl(workload: str, model: str, steps: int) -> dict:

@@ -2,6 +2,9 @@
 
     python bench/demo_presets.py --seeds 0 1 2 [--steps 150] [--extra "seed:ratio_vs=old"]
 
+"draws/step" is dynamic sampling's mean draws of prompts_per_step prompts; "mismatch KL" the median
+of the step's mismatch/kl (the sampler against the trainer).
+
 Prints a Markdown table (the one in docs/algorithm.md). Every run starts from the same cached
 warm-started demo model and uses the demo defaults; only the preset (and the seed) change.
 """
@@ -30,7 +33,9 @@ def run(preset: str, seed: int, steps: int, extra: dict) -> dict:
     return dict(before=summary["eval_before"]["accuracy"], after=summary["eval_after"]["accuracy"],
                 reward_first=statistics.mean(r["reward/mean"] for r in rows[:k]),
                 reward_last=statistics.mean(r["reward/mean"] for r in rows[-k:]),
-                step_s=statistics.median(r["time/step"] for r in rows))
+                step_s=statistics.median(r["time/step"] for r in rows),
+                mismatch_kl=statistics.median(r.get("mismatch/kl", float("nan")) for r in rows),
+                draws=statistics.mean(r.get("dynamic/draws", 1) for r in rows))
 
 
 def main() -> None:
@@ -46,8 +51,8 @@ def main() -> None:
         preset, _, kvs = spec.partition(":")
         variants.append((preset, dict(kv.split("=") for kv in kvs.split(","))))
     print("| preset | settings changed | held-out before | held-out after (mean ± sd) | gain (points) | "
-          "train reward first→last 10% | s/step |")
-    print("|---|---|---|---|---|---|---|")
+          "train reward first→last 10% | s/step | draws/step | mismatch KL |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for preset, extra in variants:
         res = [run(preset, s, args.steps, extra) for s in args.seeds]
         after = [r["after"] for r in res]
@@ -56,7 +61,8 @@ def main() -> None:
         changed = ", ".join(f"{k}={v}" for k, v in extra.items()) or "—"
         print(f"| {preset} | {changed} | {res[0]['before']:.3f} | {statistics.mean(after):.3f} ± {sd:.3f} | "
               f"{statistics.mean(gain):+.1f} | {statistics.mean(r['reward_first'] for r in res):.2f} → "
-              f"{statistics.mean(r['reward_last'] for r in res):.2f} | {statistics.median(r['step_s'] for r in res):.2f} |",
+              f"{statistics.mean(r['reward_last'] for r in res):.2f} | {statistics.median(r['step_s'] for r in res):.2f} | "
+              f"{statistics.mean(r['draws'] for r in res):.2f} | {statistics.median(r['mismatch_kl'] for r in res):.1e} |",
               flush=True)
 
 
