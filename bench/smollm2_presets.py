@@ -6,9 +6,12 @@ reasoning-gym task, held-out greedy and sampled accuracy before and after, one s
         --steps 30 --eval-size 100
 
 Every run starts from the same model with the same data order and sampling seed; only the preset
-changes. Greedy accuracy is the run's own held-out evaluation (eval.jsonl); sampled accuracy is
-the mean over `--samples` completions per problem at temperature 1.0, of the base model and of
-each run's merged model. Prints a Markdown table.
+changes. The model answers in prose ("The result of 6 - 4 is 2."), which the task's own verifier
+(the whole completion as the answer) never accepts, so the reward and the accuracy are math-verify's
+on the last number (`--reward math_verify`), with the system prompt "Answer with the number only.".
+Greedy accuracy is the run's own held-out evaluation (eval.jsonl); sampled accuracy is the mean over
+`--samples` completions per problem at temperature 1.0, of the base model and of each run's merged
+model. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -35,11 +38,21 @@ from grpo.train import train  # noqa: E402
 from grpo.train.evaluate import evaluate  # noqa: E402
 
 
+METRIC = "pass/math_verify"      # the share of completions whose last number math-verify accepts
+
+
 def sampled_accuracy(model_dir: str, cfg, samples: int) -> float:
+    from grpo.rewards import build_reward_fns
     model, tok = load_model(model_dir, torch.device("cpu"))
-    res = evaluate(model, tok, build_task(cfg), n=cfg.eval_size, batch_size=cfg.eval_batch_size,
-                   max_new_tokens=cfg.max_new_tokens, samples=samples, greedy=False, temperature=1.0, seed=1)
-    return res["accuracy"]
+    task = build_task(cfg)
+    fns = build_reward_fns(cfg, task, torch.device("cpu"))
+    try:
+        res = evaluate(model, tok, task, n=cfg.eval_size, batch_size=cfg.eval_batch_size,
+                       max_new_tokens=cfg.max_new_tokens, reward_fns=fns, system_prompt=cfg.system_prompt,
+                       samples=samples, greedy=False, temperature=1.0, seed=1)
+    finally:
+        fns.close()
+    return res[METRIC]
 
 
 def main() -> None:
@@ -56,7 +69,8 @@ def main() -> None:
     model = bench.smollm2_folder()
     common = dict(model=model, task=args.task, task_config=args.task_config, max_steps=args.steps,
                   eval_size=args.eval_size, lora_rank=16, lr=2e-5, prompts_per_step=4, group_size=8,
-                  max_new_tokens=48, save_model=True, save_merged=True, log_completions=0,
+                  max_new_tokens=48, save_model=True, save_merged=True, log_completions=0, reward=["math_verify"],
+                  system_prompt="Answer with the number only.",
                   **dict(bench.parse_setting(kv) for kv in args.set))
     base_cfg = resolve(overrides={**common, "output_dir": tempfile.mkdtemp(prefix="smollm2-base-")})
     base_sampled = sampled_accuracy(model, base_cfg, args.samples)
@@ -75,7 +89,7 @@ def main() -> None:
         first = statistics.mean(r["reward/mean"] for r in rows[:5])
         last = statistics.mean(r["reward/mean"] for r in rows[-5:])
         step_s = statistics.median(r["time/step"] for r in rows)
-        print(f"| {preset} | {summary['eval_before']['accuracy']:.3f} | {summary['eval_after']['accuracy']:.3f} | "
+        print(f"| {preset} | {summary['eval_before'][METRIC]:.3f} | {summary['eval_after'][METRIC]:.3f} | "
               f"{base_sampled:.3f} | {after:.3f} | {first:.2f} → {last:.2f} | {step_s:.1f} |", flush=True)
         print(f"({preset}: {time.time() - t:.0f} s in all)", file=sys.stderr, flush=True)
 
