@@ -23,7 +23,7 @@ READS_REFERENCE = ("reference", "policy")
 def autocast(cfg, device: torch.device, phase: str | None = None):
     """bf16 autocast where `bf16` asks (every model phase), or for the reference pass alone where
     `reference_dtype` does."""
-    on = cfg.bf16 or (phase == "reference" and getattr(cfg, "reference_dtype", "fp32") == "bf16")
+    on = cfg.bf16 or (phase == "reference" and cfg.reference_dtype == "bf16")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 

@@ -34,7 +34,7 @@ from . import microbatch
 from .levers import Plugged
 from .metrics import step_metrics
 from .phases import Phases
-from .update import update_policy
+from .update import single_update, update_policy
 
 
 @dataclass
@@ -204,7 +204,7 @@ def collect_batch(run: Run, st, phases: Phases) -> StepBatch:
 def needs_old_pass(cfg) -> bool:
     """A pass of the actor before the update for its log pi_old: the rollout correction needs the
     trainer's pi_old, which the update's own forward gives only on a single update of the batch."""
-    return cfg.rollout_correction != "none" and not (cfg.updates_per_batch == 1 and cfg.minibatches == 1)
+    return cfg.rollout_correction != "none" and not single_update(cfg)
 
 
 def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):

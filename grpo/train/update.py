@@ -129,6 +129,12 @@ class Tally:
         return getattr(self, key)
 
 
+def single_update(cfg) -> bool:
+    """One optimizer step per sampled batch: pi_old is then pi_theta in value, and the update's
+    own forward (detached) gives the trainer's log pi_old."""
+    return cfg.updates_per_batch == 1 and cfg.minibatches == 1
+
+
 def trainable(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -195,7 +201,7 @@ def update_policy(run, opt, sched, batch, beta: float, shuffle: torch.Generator)
     """Every optimizer step of one sampled batch; the step's health figures (over all ranks)."""
     cfg, world = run.cfg, run.world
     B, G = batch.rewards.shape                                         # the global batch
-    reuse_logp_as_old = cfg.updates_per_batch == 1 and cfg.minibatches == 1
+    reuse_logp_as_old = single_update(cfg)
     params = trainable(run.actor)
     tally = Tally()
     for n_pass in range(cfg.updates_per_batch):
