@@ -99,6 +99,15 @@ def recording_cache() -> Cache:
     return Cache(layer_class_to_replicate=RecordingLayer)
 
 
+def forget_recorded(cache: Cache) -> None:
+    """Drop a recording cache's keys/values once they are read. Under checkpointed layers the
+    cache is kept by each layer's replay closure, which the keys' own graph keeps: a cycle through
+    autograd's C++ graph that Python's collector cannot see, freed only by a backward through it.
+    (A replay records the states again, and the backward then frees them.)"""
+    for layer in cache.layers:
+        layer.keys = layer.values = None
+
+
 def prefix_cache(keys_values: list[tuple[Tensor, Tensor]]) -> Cache:
     """A read-only cache holding one (keys, values) pair per layer."""
     return Cache(layers=[PrefixLayer(k, v) for k, v in keys_values])

@@ -303,6 +303,44 @@ def test_shared_prompt_forward_equals_plain_path_on_any_row_selection(tiny_model
         torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("checkpointed", [False, True])
+@pytest.mark.parametrize("backward", [False, True])
+def test_shared_prompt_forward_is_freed_with_or_without_a_backward(tiny_model_dir, backward, checkpointed,
+                                                                   monkeypatch):
+    """The prompt forward's outputs (and the graph they hold) are freed once the caller drops the
+    result, whether or not a backward ran through it (a forward never backwarded once kept its
+    graph for the rest of the run: a cycle through the stand-ins' hooks)."""
+    import gc
+    import weakref
+    from grpo.models import logprobs
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    model.eval()
+    roll = rollout(model, tok, repeats=2)
+    model.train()
+    if checkpointed:
+        from grpo.models.logprobs import allow_prefix_under_checkpointing
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        allow_prefix_under_checkpointing(model)
+    seen = []
+    real = logprobs._deferred_backward
+
+    def spy(outputs):
+        stand_ins = real(outputs)
+        seen.extend(weakref.ref(t) for t in outputs + stand_ins)
+        return stand_ins
+
+    monkeypatch.setattr(logprobs, "_deferred_backward", spy)
+    with torch.enable_grad():
+        st = token_stats(model, roll, temperature=1.0, chunk=5)
+        if backward:
+            st.logp.sum().backward()
+    assert seen and all(r() is not None for r in seen)
+    del st
+    gc.collect()
+    alive = sum(r() is not None for r in seen)
+    assert alive == 0, f"{alive} of the prompt forward's {len(seen)} tensors still alive"
+
+
 def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
     """Vocabulary not a multiple of the block, mass in a single late entry, whole blocks of zeros:
     the draw lands only on positive entries, with the right frequencies."""

@@ -102,26 +102,38 @@ def _deferred_backward(outputs: list[Tensor]) -> list[Tensor]:
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in outputs):
         return outputs
     stand_ins = [t.detach().requires_grad_(t.requires_grad) for t in outputs]
+    # The hooks keep each stand-in's gradient themselves and hold no stand-in: a stand-in that
+    # held its own hook's closure would be a reference cycle through autograd's C++ hooks, which
+    # Python's collector cannot see, and a forward never backwarded (a micro-batch with no loss
+    # token) would then keep the prompt forward's whole graph alive for the rest of the run.
+    grads: list = [None] * len(outputs)
     queued = [False]
 
     def finish():
         queued[0] = False
-        pairs = [(o, s.grad) for o, s in zip(outputs, stand_ins) if s.grad is not None]
-        for s in stand_ins:
-            s.grad = None
+        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+        grads[:] = [None] * len(grads)
         if pairs:
             torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
 
-    def hook(grad):
-        if not queued[0]:
-            queued[0] = True
-            compat.after_backward(finish)
-        return grad
+    def hook_for(i):
+        def hook(grad):
+            grads[i] = grad if grads[i] is None else grads[i] + grad
+            if not queued[0]:
+                queued[0] = True
+                compat.after_backward(finish)
+            return grad
+        return hook
 
-    for s in stand_ins:
+    for i, s in enumerate(stand_ins):
         if s.requires_grad:
-            s.register_hook(hook)
+            s.register_hook(hook_for(i))
+            s.register_post_accumulate_grad_hook(_drop_grad)     # the hook above holds it
     return stand_ins
+
+
+def _drop_grad(t: Tensor) -> None:
+    t.grad = None
 
 
 def _predicting_hidden(model, rollout: Rollout) -> Tensor:
@@ -147,6 +159,7 @@ def _predicting_hidden(model, rollout: Rollout) -> Tensor:
                   use_cache=False)
     last, *kv = _deferred_backward([out.last_hidden_state[:, -1]] + [t for layer in record.layers
                                                                       for t in (layer.keys, layer.values)])
+    compat.forget_recorded(record)
     last = last[inverse]                                                    # (N, H) predicts token 0
     if L == 1:
         return last[:, None]
