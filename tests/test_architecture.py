@@ -31,6 +31,7 @@ LAYERS = [
     {"config"},
     {"data", "explain"},
     {"rewards", "rollout"},
+    {"envs"},
     {"models"},
     {"parallel", "demo"},
     {"fast"},

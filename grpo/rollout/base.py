@@ -32,6 +32,14 @@ class Rollout:
     lengths: Tensor           # (N,) valid completion tokens (EOS included)
     truncated: Tensor         # (N,) bool: no EOS within max_new_tokens
     entropy: Tensor | None = None   # (N, L) entropy of the sampling distribution per token, where asked
+    sampled: Tensor | None = None   # (N, L) bool: tokens the policy sampled (None: every valid one). A
+                                    # multi-turn trajectory also holds the environment's tokens, which do
+                                    # not carry loss (grpo/envs)
+
+    @property
+    def loss_tokens(self) -> Tensor:
+        """(N, L) bool: the tokens the policy produced, the only ones that may carry loss."""
+        return self.completion_mask if self.sampled is None else self.sampled & self.completion_mask
 
     def select(self, idx: Tensor) -> "Rollout":
         return Rollout(*(None if getattr(self, f.name) is None else getattr(self, f.name)[idx] for f in fields(self)))
@@ -51,6 +59,7 @@ def concat(rolls: list[Rollout], pad_id: int) -> Rollout:
         return None if t is None else torch.nn.functional.pad(t, (0, L - t.shape[1]), value=value)
 
     with_entropy = all(r.entropy is not None for r in rolls)
+    with_sampled = any(r.sampled is not None for r in rolls)
     return Rollout(prompt_ids=torch.cat([left(r.prompt_ids, pad_id) for r in rolls]),
                    prompt_mask=torch.cat([left(r.prompt_mask, 0) for r in rolls]),
                    completion_ids=torch.cat([right(r.completion_ids, pad_id) for r in rolls]),
@@ -58,7 +67,8 @@ def concat(rolls: list[Rollout], pad_id: int) -> Rollout:
                    logprobs=torch.cat([right(r.logprobs, 0.0) for r in rolls]),
                    lengths=torch.cat([r.lengths for r in rolls]),
                    truncated=torch.cat([r.truncated for r in rolls]),
-                   entropy=torch.cat([right(r.entropy, 0.0) for r in rolls]) if with_entropy else None)
+                   entropy=torch.cat([right(r.entropy, 0.0) for r in rolls]) if with_entropy else None,
+                   sampled=torch.cat([right(r.loss_tokens, False) for r in rolls]) if with_sampled else None)
 
 
 @dataclass(frozen=True)

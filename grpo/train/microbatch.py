@@ -53,4 +53,5 @@ def trim(roll: Rollout) -> tuple[Rollout, int]:
         return roll, roll.completion_ids.shape[1]
     return Rollout(roll.prompt_ids, roll.prompt_mask, roll.completion_ids[:, :width], roll.completion_mask[:, :width],
                    roll.logprobs[:, :width], roll.lengths, roll.truncated,
-                   None if roll.entropy is None else roll.entropy[:, :width]), width
+                   None if roll.entropy is None else roll.entropy[:, :width],
+                   None if roll.sampled is None else roll.sampled[:, :width]), width

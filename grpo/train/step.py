@@ -158,18 +158,35 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     estimate = adv_mod.estimator(cfg.advantage_estimator)
     B = rewards.shape[0]
     components = {k: (v.view(B, -1), weights[k]) for k, v in per_fn.items()} if weights else None
-    full = estimate(rewards, lengths, int(world.max(float(L))), cfg, history=list(history or []),
+    tokens = roll.loss_tokens
+    # a trajectory with environment tokens: the advantages are those of its sampled tokens alone
+    # (counts, positions and normalisations over the policy's tokens), then put at their places
+    counted = lengths if roll.sampled is None else world.gather(tokens.sum(1).to(world.device)).cpu()
+    width = L if roll.sampled is None else int(tokens.sum(1).max()) if tokens.numel() else 0
+    full = estimate(rewards, counted, int(world.max(float(width))), cfg, history=list(history or []),
                     components=components)
     keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups
             else torch.ones(rewards.shape[0], dtype=torch.bool))[first:first + b]
-    loss_mask = roll.completion_mask & keep.repeat_interleave(G).to(roll.completion_mask.device)[:, None]
+    loss_mask = tokens & keep.repeat_interleave(G).to(tokens.device)[:, None]
     if cfg.mask_truncated_completions:                 # a cut completion is not judged (DAPO's overlong filter)
         loss_mask = loss_mask & ~roll.truncated.to(loss_mask.device)[:, None]
-    batch = StepBatch(rows, roll, texts, rewards, per_fn, failed, full.rows(first, b, G, L), loss_mask, None, lengths,
+    adv = full.rows(first, b, G, L) if roll.sampled is None else spread(full.rows(first, b, G, width), tokens)
+    batch = StepBatch(rows, roll, texts, rewards, per_fn, failed, adv, loss_mask, None, lengths,
                       truncated, first, full.scaled_rewards)
     if cfg.top_entropy_quantile < 1.0:
         batch.entropy_mask = entropy_mask(roll.entropy, loss_mask, cfg.top_entropy_quantile, world)
     return batch
+
+
+def spread(adv: adv_mod.Advantages, tokens: torch.Tensor) -> adv_mod.Advantages:
+    """Per-token advantages computed over each row's sampled tokens alone (row i's first n_i
+    columns) put at those tokens' places in the trajectory (`tokens` (N, L), n_i True each)."""
+    def put(x):
+        out = torch.zeros(tokens.shape, dtype=x.dtype)
+        out[tokens.cpu()] = x[adv.mask]
+        return out
+    return adv_mod.Advantages(adv.scaled_rewards, adv.sequence, put(adv.token), put(adv.normalized),
+                              tokens.cpu().clone())
 
 
 def entropy_mask(entropy: torch.Tensor, loss_mask: torch.Tensor, rho: float, world: World) -> torch.Tensor:

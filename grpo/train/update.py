@@ -53,11 +53,11 @@ def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old:
     else:                           # pi_old: the trainer's where known, else the sampler's
         base = train_old if train_old is not None else roll.logprobs
     adv = batch.adv.normalized.to(st.logp.device)[micro, :W]                 # (n, W)
-    pol = losses.policy_loss(cfg.policy_loss)(st.logp, base, adv, roll.completion_mask, cfg)
+    pol = losses.policy_loss(cfg.policy_loss)(st.logp, base, adv, roll.loss_tokens, cfg)
     policy = pol.loss
     mismatch = None
     if train_old is not None:
-        mismatch = losses.rollout_weights(train_old, roll.logprobs, roll.completion_mask, cfg.rollout_correction,
+        mismatch = losses.rollout_weights(train_old, roll.logprobs, roll.loss_tokens, cfg.rollout_correction,
                                           *rollout_is_bounds(cfg))
         if cfg.rollout_correction != "none":
             policy = policy * mismatch.weight.to(policy.dtype)

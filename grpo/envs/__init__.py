@@ -1,0 +1,9 @@
+"""Environments: multi-turn episodes the trainer learns from (base.py the interface, episodes.py
+the token-in, token-out driver)."""
+
+from __future__ import annotations
+
+from .base import Environment, EpisodeLimits, Reply
+from .episodes import Episode, run_episodes
+
+__all__ = ["Environment", "EpisodeLimits", "Reply", "Episode", "run_episodes"]

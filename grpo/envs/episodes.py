@@ -1,0 +1,166 @@
+"""Multi-turn episodes, token in and token out.
+
+An episode's trajectory is the prompt's tokens followed by, turn after turn, exactly the tokens
+the policy sampled and the tokens of the environment's answer as the chat template renders it
+between turns. The model's text is never tokenised again: the next turn is sampled on top of the
+very tokens of the last, and the trainer scores those same tokens. Only sampled tokens carry loss
+(`Rollout.sampled`); the sampler's log-prob of each is kept; environment tokens carry log-prob 0.
+
+Each model turn is one call of the rollout engine over the episodes still running (one row
+each, with the episode's own random generator, so an episode's samples do not depend on which
+others share the call).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from ..data.prompts import as_messages, format_prompts, uses_chat_template
+from ..rollout.base import Rollout, RolloutEngine, SamplingSettings
+from .base import EpisodeLimits, Reply
+
+MARK = "GRPOTURNMARK"          # stands for the model's turn when the template renders what follows it
+
+
+@dataclass
+class Episode:
+    env: object
+    messages: list[dict]                   # the conversation as text (for logs and the browser)
+    prompt: list[int]                      # the opening's tokens
+    ids: list[int] = field(default_factory=list)          # the trajectory after the prompt
+    sampled: list[bool] = field(default_factory=list)     # True where the policy sampled the token
+    logps: list[float] = field(default_factory=list)      # the sampler's log-prob (0 on environment tokens)
+    entropy: list[float] = field(default_factory=list)
+    turns: int = 0
+    reward: float | None = None
+    done: bool = False
+    truncated: bool = False                # ended by a limit, not by the environment
+    tool_calls: int = 0
+    tool_errors: int = 0
+
+
+def render_between_turns(tokenizer, messages: list[dict], new: list[dict], *, chat_template: bool = True,
+                         tools=None, eos_text: str = "") -> str:
+    """The text that follows the model's last turn up to the start of its next one: the end of
+    its turn as the template writes it (less `eos_text`, which the model sampled itself), the
+    environment's messages `new`, and the generation prompt. Without a chat template, the new
+    messages' contents, as they are."""
+    if not uses_chat_template(tokenizer, chat_template):
+        return "".join(m["content"] for m in new)
+    convo = list(messages) + [{"role": "assistant", "content": MARK}] + list(new)
+    kw = {"tools": tools} if tools else {}
+    text = tokenizer.apply_chat_template(convo, add_generation_prompt=True, tokenize=False, **kw)
+    at = text.rfind(MARK)
+    if at < 0:
+        raise ValueError("the chat template does not write the assistant's message back; "
+                         "it cannot render an environment's answer between turns")
+    after = text[at + len(MARK):]
+    if eos_text and after.startswith(eos_text):
+        after = after[len(eos_text):]
+    return after
+
+
+def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list[dict], sampling: SamplingSettings,
+                 generators: list[torch.Generator] | None, limits: EpisodeLimits, *, system_prompt: str | None = None,
+                 chat_template: bool = True, tools=None, device="cpu") -> tuple[Rollout, list[Episode], dict]:
+    """One episode per (env, row), to the end. Returns the Rollout of the trajectories (one row
+    per episode, `sampled` marking the policy's tokens), the episodes, and timings."""
+    if generators is not None and len(generators) != len(envs):
+        raise ValueError(f"{len(generators)} generators for {len(envs)} episodes")
+    t_env = time.perf_counter()
+    openings = [as_messages(env.reset(row), system_prompt) for env, row in zip(envs, rows)]
+    env_seconds = time.perf_counter() - t_env
+    use_template = uses_chat_template(tokenizer, chat_template)
+    if use_template:
+        kw = {"tools": tools} if tools else {}
+        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False, **kw) for m in openings]
+    else:
+        texts = format_prompts(tokenizer, openings, chat_template=False)
+    prompts = [tokenizer(t, add_special_tokens=not use_template)["input_ids"] for t in texts]
+    eps = [Episode(env, list(m), p) for env, m, p in zip(envs, openings, prompts)]
+    eos = set(sampling.eos_ids)
+    pad = sampling.pad_id
+    gen_seconds = 0.0
+    while True:
+        active = [i for i, e in enumerate(eps) if not e.done]
+        if not active:
+            break
+        room = [limits.max_tokens - len(eps[i].ids) for i in active]
+        budget = min(sampling.max_new_tokens, max(room))
+        contexts = [eps[i].prompt + eps[i].ids for i in active]
+        width = max(map(len, contexts))
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
+        t0 = time.perf_counter()
+        roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget),
+                               [generators[i] for i in active] if generators is not None else None)
+        gen_seconds += time.perf_counter() - t0
+        for row, i in enumerate(active):
+            e = eps[i]
+            n = min(int(roll.lengths[row]), room[row])
+            toks = roll.completion_ids[row, :n].tolist()
+            e.ids += toks
+            e.sampled += [True] * n
+            e.logps += roll.logprobs[row, :n].tolist()
+            e.entropy += roll.entropy[row, :n].tolist() if roll.entropy is not None else [0.0] * n
+            e.turns += 1
+            ended_by_eos = bool(toks) and toks[-1] in eos
+            text = tokenizer.decode(toks, skip_special_tokens=True)
+            e.messages.append({"role": "assistant", "content": text})
+            t0 = time.perf_counter()
+            reply: Reply = e.env.step(text)
+            env_seconds += time.perf_counter() - t0
+            e.tool_calls += reply.tool_calls
+            e.tool_errors += reply.tool_errors
+            if reply.reward is not None:
+                e.reward = float(reply.reward)
+            if reply.done:
+                e.done = True
+                continue
+            if not ended_by_eos or e.turns >= limits.max_turns:
+                e.done, e.truncated = True, True
+                continue
+            eos_text = tokenizer.decode([toks[-1]], skip_special_tokens=False)
+            between = render_between_turns(tokenizer, e.messages[:-1], reply.messages, chat_template=chat_template,
+                                           tools=tools, eos_text=eos_text)
+            env_ids = tokenizer(between, add_special_tokens=False)["input_ids"]
+            e.messages += list(reply.messages)
+            if len(e.ids) + len(env_ids) >= limits.max_tokens:     # no room left for another turn
+                e.done, e.truncated = True, True
+                continue
+            e.ids += env_ids
+            e.sampled += [False] * len(env_ids)
+            e.logps += [0.0] * len(env_ids)
+            e.entropy += [0.0] * len(env_ids)
+    return trajectories(eps, pad, device, record_entropy=sampling.record_entropy), eps, \
+        dict(generate=gen_seconds, environment=env_seconds)
+
+
+def trajectories(eps: list[Episode], pad: int, device, record_entropy: bool = False) -> Rollout:
+    """The episodes as a Rollout: prompts left-padded, trajectories right-padded."""
+    prompt_ids, prompt_mask = _left([e.prompt for e in eps], pad, device)
+    L = max(1, max(len(e.ids) for e in eps))
+
+    def right(seqs, value, dtype):
+        return torch.tensor([list(s) + [value] * (L - len(s)) for s in seqs], dtype=dtype, device=device)
+
+    lengths = torch.tensor([len(e.ids) for e in eps], device=device)
+    valid = torch.arange(L, device=device)[None] < lengths[:, None]
+    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+                   completion_ids=right([e.ids for e in eps], pad, torch.long), completion_mask=valid,
+                   logprobs=right([e.logps for e in eps], 0.0, torch.float32), lengths=lengths,
+                   truncated=torch.tensor([e.truncated for e in eps], device=device),
+                   entropy=right([e.entropy for e in eps], 0.0, torch.float32) if record_entropy else None,
+                   sampled=right([e.sampled for e in eps], False, torch.bool))
+
+
+def _left(seqs: list[list[int]], pad: int, device) -> tuple[Tensor, Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, mask
+

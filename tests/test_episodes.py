@@ -1,0 +1,122 @@
+"""Multi-turn episodes (grpo/envs): the trained-on tokens are the sampled ones, environment tokens
+carry no loss, and the trainer scores exactly what the sampler saw.
+
+The tiny random model's turns end at EOS or at '=' (both passed as end-of-turn tokens), so most
+episodes run several turns; the environment answers each turn with a few characters of its own.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grpo.envs import EpisodeLimits, Reply, run_episodes
+from grpo.envs.episodes import render_between_turns
+from grpo.models.loading import load_model
+from grpo.models.logprobs import token_stats
+from grpo.parallel.world import World
+from grpo.rollout import HFEngine, SamplingSettings
+from grpo.train.step import build_batch
+
+
+class Countdown:
+    """Answers every turn with '+N=' (N its turn number); ends after 3 turns with reward = the
+    number of '1' characters the model wrote."""
+
+    def reset(self, row):
+        self.turn, self.ones = 0, 0
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, text):
+        self.turn += 1
+        self.ones += text.count("1")
+        if self.turn >= 3:
+            return Reply(done=True, reward=float(self.ones))
+        return Reply(messages=[{"role": "user", "content": f"+{self.turn}="}], reward=float(self.ones))
+
+
+class Recording:
+    """An engine that remembers every call's input rows and what it sampled."""
+
+    def __init__(self):
+        self.inner, self.calls = HFEngine(), []
+
+    def generate(self, model, ids, mask, sampling, generator=None):
+        roll = self.inner.generate(model, ids, mask, sampling, generator)
+        self.calls.append(([r[m.bool()].tolist() for r, m in zip(ids, mask)],
+                           [c[:n].tolist() for c, n in zip(roll.completion_ids, roll.lengths.tolist())]))
+        return roll
+
+
+@pytest.fixture(scope="module")
+def episodes(tiny_model_dir):
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    model.eval()
+    eq = tok.convert_tokens_to_ids("=")
+    sampling = SamplingSettings(max_new_tokens=5, eos_ids=(tok.eos_token_id, eq), pad_id=tok.pad_token_id)
+    rows = [{"prompt": p} for p in ["1+2=", "33+44=", "5+67="] for _ in range(4)]
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(len(rows))]
+    engine = Recording()
+    roll, eps, times = run_episodes(engine, model, tok, [Countdown() for _ in rows], rows, sampling, gens,
+                                    EpisodeLimits(max_turns=3, max_tokens=40))
+    return model, tok, roll, eps, engine, sampling, rows
+
+
+def test_trajectory_tokens_are_the_sampled_ones_and_the_environments(episodes):
+    model, tok, roll, eps, engine, *_ = episodes
+    assert max(e.turns for e in eps) >= 2, "the test needs multi-turn episodes"
+    # each episode's turns, in order, from the engine's calls (rows are the episodes still running)
+    turns = {i: [] for i in range(len(eps))}
+    for inputs, outputs in engine.calls:
+        running = [i for i in turns if len(turns[i]) < eps[i].turns][:len(inputs)]
+        for i, ctx, out in zip(running, inputs, outputs):
+            done = sum(len(t) for t, _ in turns[i])
+            # the context of this turn is the prompt and every token so far, as they were: nothing re-tokenised
+            assert ctx == eps[i].prompt + eps[i].ids[:len(ctx) - len(eps[i].prompt)]
+            turns[i].append((out, done))
+    for i, e in enumerate(eps):
+        n = int(roll.lengths[i])
+        ids = roll.completion_ids[i, :n].tolist()
+        sampled = roll.sampled[i, :n].tolist()
+        policy = [t for t, s in zip(ids, sampled) if s]
+        assert policy == [t for out, _ in turns[i] for t in out]           # trained-on == sampled
+        env_tokens = [t for t, s in zip(ids, sampled) if not s]
+        between = [tok(f"+{k}=", add_special_tokens=False)["input_ids"] for k in range(1, e.turns)]
+        assert env_tokens == [t for b in between for t in b]                 # the environment's, rendered
+        assert torch.all(roll.logprobs[i, :n][~roll.sampled[i, :n]] == 0)
+
+
+def test_the_trainer_scores_what_the_sampler_saw(episodes):
+    model, tok, roll, *_ = episodes
+    with torch.no_grad():
+        st = token_stats(model, roll, temperature=1.0, chunk=64)
+    m = roll.loss_tokens
+    torch.testing.assert_close(st.logp[m], roll.logprobs[m], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("credit", ["uniform", "mean", "discounted"])
+def test_no_environment_token_carries_loss(episodes, tiny_config, credit):
+    model, tok, roll, eps, engine, sampling, rows = episodes
+    cfg = tiny_config(prompts_per_step=3, group_size=4, token_credit=credit, token_norm=credit == "uniform")
+    rewards = torch.tensor([e.reward or 0.0 for e in eps]).view(3, 4)
+    batch = build_batch(cfg, rows[::4], roll, [""] * len(eps), rewards, {}, World(), 0)
+    env = roll.completion_mask & ~roll.sampled
+    assert env.any()
+    assert not (batch.loss_mask & env).any()
+    assert torch.all(batch.adv.normalized[env] == 0)
+    # the advantages of the sampled tokens are those of the same rewards over sampled-only completions
+    from grpo.algo.advantages import estimator
+    counts = roll.loss_tokens.sum(1)
+    alone = estimator(cfg.advantage_estimator)(rewards, counts, int(counts.max()), cfg, history=[])
+    torch.testing.assert_close(batch.adv.normalized[roll.loss_tokens], alone.normalized[alone.mask])
+
+
+def test_between_turns_through_a_chat_template(tiny_model_dir):
+    """With a chat template the environment's message is rendered as the template writes it after
+    the assistant's turn, less the end-of-turn token the model sampled itself."""
+    _, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    tok.chat_template = ("{% for m in messages %}{{ m['role'][0] }}{{ m['content'] }}<eos>{% endfor %}"
+                         "{% if add_generation_prompt %}a{% endif %}")
+    text = render_between_turns(tok, [{"role": "user", "content": "1+2="}], [{"role": "tool", "content": "3"}],
+                                eos_text="<eos>")
+    assert text == "t3<eos>a"
