@@ -54,6 +54,12 @@ class TrainConfig:
     answer_column: str = _f("answer", "Dataset column holding the reference answer (optional for some rewards).")
     system_prompt: Optional[str] = _f(None, "System message placed before each prompt when the chat template is used.")
     chat_template: bool = _f(True, "Format prompts with the tokenizer's chat template when it has one.")
+    env: Optional[str] = _f(
+        None, "An environment to train in, module:Class or path/to/file.py:Class (docs/environments.md): each "
+        "completion is a multi-turn episode and its reward the environment's. Empty: one completion per prompt.")
+    env_max_turns: int = _f(4, "Model turns per episode, at most (--env).", min=1)
+    env_max_tokens: int = _f(256, "Tokens per episode after the prompt, the model's and the environment's (--env); "
+                             "each model turn is also cut at max_new_tokens.", min=1)
     output_dir: Optional[str] = _f(None, "Where the run writes config.yaml, metrics.jsonl, summary.json, model/. Empty: runs/<time>.")
     seed: int = _f(0, "Seed for sampling, data order and initialisation; same seed, same machine -> same metrics.")
     device: str = _f("auto", "`auto`, `cpu`, `cuda`, `cuda:1`, ...")

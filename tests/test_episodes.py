@@ -120,3 +120,54 @@ def test_between_turns_through_a_chat_template(tiny_model_dir):
     text = render_between_turns(tok, [{"role": "user", "content": "1+2="}], [{"role": "tool", "content": "3"}],
                                 eos_text="<eos>")
     assert text == "t3<eos>a"
+
+
+ENV_FILE = '''
+from grpo.envs import Reply
+
+class Echo:
+    """Ends each episode after its first turn or second turn; reward 1 for a turn with a '1'."""
+    def reset(self, row):
+        self.turn = 0
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, text):
+        self.turn += 1
+        if "1" in text or self.turn >= 2:
+            return Reply(done=True, reward=float("1" in text))
+        return Reply(messages=[{"role": "user", "content": "="}], reward=0.0)
+
+class NoStep:
+    def reset(self, row):
+        return []
+'''
+
+
+def test_a_run_trains_on_episodes_of_an_environment_file(tiny_config, tmp_path):
+    import json
+    from grpo.train import train
+    (tmp_path / "myenv.py").write_text(ENV_FILE)
+    cfg = tiny_config(env=f"{tmp_path / 'myenv.py'}:Echo", eval_size=4, log_completions=8)
+    summary = train(cfg, log=lambda *a: None)
+    rows = [json.loads(line) for line in open(f"{cfg.output_dir}/metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["env/turns_mean"] >= 1 and "reward/env" in str(list(r)) and r["time/environment"] >= 0
+    evals = [json.loads(line) for line in open(f"{cfg.output_dir}/eval.jsonl")]
+    assert {"success", "turns"} <= set(evals[0]) and summary is not None
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nothere.py:Echo", "env: cannot import 'nothere.py:Echo': file nothere.py not found"),
+    ("{dir}/myenv.py:Ech", "env: {dir}/myenv.py has no Class 'Ech'; did you mean 'Echo'?"),
+    ("{dir}/myenv.py:NoStep", "env: NoStep has no step method"),
+    ("{dir}/myenv.py:Reply", "env: Reply has no reset or step method"),
+])
+def test_a_bad_env_is_a_one_line_error(tiny_config, tmp_path, spec, message):
+    from grpo.errors import ConfigError
+    from grpo.train import train
+    (tmp_path / "myenv.py").write_text(ENV_FILE)
+    cfg = tiny_config(env=spec.format(dir=tmp_path))
+    with pytest.raises(ConfigError) as e:
+        train(cfg, log=lambda *a: None)
+    assert message.format(dir=tmp_path) in str(e.value)

@@ -54,14 +54,14 @@ def parse_spec(spec: str, names: tuple | list | None = None) -> tuple[str, float
 _loaded_files: dict[str, object] = {}
 
 
-def _load_file(path: Path, target: str):
+def _load_file(path: Path, target: str, setting: str = "reward"):
     key = str(path.resolve())
     if key in _loaded_files:
         return _loaded_files[key]
     name = f"grpo_user_reward_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"reward: cannot import {path} (from {target!r}): not a Python file")
+        raise ConfigError(f"{setting}: cannot import {path} (from {target!r}): not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     parent = str(path.resolve().parent)
@@ -70,7 +70,7 @@ def _load_file(path: Path, target: str):
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:
         sys.modules.pop(name, None)
-        raise ConfigError(f"reward: cannot import {path} (from {target!r}): {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{setting}: cannot import {path} (from {target!r}): {type(e).__name__}: {e}") from e
     finally:
         try:
             sys.path.remove(parent)
@@ -80,35 +80,40 @@ def _load_file(path: Path, target: str):
     return module
 
 
-def _import_module(modname: str, target: str):
+def _import_module(modname: str, target: str, setting: str = "reward"):
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)               # `grpo` run as a console script: find modules next to the user
     try:
         return importlib.import_module(modname)
     except (Exception, SystemExit) as e:
-        raise ConfigError(f"reward: cannot import module {modname!r} (from {target!r}): "
+        raise ConfigError(f"{setting}: cannot import module {modname!r} (from {target!r}): "
                           f"{type(e).__name__}: {e}") from e
 
 
-def load_function(target: str) -> tuple[str, Callable]:
-    """`module:function` or `path/to/file.py:function` -> (function name, the callable)."""
+def load_attribute(target: str, setting: str = "reward", kind: str = "function"):
+    """`module:NAME` or `path/to/file.py:NAME` -> (NAME, the object), errors naming `setting`."""
     modname, _, attr = target.rpartition(":")
     if not modname or not attr:
-        raise ConfigError(f"reward: {target!r} is not module:function or path/to/file.py:function")
+        raise ConfigError(f"{setting}: {target!r} is not module:{kind} or path/to/file.py:{kind}")
     if modname.endswith(".py") or "/" in modname or os.sep in modname:
         path = Path(modname).expanduser()
         if not path.is_file():
-            raise ConfigError(f"reward: cannot import {target!r}: file {modname} not found")
-        module = _load_file(path, target)
+            raise ConfigError(f"{setting}: cannot import {target!r}: file {modname} not found")
+        module = _load_file(path, target, setting)
     else:
-        module = _import_module(modname, target)
+        module = _import_module(modname, target, setting)
     if not hasattr(module, attr):
         public = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")]
         near = difflib.get_close_matches(attr, public, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"reward: {modname} has no function {attr!r}{hint}")
-    fn = getattr(module, attr)
+        raise ConfigError(f"{setting}: {modname} has no {kind} {attr!r}{hint}")
+    return attr, getattr(module, attr)
+
+
+def load_function(target: str) -> tuple[str, Callable]:
+    """`module:function` or `path/to/file.py:function` -> (function name, the callable)."""
+    attr, fn = load_attribute(target)
     if not callable(fn):
         kind = type(fn).__name__
         raise ConfigError(f"reward: {target!r} is not a function (it is {'an' if kind[0] in 'aeiou' else 'a'} {kind})")

@@ -80,6 +80,35 @@ def _summary(totals, scores: dict, fns: dict, verifier: str | None, n: int, k: i
 def headline(result: dict) -> str:
     """What the console prints of an evaluation: the run's reward, and the accuracy where the task has one."""
     text = f"reward {result['mean_reward']:.3f}"
+    if "success" in result:
+        text += f", success {result['success']:.3f}, {result['turns']:.2f} turns"
     if "accuracy" in result:
         text += f", accuracy {result['accuracy']:.3f}"
     return text + f" (n={result['n']})"
+
+
+@torch.no_grad()
+def evaluate_episodes(model, tokenizer, task, env_class, *, n: int, batch_size: int, max_new_tokens: int, limits,
+                      system_prompt: str | None = None, chat_template: bool = True, seed: int = 0,
+                      engine: RolloutEngine | None = None) -> dict:
+    """Held-out episodes in the run's environment, greedy: the mean episode reward, `success`
+    (the fraction whose reward is >= 1, full credit) and the mean number of model turns."""
+    from ..envs import run_episodes
+    rows = task.heldout(n)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sampling = SamplingSettings(max_new_tokens=max_new_tokens, eos_ids=(tokenizer.eos_token_id,),
+                                pad_id=tokenizer.pad_token_id, greedy=True)
+    rewards, turns = [], []
+    for s in range(0, n, max(1, batch_size)):
+        part = rows[s:s + batch_size]
+        _, eps, _ = run_episodes(engine or HFEngine(), model, tokenizer, [env_class() for _ in part], part, sampling,
+                                 None, limits, system_prompt=system_prompt, chat_template=chat_template,
+                                 device=device)
+        rewards += [0.0 if e.reward is None else e.reward for e in eps]
+        turns += [e.turns for e in eps]
+    model.train(was_training)
+    r = torch.tensor(rewards, dtype=torch.float64)
+    return {"mean_reward": r.mean().item(), "success": (r >= 1.0).double().mean().item(),
+            "turns": sum(turns) / max(1, len(turns)), "n": n, "samples": 1}

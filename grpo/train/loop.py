@@ -28,12 +28,14 @@ from ..rewards import build_reward_fns
 from ..sinks import CompletionsSink, ConsoleSink, EvalSink, JsonlSink, Sinks, open_trackers
 from ..data.prompts import encode_for_model
 from . import checkpoint, memory
-from .evaluate import evaluate, headline
+from .evaluate import evaluate, evaluate_episodes, headline
 from .levers import plug
 from .phases import autocast
 from .setup import build_models, make_output_dir, save_final
 from .signals import Stopped, stop_on_signals
 from .state import RunState, new_run_state, whole_state
+from ..envs import EpisodeLimits
+from ..envs.load import load_env
 from .step import Run, train_step
 from .update import trainable
 
@@ -128,6 +130,7 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
     """Task and rewards first (their errors come before the minutes a model load takes), then the
     models, the same weights on every rank, sharded where asked."""
     task = build_task(cfg)
+    env = load_env(cfg.env) if cfg.env else None
     reward_fns = build_reward_fns(cfg, task, device)
     if not cfg.model and world.active:         # the demo model is built once, by rank 0, if not cached
         if world.main:
@@ -144,7 +147,7 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
         reward_fns.close()
         raise
     world.broadcast_params(actor)
-    return Run(cfg, actor, ref, tokenizer, task, reward_fns, device, world, plugged, shard), model_path
+    return Run(cfg, actor, ref, tokenizer, task, reward_fns, device, world, plugged, shard, env=env), model_path
 
 
 def _memory_plan(run: Run, log) -> None:
@@ -193,10 +196,17 @@ def _evaluate(run: Run, sinks: Sinks, log, when: str, step: int, before: dict | 
     with fsdp.gathered(run.actor) if run.shard else contextlib.nullcontext():
         if world.main:
             with autocast(cfg, run.device):
-                result = evaluate(hf_model(run.actor), run.tokenizer, run.task, n=cfg.eval_size,
-                                  batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-                                  reward_fns=run.reward_fns, system_prompt=cfg.system_prompt,
-                                  chat_template=cfg.chat_template, engine=run.plugged.engine)
+                if run.env is not None:
+                    result = evaluate_episodes(hf_model(run.actor), run.tokenizer, run.task, run.env, n=cfg.eval_size,
+                                               batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+                                               limits=EpisodeLimits(cfg.env_max_turns, cfg.env_max_tokens),
+                                               system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
+                                               engine=run.plugged.engine)
+                else:
+                    result = evaluate(hf_model(run.actor), run.tokenizer, run.task, n=cfg.eval_size,
+                                      batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+                                      reward_fns=run.reward_fns, system_prompt=cfg.system_prompt,
+                                      chat_template=cfg.chat_template, engine=run.plugged.engine)
             sinks.log_eval(step, when, result)
             since = "" if before is None else f" (before: {headline(before)})"
             log(f"held-out {when}: {headline(result)}{since}")

@@ -50,6 +50,12 @@ def step_metrics(cfg, step: int, batch, acc, beta: float, lr: float, times: dict
         m.update({"mismatch/kl": acc.mm_kl / mm, "mismatch/logp_diff_mean": acc.mm_abs_diff / mm,
                   "mismatch/logp_diff_max": acc.mm_abs_diff_max, "mismatch/weight_mean": acc.mm_weight / mm,
                   "mismatch/weight_max": acc.mm_weight_max, "mismatch/masked_frac": acc.mm_masked / mm})
+    if batch.episodes:                  # --env: summed over ranks
+        e = batch.episodes
+        n = max(1.0, e["episodes"])
+        m.update({"env/turns_mean": e["turns"] / n, "env/tool_calls": e["tool_calls"], "env/tool_errors": e["tool_errors"],
+                  "env/env_tokens_frac": e["env_tokens"] / max(1.0, batch.lengths.sum().item()),
+                  "env/ended_by_env_frac": e["ended_by_env"] / n, "time/environment": round(e["env_seconds"], 4)})
     if batch.entropy_mask is not None:
         m["entropy/kept_frac"] = (batch.entropy_mask.sum() / batch.loss_mask.sum().clamp(min=1)).item()
     m.update({f"time/{k}": round(v, 4) for k, v in times.items()})

@@ -23,6 +23,7 @@ import torch
 from ..algo import advantages as adv_mod
 from ..algo import losses
 from ..data.prompts import encode_for_model
+from ..envs import EpisodeLimits, run_episodes
 from ..models.logprobs import reference_logprobs, token_stats
 from ..models.lora import lora_merged
 from ..models.loading import hf_model
@@ -53,6 +54,8 @@ class Run:
     shard: bool = False
     watch: Any = None         # a phase name -> context, wrapped around each phase (phases.py)
     sampler: Any = None       # rollout_dtype's copy of the actor (step.sampler_model), made on first use
+    env: Any = None           # --env's class: each completion is an episode (grpo/envs)
+    episode_stats: dict | None = None   # this step's episode figures, this rank's (turns, tool calls, ...)
 
     def phases(self) -> Phases:
         return Phases(self.cfg, self.device, self.plugged.memory, self.actor, self.ref, self.shard, self.watch)
@@ -80,6 +83,7 @@ class StepBatch:
     entropy_mask: torch.Tensor | None = None     # (n, L) bool: the top-rho entropy tokens (top_entropy_quantile)
     draws: int = 1                               # dynamic sampling: draws of prompts_per_step prompts this step
     short: int = 0                               # dynamic sampling: equal-reward groups that filled the batch, global
+    episodes: dict | None = None                 # --env: episode figures summed over ranks (env seconds: the slowest)
 
 
 def sampling_settings(cfg, tokenizer, **override) -> SamplingSettings:
@@ -106,6 +110,40 @@ def sample(run: Run, rows: list[dict], generator) -> tuple[Rollout, list[str]]:
     with lora_merged(model, run.plugged.merged_product):
         roll = run.plugged.engine.generate(hf_model(model), ids, mask, sampling_settings(cfg, tok), generator)
     return roll, decode(tok, roll)
+
+
+def sample_episodes(run: Run, rows: list[dict], step: int, first: int) -> tuple[Rollout, list[str], torch.Tensor]:
+    """B rows -> B*G episodes in the run's environment (index b*G + g), each with its own
+    generator seeded by (seed, step, prompt index, g). (trajectories, conversation texts,
+    episode rewards (B, G))."""
+    cfg, tok, G = run.cfg, run.tokenizer, run.cfg.group_size
+    envs = [run.env() for _ in rows for _ in range(G)]
+    ep_rows = [r for r in rows for _ in range(G)]
+    gens = [torch.Generator(device=run.device).manual_seed((prompt_seed(cfg.seed, step, first + i) + g) % (1 << 63))
+            for i in range(len(rows)) for g in range(G)]
+    model = sampler_model(run)
+    with lora_merged(model, run.plugged.merged_product):
+        roll, eps, times = run_episodes(run.plugged.engine, hf_model(model), tok, envs, ep_rows,
+                                        sampling_settings(cfg, tok, num_samples=1), gens,
+                                        EpisodeLimits(cfg.env_max_turns, cfg.env_max_tokens),
+                                        system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
+                                        device=run.device)
+    stats = run.episode_stats if run.episode_stats is not None else {}
+    for key, value in (("episodes", len(eps)), ("turns", sum(e.turns for e in eps)),
+                       ("tool_calls", sum(e.tool_calls for e in eps)), ("tool_errors", sum(e.tool_errors for e in eps)),
+                       ("env_tokens", int((roll.completion_mask & ~roll.loss_tokens).sum())),
+                       ("ended_by_env", sum(not e.truncated for e in eps)), ("env_seconds", times["environment"])):
+        stats[key] = stats.get(key, 0) + value
+    run.episode_stats = stats
+    texts = [conversation_text(e.messages) for e in eps]
+    rewards = torch.tensor([0.0 if e.reward is None else e.reward for e in eps]).view(len(rows), G)
+    return roll, texts, rewards
+
+
+def conversation_text(messages: list[dict]) -> str:
+    """An episode's turns after the opening, as `role: content` lines (completions.jsonl)."""
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages[first:])
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -204,10 +242,16 @@ def collect_batch(run: Run, st, phases: Phases) -> StepBatch:
     cfg, world = run.cfg, run.world
     b = cfg.prompts_per_step // world.size
     first = world.rank * b
+    run.episode_stats = None
     rows, roll, texts, rewards, per_fn, failed, draws, short = draw_groups(run, st, phases, b, first)
-    weights = {name: weight for name, (_, weight) in run.reward_fns.items()}
+    weights = {"env": 1.0} if run.env is not None else {name: weight for name, (_, weight) in run.reward_fns.items()}
     batch = build_batch(cfg, rows, roll, texts, rewards, per_fn, world, first, st.history, failed, weights)
     batch.draws, batch.short = draws, short
+    if run.episode_stats:
+        keys = sorted(k for k in run.episode_stats if k != "env_seconds")
+        sums = world.sum(torch.tensor([float(run.episode_stats[k]) for k in keys], dtype=torch.float64,
+                                      device=world.device)).tolist()
+        batch.episodes = {**dict(zip(keys, sums)), "env_seconds": world.max(run.episode_stats["env_seconds"])}
     st.history.append(batch.scaled_rewards)         # the window baseline averages scaled rewards
     with phases.run("reference"):
         if run.ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
@@ -231,6 +275,11 @@ def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):
     every = run.task.sample_train(st.data_rng, cfg.prompts_per_step)
     rows = every[first:first + b]
     run.actor.eval()
+    if run.env is not None:
+        with phases.run("generate"):
+            roll, texts, rewards = sample_episodes(run, rows, st.step, first + k * cfg.prompts_per_step)
+        run.actor.train()
+        return rows, roll, texts, rewards, {"env": rewards.flatten()}, {}
     with phases.run("generate"):
         # generators seeded by the prompt's index among the step's draws: draw 0 is the batch of a
         # run without dynamic sampling

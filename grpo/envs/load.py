@@ -1,0 +1,28 @@
+"""`--env module:Class` / `path/to/file.py:Class`: the user's environment class, checked when the
+run starts."""
+
+from __future__ import annotations
+
+import inspect
+
+from ..errors import ConfigError
+from ..rewards.user import load_attribute
+
+
+def load_env(spec: str):
+    """The environment class named by `spec`; one object of it is made per episode."""
+    name, cls = load_attribute(spec, setting="env", kind="Class")
+    if not inspect.isclass(cls):
+        raise ConfigError(f"env: {spec!r} is not a class (it is {type(cls).__name__}); an environment is a class "
+                          "with reset(row) and step(text) methods")
+    missing = [m for m in ("reset", "step") if not callable(getattr(cls, m, None))]
+    if missing:
+        raise ConfigError(f"env: {name} has no {' or '.join(missing)} method; an environment needs reset(row) -> "
+                          "messages and step(text) -> Reply (docs/environments.md)")
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as e:
+        raise ConfigError(f"env: {name}() cannot be made without arguments ({e}); one object is made per episode")
+    except ValueError:
+        pass
+    return cls
