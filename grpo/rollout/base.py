@@ -7,8 +7,9 @@ An engine turns prompts (left-padded token ids) and sampling settings into compl
 with `sampling.num_samples` completions per prompt (row b * num_samples + g belongs to prompt b)
 and the sampler's own log-prob of every sampled token, which the trainer may use as pi_old. Two
 engines ship: the plain Hugging Face decoding loop (hf_loop.HFEngine) and, on a CPU, the same loop
-with grpo/fast's lean decoding step (fast.lean_decode.LeanEngine). A multi-turn driver or a GPU
-engine implements the same call; the training step does not change.
+with grpo/fast's lean decoding step (fast.lean_decode.LeanEngine). A GPU engine implements the
+same call; the training step does not change. Multi-turn episodes (grpo/envs) call an engine once
+per model turn and return a Rollout whose `sampled` mask marks the policy's own tokens.
 """
 
 from __future__ import annotations
