@@ -22,6 +22,7 @@ from torch import Tensor
 from ..data.prompts import as_messages, format_prompts, uses_chat_template
 from ..rollout.base import Rollout, RolloutEngine, SamplingSettings
 from .base import EpisodeLimits, Reply
+from .tools import template_offers_tools, tool_schema, tools_system_prompt
 
 MARK = "GRPOTURNMARK"          # stands for the model's turn when the template renders what follows it
 
@@ -67,16 +68,24 @@ def render_between_turns(tokenizer, messages: list[dict], new: list[dict], *, ch
 def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list[dict], sampling: SamplingSettings,
                  generators: list[torch.Generator] | None, limits: EpisodeLimits, *, system_prompt: str | None = None,
                  chat_template: bool = True, tools=None, device="cpu") -> tuple[Rollout, list[Episode], dict]:
-    """One episode per (env, row), to the end. Returns the Rollout of the trajectories (one row
-    per episode, `sampled` marking the policy's tokens), the episodes, and timings."""
+    """One episode per (env, row), to the end. `tools`: the functions the environments offer
+    (grpo/envs/tools.py), through the chat template's `tools=` where it writes them, else in the
+    system message. Returns the Rollout of the trajectories (one row per episode, `sampled`
+    marking the policy's tokens), the episodes, and timings."""
     if generators is not None and len(generators) != len(envs):
         raise ValueError(f"{len(generators)} generators for {len(envs)} episodes")
+    use_template = uses_chat_template(tokenizer, chat_template)
+    schemas = [tool_schema(f) for f in tools] if tools else None
+    if schemas and not (use_template and template_offers_tools(tokenizer, schemas)):
+        # the template does not write tools: they are described in the system message instead
+        fallback = tools_system_prompt(schemas)
+        system_prompt = f"{system_prompt}\n\n{fallback}" if system_prompt else fallback
+        schemas = None
     t_env = time.perf_counter()
     openings = [as_messages(env.reset(row), system_prompt) for env, row in zip(envs, rows)]
     env_seconds = time.perf_counter() - t_env
-    use_template = uses_chat_template(tokenizer, chat_template)
     if use_template:
-        kw = {"tools": tools} if tools else {}
+        kw = {"tools": schemas} if schemas else {}
         texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False, **kw) for m in openings]
     else:
         texts = format_prompts(tokenizer, openings, chat_template=False)
@@ -126,7 +135,7 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
                 continue
             eos_text = tokenizer.decode([toks[-1]], skip_special_tokens=False)
             between = render_between_turns(tokenizer, e.messages[:-1], reply.messages, chat_template=chat_template,
-                                           tools=tools, eos_text=eos_text)
+                                           tools=schemas, eos_text=eos_text)
             env_ids = tokenizer(between, add_special_tokens=False)["input_ids"]
             e.messages += list(reply.messages)
             if len(e.ids) + len(env_ids) >= limits.max_tokens:     # no room left for another turn

@@ -7,6 +7,7 @@ import inspect
 
 from ..errors import ConfigError
 from ..rewards.user import load_attribute
+from .tools import tool_schema
 
 
 def load_env(spec: str):
@@ -19,6 +20,12 @@ def load_env(spec: str):
     if missing:
         raise ConfigError(f"env: {name} has no {' or '.join(missing)} method; an environment needs reset(row) -> "
                           "messages and step(text) -> Reply (docs/environments.md)")
+    for tool in getattr(cls, "tools", None) or []:
+        try:
+            tool_schema(tool)
+        except ValueError as e:
+            raise ConfigError(f"env: {name}.tools: {e} (a tool needs type hints and a docstring with its "
+                              "arguments, docs/environments.md)") from None
     try:
         inspect.signature(cls).bind()
     except TypeError as e:

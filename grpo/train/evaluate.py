@@ -105,7 +105,7 @@ def evaluate_episodes(model, tokenizer, task, env_class, *, n: int, batch_size: 
         part = rows[s:s + batch_size]
         _, eps, _ = run_episodes(engine or HFEngine(), model, tokenizer, [env_class() for _ in part], part, sampling,
                                  None, limits, system_prompt=system_prompt, chat_template=chat_template,
-                                 device=device)
+                                 tools=getattr(env_class, "tools", None) or None, device=device)
         rewards += [0.0 if e.reward is None else e.reward for e in eps]
         turns += [e.turns for e in eps]
     model.train(was_training)

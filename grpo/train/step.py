@@ -127,7 +127,7 @@ def sample_episodes(run: Run, rows: list[dict], step: int, first: int) -> tuple[
                                         sampling_settings(cfg, tok, num_samples=1), gens,
                                         EpisodeLimits(cfg.env_max_turns, cfg.env_max_tokens),
                                         system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
-                                        device=run.device)
+                                        tools=getattr(run.env, "tools", None) or None, device=run.device)
     stats = run.episode_stats if run.episode_stats is not None else {}
     for key, value in (("episodes", len(eps)), ("turns", sum(e.turns for e in eps)),
                        ("tool_calls", sum(e.tool_calls for e in eps)), ("tool_errors", sum(e.tool_errors for e in eps)),

@@ -1,0 +1,114 @@
+"""Tools in episodes (grpo/envs/tools.py): schemas from signatures and docstrings, calls parsed
+from the model's text, every kind of bad call an answer the model reads, and the two ways tools
+are offered (the chat template's `tools=`, or the system message)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from grpo.envs import EpisodeLimits, Reply, run_episodes
+from grpo.envs.tools import ToolEnv, call_tool, parse_tool_calls, template_offers_tools, tool_schema
+from grpo.models.loading import load_model
+from grpo.rollout import HFEngine, SamplingSettings
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two whole numbers.
+
+    Args:
+        a: the first factor
+        b: the second factor
+    """
+    return a * b
+
+
+def slow(x: int) -> int:
+    """Sleep a while.
+
+    Args:
+        x: ignored
+    """
+    time.sleep(5)
+    return x
+
+
+def undocumented(a):
+    return a
+
+
+def test_schema_from_signature_and_docstring():
+    s = tool_schema(multiply)
+    assert s["function"]["name"] == "multiply"
+    assert s["function"]["parameters"]["properties"]["a"] == {"type": "integer", "description": "the first factor"}
+    assert s["function"]["parameters"]["required"] == ["a", "b"]
+    with pytest.raises(ValueError, match="undocumented"):
+        tool_schema(undocumented)
+
+
+def test_calls_parsed_and_every_bad_call_an_answer():
+    text = ('<tool_call>{"name": "multiply", "arguments": {"a": 12, "b": 34}}</tool_call> '
+            '<tool_call>{"name": "multiply", "arguments": "{\\"a\\": 2, \\"b\\": 3}"}</tool_call>'
+            '<tool_call>{"name": multiply}</tool_call><tool_call>[1]</tool_call>')
+    calls = parse_tool_calls(text)
+    assert calls[:2] == [{"name": "multiply", "arguments": {"a": 12, "b": 34}},
+                         {"name": "multiply", "arguments": {"a": 2, "b": 3}}]
+    assert calls[2].startswith("the tool call is not valid JSON") and "name" in calls[3]
+    tools = {"multiply": multiply, "slow": slow}
+    assert call_tool(tools, calls[0], 1.0) == ("408", True)
+    assert call_tool(tools, calls[2], 1.0)[0].startswith("error: the tool call is not valid JSON")
+    assert call_tool(tools, {"name": "divide", "arguments": {}}, 1.0) == \
+        ("error: no tool named 'divide' (tools: multiply, slow)", False)
+    content, ok = call_tool(tools, {"name": "multiply", "arguments": {"a": 1}}, 1.0)
+    assert not ok and content.startswith("error: TypeError") and "'b'" in content
+    t0 = time.monotonic()
+    assert call_tool(tools, {"name": "slow", "arguments": {"x": 1}}, 0.2) == ("error: slow timed out after 0.2 s", False)
+    assert time.monotonic() - t0 < 2
+
+
+class Calc(ToolEnv):
+    tools = [multiply]
+
+    def answer(self, text):
+        return Reply(done=True, reward=float(text.strip() == "6"))
+
+
+def test_tool_env_answers_calls_with_tool_messages():
+    env = Calc()
+    env.reset({"prompt": "2*3="})
+    r = env.step('<tool_call>{"name": "multiply", "arguments": {"a": 2, "b": 3}}</tool_call>')
+    assert r.messages == [{"role": "tool", "name": "multiply", "content": "6"}] and (r.tool_calls, r.tool_errors) == (1, 0)
+    r = env.step('<tool_call>{"name": "multiply", "arguments": {"a": 2}}</tool_call>')
+    assert r.tool_errors == 1 and r.messages[0]["content"].startswith("error: TypeError") and not r.done
+    assert env.step("6") == Reply(done=True, reward=1.0)
+
+
+TOOL_TEMPLATE = ("{% if tools %}T{{ tools | map(attribute='function') | map(attribute='name') | join(',') }}<eos>"
+                 "{% endif %}{% for m in messages %}{{ m['role'][0] }}{{ m['content'] }}<eos>{% endfor %}"
+                 "{% if add_generation_prompt %}a{% endif %}")
+PLAIN_TEMPLATE = ("{% for m in messages %}{{ m['role'][0] }}{{ m['content'] }}<eos>{% endfor %}"
+                  "{% if add_generation_prompt %}a{% endif %}")
+
+
+@pytest.mark.parametrize("template", [TOOL_TEMPLATE, PLAIN_TEMPLATE])
+def test_tools_offered_through_the_template_or_the_system_message(tiny_model_dir, template):
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    tok.chat_template = template
+    offers = template_offers_tools(tok, [tool_schema(multiply)])
+    assert offers == (template is TOOL_TEMPLATE)
+    sampling = SamplingSettings(max_new_tokens=3, eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
+    _, eps, _ = run_episodes(HFEngine(), model, tok, [Calc()], [{"prompt": "2*3="}], sampling,
+                             [torch.Generator().manual_seed(0)], EpisodeLimits(1, 8), tools=[multiply])
+    opening = eps[0].messages[0]
+    if offers:                              # the template wrote the tools; no system message added
+        assert opening["role"] == "user"
+        # (the tiny tokenizer knows only digits and signs: its view of the text drops the letters)
+        assert len(eps[0].prompt) == len(tok(tok.apply_chat_template(
+            eps[0].messages[:1], tools=[tool_schema(multiply)], add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False)["input_ids"])
+    else:
+        assert opening["role"] == "system" and '"name": "multiply"' in opening["content"]
+        assert "<tool_call>" in opening["content"]
