@@ -171,3 +171,24 @@ def test_a_bad_env_is_a_one_line_error(tiny_config, tmp_path, spec, message):
     with pytest.raises(ConfigError) as e:
         train(cfg, log=lambda *a: None)
     assert message.format(dir=tmp_path) in str(e.value)
+
+
+def test_retry_shows_the_problem_again_until_right_or_out_of_turns():
+    from types import SimpleNamespace
+    from grpo.data.tasks import get_task
+    from grpo.envs.load import load_env
+    make = load_env("retry", get_task("arithmetic"), SimpleNamespace(env_max_turns=3))
+    env = make()
+    assert env.reset({"prompt": "2+3=", "answer": "5"}) == [{"role": "user", "content": "2+3="}]
+    assert env.step("6") == Reply(messages=[{"role": "user", "content": " 2+3="}], reward=0.0)
+    assert env.step("5") == Reply(done=True, reward=1.0)
+    env = make()
+    env.reset({"prompt": "2+3=", "answer": "5"})
+    assert [env.step("4").done for _ in range(3)] == [False, False, True]
+
+
+def test_an_unknown_env_name_lists_the_built_ins(tiny_config):
+    from grpo.errors import ConfigError
+    from grpo.train import train
+    with pytest.raises(ConfigError, match="env: unknown environment 'retri'; built-in: retry"):
+        train(tiny_config(env="retri"), log=lambda *a: None)

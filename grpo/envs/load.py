@@ -7,11 +7,18 @@ import inspect
 
 from ..errors import ConfigError
 from ..rewards.user import load_attribute
+from .builtin import BUILTIN
 from .tools import tool_schema
 
 
-def load_env(spec: str):
-    """The environment class named by `spec`; one object of it is made per episode."""
+def load_env(spec: str, task=None, cfg=None):
+    """What makes the environments of `spec` (a built-in's name, or module:Class /
+    file.py:Class): called with no arguments, once per episode."""
+    if spec in BUILTIN:
+        return BUILTIN[spec](task, cfg)
+    if ":" not in spec:
+        raise ConfigError(f"env: unknown environment {spec!r}; built-in: {', '.join(BUILTIN)}; your own is "
+                          "module:Class or path/to/file.py:Class")
     name, cls = load_attribute(spec, setting="env", kind="Class")
     if not inspect.isclass(cls):
         raise ConfigError(f"env: {spec!r} is not a class (it is {type(cls).__name__}); an environment is a class "

@@ -130,7 +130,7 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
     """Task and rewards first (their errors come before the minutes a model load takes), then the
     models, the same weights on every rank, sharded where asked."""
     task = build_task(cfg)
-    env = load_env(cfg.env) if cfg.env else None
+    env = load_env(cfg.env, task, cfg) if cfg.env else None
     reward_fns = build_reward_fns(cfg, task, device)
     if not cfg.model and world.active:         # the demo model is built once, by rank 0, if not cached
         if world.main:
