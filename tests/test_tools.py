@@ -112,3 +112,45 @@ def test_tools_offered_through_the_template_or_the_system_message(tiny_model_dir
     else:
         assert opening["role"] == "system" and '"name": "multiply"' in opening["content"]
         assert "<tool_call>" in opening["content"]
+
+
+def test_calculate_evaluates_arithmetic_only():
+    from grpo.envs.builtin import calculate
+    assert calculate("23*47") == "1081" and calculate("(2+3)/2") == "2.5" and calculate("-4+1") == "-3"
+    for bad in ("__import__('os')", "2**100", "x+1", "1;2"):
+        with pytest.raises((ValueError, SyntaxError)):
+            calculate(bad)
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_calculator_env_answers_hermes_and_compact_calls(offered):
+    from types import SimpleNamespace
+    from grpo.data.tasks import get_task
+    from grpo.envs.load import load_env
+    task = get_task("multiplication")
+    make = load_env("calculator" if offered else "calculator_off", task, SimpleNamespace(env_max_turns=3))
+    assert (make.tools is not None) == offered
+    row = task.heldout(1)[0]
+    a, b = row["prompt"].rstrip("=").split("*")
+    env = make()
+    env.reset(row)
+    compact = env.step(f"{a}*{b}")
+    hermes = env.step('<tool_call>{"name": "calculate", "arguments": {"expression": "%s*%s"}}</tool_call>' % (a, b))
+    if offered:
+        assert compact.messages == [{"role": "tool", "content": f"={row['answer']} "}] and compact.tool_errors == 0
+        assert hermes.messages[0]["content"] == row["answer"] and hermes.tool_calls == 1
+    else:
+        assert compact.messages[0]["content"] == "=? " and compact.tool_errors == 1
+        assert hermes.messages[0]["content"].startswith("error") and hermes.tool_errors == 1
+    assert env.step(row["answer"]) == Reply(done=True, reward=1.0)
+
+
+def test_multiplication_task_splits_never_overlap():
+    from grpo.data.tasks import get_task
+    task = get_task("multiplication")
+    held = {r["prompt"] for r in task.heldout(task.heldout_size)}
+    train = {task.row(i, False)["prompt"] for i in range(task.train_size)}
+    assert len(held) == 1000 and len(train) == 90 * 90 - 1000 and not held & train
+    r = task.heldout(1)[0]
+    a, b = map(int, r["prompt"].rstrip("=").split("*"))
+    assert 10 <= a <= 99 and 10 <= b <= 99 and r["answer"] == str(a * b)

@@ -5,7 +5,8 @@
 
 `arithmetic` (the demo): "a+b=" with a, b in [0, 99]. The 10,000 problems are shuffled once
 with a fixed seed; the first `HELDOUT` form the held-out split, the rest the training split, so
-training never sees an evaluation problem whatever the run's seed.
+training never sees an evaluation problem whatever the run's seed. `multiplication`: "a*b=" with
+a, b in [10, 99], split the same way (the calculator environment's task).
 
 `reasoning_gym:NAME`: problems generated offline by the reasoning-gym package, scored by the
 dataset's own `score_answer` (the reward named "task"); see `reasoning_gym_task` and docs/data.md.
@@ -70,6 +71,34 @@ class _Arithmetic:
         return {"prompt": f"{a}+{b}=", "answer": str(a + b)}
 
 
+class _Multiplication(_Arithmetic):
+    """a*b= over a, b in [10, 99]: two-digit products a small model cannot work out in its head
+    (the calculator environment's task)."""
+
+    LOW, MAX = 10, 99
+    HELDOUT = 1000
+    SPLIT_SEED = 20261202
+
+    def __init__(self):
+        n = (self.MAX - self.LOW + 1) ** 2
+        rng = random.Random(self.SPLIT_SEED)
+        self._mult = next(m for m in iter(lambda: rng.randrange(1, n), None) if _coprime(m, n))
+        self._shift = rng.randrange(n)
+        self._n = n
+
+    def row(self, index: int, heldout: bool) -> dict:
+        k = index if heldout else self.HELDOUT + index
+        j = (k * self._mult + self._shift) % self._n
+        a, b = (x + self.LOW for x in divmod(j, self.MAX - self.LOW + 1))
+        return {"prompt": f"{a}*{b}=", "answer": str(a * b)}
+
+
+def multiplication() -> Task:
+    mu = _Multiplication()
+    return Task(name="multiplication", train_size=mu._n - mu.HELDOUT, heldout_size=mu.HELDOUT, row=mu.row,
+                rewards={"exact_match": exact_match}, accuracy="exact_match")
+
+
 def _coprime(a: int, b: int) -> bool:
     while b:
         a, b = b, a % b
@@ -82,7 +111,7 @@ def arithmetic() -> Task:
                 rewards={"exact_match": exact_match}, accuracy="exact_match")
 
 
-TASKS: dict[str, Callable[[], Task]] = {"arithmetic": arithmetic}
+TASKS: dict[str, Callable[[], Task]] = {"arithmetic": arithmetic, "multiplication": multiplication}
 
 
 def get_task(name: str) -> Task:

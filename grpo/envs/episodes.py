@@ -76,7 +76,9 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
         raise ValueError(f"{len(generators)} generators for {len(envs)} episodes")
     use_template = uses_chat_template(tokenizer, chat_template)
     schemas = [tool_schema(f) for f in tools] if tools else None
-    if schemas and not (use_template and template_offers_tools(tokenizer, schemas)):
+    if schemas and not use_template:
+        schemas = None            # no chat format to describe them in: the model knows its calls from its warm start
+    elif schemas and not template_offers_tools(tokenizer, schemas):
         # the template does not write tools: they are described in the system message instead
         fallback = tools_system_prompt(schemas)
         system_prompt = f"{system_prompt}\n\n{fallback}" if system_prompt else fallback
