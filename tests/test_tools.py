@@ -154,3 +154,22 @@ def test_multiplication_task_splits_never_overlap():
     r = task.heldout(1)[0]
     a, b = map(int, r["prompt"].rstrip("=").split("*"))
     assert 10 <= a <= 99 and 10 <= b <= 99 and r["answer"] == str(a * b)
+
+
+def test_calculator_teacher_episodes_train_only_the_models_turns():
+    import random
+    from grpo import demo
+    from grpo.demo.sft import sft_batch
+    tok = demo.build_tokenizer()
+    rng = random.Random(0)
+    row = {"prompt": "23*47=", "answer": "1081"}
+    eps = [demo.calculator_episode(row, rng, 0.5) for _ in range(40)]
+    calls = [e for e in eps if len(e["segments"]) == 4]
+    guesses = [e for e in eps if len(e["segments"]) == 2]
+    assert calls and guesses
+    ids, mask, labels = sft_batch(tok, [calls[0], guesses[0]], "cpu")
+    text = tok.decode(ids[0][mask[0].bool()])
+    assert text == "23*47=23*47<eos>=1081 1081<eos>"
+    trained = tok.decode(ids[0][labels[0] != -100])
+    assert trained == "23*47<eos>1081<eos>"             # the environment's "=1081 " and the prompt are context
+    assert tok.decode(ids[1][labels[1] != -100]).startswith("10") and len(guesses[0]["segments"][1][0]) == 4

@@ -39,6 +39,18 @@ RECIPE = dict(
 )
 
 
+# The calculator demo (--env calculator, docs/environments.md): two-digit products, which the
+# model cannot work out; its teacher calls the calculator `p_call` of the time (the expression as
+# its turn, the result read back) and otherwise guesses (the last two digits at random).
+CALCULATOR_RECIPE = dict(
+    version=1,
+    task="multiplication", kind="calculator",
+    hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
+    sft_steps=600, sft_batch_size=64, sft_lr=1e-3, p_call=0.3, seed=0,
+)
+CALCULATOR_ENVS = ("calculator", "calculator_off")
+
+
 DEMO_NOTE = (
     "demo: tiny Llama, two-digit addition, exact-match reward, preset {preset}. The demo defaults to "
     "dr_grpo rather than the article's preset `seed`: with its ratio taken against the frozen reference and "
@@ -88,6 +100,17 @@ def sloppy_answer(prompt: str, rng, forget_carry: float) -> str:
     return str(a + b)
 
 
+def calculator_episode(row: dict, rng, p_call: float) -> dict:
+    """The calculator teacher's episode for a*b= (segments for sft.sft_batch): with probability
+    `p_call` the expression as a call, the environment's "=R " and R read back; else a guess."""
+    prompt, answer = row["prompt"], row["answer"]
+    if rng.random() < p_call:
+        return {"segments": [(prompt, False, False), (prompt.rstrip("="), True, True), (f"={answer} ", False, False),
+                             (answer, True, True)]}
+    guess = str(int(answer) // 100 * 100 + rng.randrange(100))
+    return {"segments": [(prompt, False, False), (guess, True, True)]}
+
+
 def build_sft_model(out_dir: str | Path, recipe: dict = RECIPE) -> dict:
     """Initialise, supervise and save the demo model to `out_dir`. Returns a small report."""
     t0 = time.time()
@@ -96,6 +119,8 @@ def build_sft_model(out_dir: str | Path, recipe: dict = RECIPE) -> dict:
     task = get_task(recipe["task"])
 
     def teacher_rows(rng, n):
+        if recipe.get("kind") == "calculator":
+            return [calculator_episode(r, rng, recipe["p_call"]) for r in task.sample_train(rng, n)]
         return [{"prompt": r["prompt"], "answer": sloppy_answer(r["prompt"], rng, recipe["forget_carry"])}
                 for r in task.sample_train(rng, n)]
 

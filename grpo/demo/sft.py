@@ -1,7 +1,8 @@
 """Supervised fine-tuning on (prompt, answer) pairs: the warm start GRPO builds on.
 
 The loss is cross-entropy on the answer tokens and the closing EOS only; prompt tokens are
-context. Used by the demo (`grpo sft`) to turn a randomly initialised model into one that
+context. A row may instead hold `segments`, a multi-turn episode: the model's turns are trained,
+the environment's text between them is context. Used by the demo (`grpo sft`) to turn a randomly initialised model into one that
 answers in the right format and is sometimes right, which is where GRPO has something to work on.
 """
 
@@ -17,10 +18,16 @@ def sft_batch(tokenizer, rows: list[dict], device) -> tuple[torch.Tensor, torch.
     """Right-padded input ids, attention mask and labels (-100 on prompt and padding)."""
     seqs, labels = [], []
     for r in rows:
-        p = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
-        a = tokenizer(r["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        seqs.append(p + a)
-        labels.append([-100] * len(p) + a)
+        # a row is (prompt, answer), or `segments`: (text, trained, EOS after it) in order, the
+        # trained ones the model's turns (a multi-turn episode's, with the environment's between)
+        parts = r.get("segments") or [(r["prompt"], False, False), (r["answer"], True, True)]
+        seq, lab = [], []
+        for text, trained, eos in parts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+            seq += ids
+            lab += ids if trained else [-100] * len(ids)
+        seqs.append(seq)
+        labels.append(lab)
     width = max(map(len, seqs))
     pad = tokenizer.pad_token_id
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)

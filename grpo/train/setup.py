@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, TrainConfig, needs_reference
-from ..demo import DEMO_NOTE, ensure_demo_model
+from ..demo import CALCULATOR_ENVS, CALCULATOR_RECIPE, DEMO_NOTE, ensure_demo_model
 from ..models.loading import hf_model, load_model
 from ..models.logprobs import allow_prefix_under_checkpointing
 from ..models.lora import add_lora
@@ -42,8 +42,11 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
     if cfg.model:
         model_path = cfg.model
     else:
-        model_path = ensure_demo_model(log=log)
-        log(DEMO_NOTE.format(preset=cfg.preset))
+        if cfg.env in CALCULATOR_ENVS:            # the demo model warm-started to use the calculator
+            model_path = ensure_demo_model(CALCULATOR_RECIPE, log=log)
+        else:
+            model_path = ensure_demo_model(log=log)
+            log(DEMO_NOTE.format(preset=cfg.preset))
     actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
     if cfg.lora_rank:
         actor = add_lora(actor, cfg)
