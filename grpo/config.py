@@ -300,6 +300,12 @@ DEMO_DEFAULTS: dict[str, Any] = dict(
     max_steps=150, eval_size=500,
 )
 
+# ... and with --env calculator (or calculator_off): its demo model is warm-started on two-digit
+# products, and an episode is a call, the result and the answer read back
+CALCULATOR_DEMO_ENVS = ("calculator", "calculator_off")
+CALCULATOR_DEMO_DEFAULTS: dict[str, Any] = dict(task="multiplication", max_new_tokens=8, env_max_turns=2,
+                                                env_max_tokens=32, max_steps=100, eval_size=200)
+
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 ALGORITHM_FIELDS = sorted({k for p in PRESETS.values() for k in p})
 
@@ -491,6 +497,8 @@ def resolve(yaml_values: dict[str, Any] | None = None, overrides: dict[str, Any]
     if demo is None:
         demo = not explicit.get("model")
     demo = DEMO_DEFAULTS if demo else {}
+    if demo and explicit.get("env") in CALCULATOR_DEMO_ENVS:
+        demo = {**demo, **CALCULATOR_DEMO_DEFAULTS}
     preset = coerce("preset", explicit.get("preset", demo.get("preset", FIELDS["preset"].default)))
     values: dict[str, Any] = dict(PRESETS[preset])
     values.update({k: v for k, v in demo.items() if k != "preset"})

@@ -21,6 +21,22 @@ def dense_reward(prompts, completions, **_):
     return [(zlib.crc32(c.encode()) % 97) / 96 for c in completions]
 
 
+class TwoTurns:
+    """An environment for the multi-turn comparison: the model's first turn is answered with "=",
+    the second ends the episode with a dense reward of both turns."""
+
+    def reset(self, row):
+        self.texts = []
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, text):
+        from grpo.envs import Reply
+        self.texts.append(text)
+        if len(self.texts) >= 2:
+            return Reply(done=True, reward=dense_reward(None, ["|".join(self.texts)])[0])
+        return Reply(messages=[{"role": "user", "content": "="}], reward=0.0)
+
+
 def main(spec: str) -> None:
     from grpo.config import resolve
     from grpo.fast import lean_decode

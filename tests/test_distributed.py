@@ -31,7 +31,8 @@ BASE = dict(max_steps=3, prompts_per_step=4, group_size=4, max_new_tokens=6, eva
             grad_bucket_mb=4096 / 2 ** 20)     # 4 KB: the tiny model's gradients go over in many buckets
 
 # every loss aggregation, every scope of reward scaling and baseline, token normalisation, split
-# updates (minibatches and micro-batches spanning ranks), the adaptive beta and the group filter
+# updates (minibatches and micro-batches spanning ranks), the adaptive beta, the group filter and
+# an environment's episodes
 CONFIGS = {
     "deepseekmath": dict(preset="deepseekmath"),
     "dapo": dict(preset="dapo"),
@@ -41,6 +42,8 @@ CONFIGS = {
                         loss_aggregation="token_mean"),
     "lora-checkpointing": dict(preset="deepseekmath", lora_rank=4, gradient_checkpointing=True, save_merged=True),
     "full-kl": dict(preset="deepseekmath", kl_estimator="full", gradient_checkpointing=True),
+    # multi-turn episodes (each group on one rank; the environment's tokens carry no loss)
+    "env": dict(preset="deepseekmath", env=f"{HERE / 'dist_worker.py'}:TwoTurns", env_max_turns=2, env_max_tokens=16),
 }
 LAYOUTS = {"2": dict(fsdp=False), "2fsdp": dict(fsdp=True)}
 COMPARED = ("loss", "grad_norm", "kl", "policy_loss", "entropy", "reward/mean", "length/mean", "beta",

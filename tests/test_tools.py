@@ -173,3 +173,11 @@ def test_calculator_teacher_episodes_train_only_the_models_turns():
     trained = tok.decode(ids[0][labels[0] != -100])
     assert trained == "23*47<eos>1081<eos>"             # the environment's "=1081 " and the prompt are context
     assert tok.decode(ids[1][labels[1] != -100]).startswith("10") and len(guesses[0]["segments"][1][0]) == 4
+
+
+def test_the_calculator_demo_defaults():
+    from grpo.config import resolve
+    cfg = resolve(overrides={"env": "calculator"})
+    assert (cfg.task, cfg.env_max_turns, cfg.max_new_tokens) == ("multiplication", 2, 8)
+    assert resolve(overrides={"env": "calculator", "task": "arithmetic"}).task == "arithmetic"
+    assert resolve(overrides={"env": "retry"}).task == "arithmetic"

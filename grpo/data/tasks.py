@@ -246,12 +246,10 @@ def reasoning_gym_task(name: str, heldout_size: int = RG_MIN_HELDOUT, train_size
 
 
 def build_task(cfg) -> Task:
-    """The run's prompts, held-out split and default rewards: --dataset, else --task, else arithmetic
-    (multiplication for the calculator environments, whose demo model is warm-started on it)."""
+    """The run's prompts, held-out split and default rewards: --dataset, else --task, else arithmetic."""
     if cfg.dataset:
         return dataset_task(cfg)
-    name = cfg.task or ("multiplication" if getattr(cfg, "env", None) in ("calculator", "calculator_off")
-                        else "arithmetic")
+    name = cfg.task or "arithmetic"
     if name.startswith(REASONING_GYM_PREFIX):
         rg_name = name[len(REASONING_GYM_PREFIX):].strip()
         if not rg_name:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..common import atomic_folder, cache_root
+from ..config import CALCULATOR_DEMO_ENVS as CALCULATOR_ENVS       # the environments of CALCULATOR_RECIPE
 from ..data.tasks import get_task
 from . import sft
 
@@ -48,7 +49,6 @@ CALCULATOR_RECIPE = dict(
     hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
     sft_steps=600, sft_batch_size=64, sft_lr=1e-3, p_call=0.3, seed=0,
 )
-CALCULATOR_ENVS = ("calculator", "calculator_off")
 
 
 DEMO_NOTE = (
