@@ -181,3 +181,44 @@ def test_the_calculator_demo_defaults():
     assert (cfg.task, cfg.env_max_turns, cfg.max_new_tokens) == ("multiplication", 2, 8)
     assert resolve(overrides={"env": "calculator", "task": "arithmetic"}).task == "arithmetic"
     assert resolve(overrides={"env": "retry"}).task == "arithmetic"
+
+
+class Counter:
+    """A TRL-style environment: reset(**row), public methods as tools, get_reward()."""
+
+    def reset(self, prompt=None, answer=None, **_):
+        self.total, self.target = 0, int(answer)
+        return " Use add."
+
+    def add(self, n: int) -> str:
+        """Add to the running total.
+
+        Args:
+            n: how much to add
+        """
+        self.total += n
+        return str(self.total)
+
+    def get_reward(self) -> float:
+        return float(self.total == self.target)
+
+
+def test_a_trl_style_environment_maps_onto_ours():
+    from grpo.envs import trl_environment
+    from grpo.envs.load import load_env
+    Env = trl_environment(Counter)
+    assert [t.__name__ for t in Env.tools] == ["add"] and tool_schema(Env.tools[0])["function"]["name"] == "add"
+    env = Env()
+    assert env.reset({"prompt": "make 5", "answer": "5"}) == [{"role": "user", "content": "make 5 Use add."}]
+    r = env.step('<tool_call>{"name": "add", "arguments": {"n": 5}}</tool_call>')
+    assert r.messages == [{"role": "tool", "name": "add", "content": "5"}]
+    assert env.step("done") == Reply(done=True, reward=1.0)
+    other = Env()                                   # each episode its own state
+    other.reset({"prompt": "make 5", "answer": "5"})
+    assert other.step("done").reward == 0.0
+    import types
+    mod = types.ModuleType("trl_env_mod")
+    mod.Env = Env
+    import sys
+    sys.modules["trl_env_mod"] = mod
+    assert load_env("trl_env_mod:Env") is Env
