@@ -84,6 +84,8 @@ def test_trajectory_tokens_are_the_sampled_ones_and_the_environments(episodes):
         between = [tok(f"+{k}=", add_special_tokens=False)["input_ids"] for k in range(1, e.turns)]
         assert env_tokens == [t for b in between for t in b]                 # the environment's, rendered
         assert torch.all(roll.logprobs[i, :n][~roll.sampled[i, :n]] == 0)
+        # the episode ends on a model turn here: truncated exactly when that turn was cut (no end-of-turn token)
+        assert e.truncated == (ids[-1] not in (tok.eos_token_id, tok.convert_tokens_to_ids("="))), i
 
 
 def test_the_trainer_scores_what_the_sampler_saw(episodes):

@@ -129,8 +129,8 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
             e.tool_errors += reply.tool_errors
             if reply.reward is not None:
                 e.reward = float(reply.reward)
-            if reply.done:
-                e.done = True
+            if reply.done:                       # a turn cut by max_new_tokens still counts as truncated
+                e.done, e.truncated = True, not ended_by_eos
                 continue
             if not ended_by_eos or e.turns >= limits.max_turns:
                 e.done, e.truncated = True, True
