@@ -39,6 +39,9 @@ def rows(out) -> list[dict]:
 @pytest.mark.parametrize("extra", [
     dict(preset="deepseekmath", updates_per_batch=2, minibatches=2),
     dict(preset="seed", baseline="window", kl_target=0.01),
+    # an environment's multi-turn episodes (each episode's generator seeded by step and index)
+    dict(preset="deepseekmath", env=f"{os.path.dirname(__file__)}/dist_worker.py:TwoTurns", env_max_turns=2,
+         env_max_tokens=16),
 ])
 def test_crash_then_resume_equals_uninterrupted(tiny_config, monkeypatch, tmp_path, extra):
     common = dict(task="dense", max_steps=6, save_every=2, lr=1e-2, eval_size=4, **extra)
