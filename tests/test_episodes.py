@@ -194,3 +194,25 @@ def test_an_unknown_env_name_lists_the_built_ins(tiny_config):
     from grpo.train import train
     with pytest.raises(ConfigError, match="env: unknown environment 'retri'; built-in: retry"):
         train(tiny_config(env="retri"), log=lambda *a: None)
+
+
+def test_an_episode_samples_the_same_whatever_shares_its_calls(tiny_model_dir):
+    """Each turn draws from a generator seeded by the episode's own: episode 0 run alone gives the
+    tokens it gives among eleven others (whose turns end at other times)."""
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    model.eval()
+    eq = tok.convert_tokens_to_ids("=")
+    sampling = SamplingSettings(max_new_tokens=5, eos_ids=(tok.eos_token_id, eq), pad_id=tok.pad_token_id)
+    rows = [{"prompt": p} for p in ["1+2=", "33+44=", "5+67="] for _ in range(4)]
+
+    def run(idx):
+        gens = [torch.Generator().manual_seed(100 + i) for i in idx]
+        _, eps, _ = run_episodes(HFEngine(), model, tok, [Countdown() for _ in idx], [rows[i] for i in idx], sampling,
+                                 gens, EpisodeLimits(max_turns=3, max_tokens=40))
+        return eps
+
+    together = run(list(range(12)))
+    assert max(e.turns for e in together) >= 2
+    for i in (0, 5, 11):
+        alone = run([i])[0]
+        assert alone.ids == together[i].ids and alone.sampled == together[i].sampled, i

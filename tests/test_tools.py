@@ -222,3 +222,30 @@ def test_a_trl_style_environment_maps_onto_ours():
     import sys
     sys.modules["trl_env_mod"] = mod
     assert load_env("trl_env_mod:Env") is Env
+
+
+def test_odd_tool_results_and_odd_json_are_answers_not_crashes():
+    def odd(x: int):
+        """Return something JSON cannot hold.
+
+        Args:
+            x: ignored
+        """
+        return {x, x + 1}
+
+    def leaves(x: int) -> int:
+        """Call sys.exit.
+
+        Args:
+            x: ignored
+        """
+        raise SystemExit(3)
+
+    content, ok = call_tool({"odd": odd}, {"name": "odd", "arguments": {"x": 1}}, 1.0)
+    assert ok and "1" in content
+    assert call_tool({"leaves": leaves}, {"name": "leaves", "arguments": {"x": 1}}, 1.0) == ("error: SystemExit: 3", False)
+    deep = "<tool_call>" + "[" * 100000 + "]" * 100000 + "</tool_call>"
+    huge = '<tool_call>{"name": "f", "arguments": {"n": ' + "9" * 5000 + "}}</tool_call>"
+    for text in (deep, huge):
+        (call,) = parse_tool_calls(text)
+        assert isinstance(call, str) and call.startswith("the tool call is not valid JSON")

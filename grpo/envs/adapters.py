@@ -9,7 +9,8 @@ episode ends — becomes an environment class for `--env`:
     from grpo.envs import trl_environment
     Env = trl_environment(MyTrlEnvironment)         # grpo train --env my_env.py:Env
 
-An episode ends at the first model turn without a tool call (or at the episode limits).
+An episode ends at the first model turn without a tool call (or at the episode limits); the reward
+is `get_reward()` as it stands after the last turn.
 """
 
 from __future__ import annotations
@@ -45,9 +46,19 @@ def trl_environment(factory, prompt_key: str = "prompt"):
                 messages[-1] = {**messages[-1], "content": messages[-1]["content"] + observation}
             return messages
 
-        def answer(self, text: str) -> Reply:
+        def reward(self) -> float | None:
             get = getattr(self.inner, "get_reward", None)
-            return Reply(done=True, reward=float(get()) if callable(get) else None)
+            value = get() if callable(get) else None
+            return None if value is None else float(value)
+
+        def step(self, text: str) -> Reply:
+            reply = super().step(text)
+            if not reply.done:              # read after every turn: an episode cut by a limit keeps it
+                reply.reward = self.reward()
+            return reply
+
+        def answer(self, text: str) -> Reply:
+            return Reply(done=True, reward=self.reward())
 
     Adapted.__name__ = Adapted.__qualname__ = f"{type(probe).__name__}Env"
     return Adapted

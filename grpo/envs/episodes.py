@@ -7,8 +7,8 @@ very tokens of the last, and the trainer scores those same tokens. Only sampled 
 (`Rollout.sampled`); the sampler's log-prob of each is kept; environment tokens carry log-prob 0.
 
 Each model turn is one call of the rollout engine over the episodes still running (one row
-each, with the episode's own random generator, so an episode's samples do not depend on which
-others share the call).
+each; each turn draws from a generator seeded by the episode's own, so an episode's samples do
+not depend on which others share the call).
 """
 
 from __future__ import annotations
@@ -107,8 +107,14 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
         ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=device)
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
         t0 = time.perf_counter()
-        roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget),
-                               [generators[i] for i in active] if generators is not None else None)
+        # each turn draws from a generator of its own, seeded by one draw of the episode's: how far a
+        # turn's decoding runs depends on the other rows of the call, so the episode's own generator
+        # must advance the same whatever shares the call
+        turn_gens = None if generators is None else [
+            torch.Generator(device=generators[i].device).manual_seed(
+                int(torch.randint(1 << 62, (1,), generator=generators[i], device=generators[i].device)))
+            for i in active]
+        roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget), turn_gens)
         gen_seconds += time.perf_counter() - t0
         for row, i in enumerate(active):
             e = eps[i]
@@ -132,8 +138,8 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
             if reply.done:                       # a turn cut by max_new_tokens still counts as truncated
                 e.done, e.truncated = True, not ended_by_eos
                 continue
-            if not ended_by_eos or e.turns >= limits.max_turns:
-                e.done, e.truncated = True, True
+            if not ended_by_eos or e.turns >= limits.max_turns:     # out of turns is not a cut
+                e.done, e.truncated = True, not ended_by_eos
                 continue
             eos_text = tokenizer.decode([toks[-1]], skip_special_tokens=False)
             between = render_between_turns(tokenizer, e.messages[:-1], reply.messages, chat_template=chat_template,

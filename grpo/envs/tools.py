@@ -59,8 +59,11 @@ def parse_tool_calls(text: str) -> list[dict | str]:
     for body in CALL.findall(text):
         try:
             call = json.loads(body)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             out.append(f"the tool call is not valid JSON ({e.msg} at character {e.pos})")
+            continue
+        except (ValueError, RecursionError) as e:      # e.g. a number too long, nesting too deep
+            out.append(f"the tool call is not valid JSON ({type(e).__name__}: {str(e)[:80]})")
             continue
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             out.append('a tool call needs {"name": ..., "arguments": {...}}')
@@ -90,8 +93,9 @@ def call_tool(tools: dict, call: dict | str, timeout: float) -> tuple[str, bool]
 
     def run():
         try:
-            box["value"] = fn(**call["arguments"])
-        except Exception as e:          # the model reads what went wrong
+            value = fn(**call["arguments"])
+            box["value"] = value if isinstance(value, str) else json.dumps(value, default=str)
+        except BaseException as e:      # the model reads what went wrong (SystemExit included)
             box["error"] = f"{type(e).__name__}: {e}"
 
     worker = threading.Thread(target=run, name=f"tool-{call['name']}", daemon=True)
@@ -101,8 +105,7 @@ def call_tool(tools: dict, call: dict | str, timeout: float) -> tuple[str, bool]
         return f"error: {call['name']} timed out after {timeout:g} s", False
     if "error" in box:
         return f"error: {box['error']}", False
-    value = box.get("value")
-    return (value if isinstance(value, str) else json.dumps(value)), True
+    return box["value"], True
 
 
 class ToolEnv:

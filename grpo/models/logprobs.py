@@ -116,24 +116,20 @@ def _deferred_backward(outputs: list[Tensor]) -> list[Tensor]:
         if pairs:
             torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
 
-    def hook_for(i):
-        def hook(grad):
-            grads[i] = grad if grads[i] is None else grads[i] + grad
+    def taker(i):
+        # after the stand-in's gradient is accumulated: take it (no copy) and leave the stand-in bare
+        def take(s):
+            grads[i] = s.grad if grads[i] is None else grads[i] + s.grad
+            s.grad = None
             if not queued[0]:
                 queued[0] = True
                 compat.after_backward(finish)
-            return grad
-        return hook
+        return take
 
     for i, s in enumerate(stand_ins):
         if s.requires_grad:
-            s.register_hook(hook_for(i))
-            s.register_post_accumulate_grad_hook(_drop_grad)     # the hook above holds it
+            s.register_post_accumulate_grad_hook(taker(i))
     return stand_ins
-
-
-def _drop_grad(t: Tensor) -> None:
-    t.grad = None
 
 
 def _predicting_hidden(model, rollout: Rollout) -> Tensor:

@@ -163,7 +163,9 @@ def _accumulate(run, batch, seqs, counts, beta, reuse_logp_as_old, tally) -> tup
     for micro, stand_in in with_stand_ins(parts, count, seqs.device):
         terms = token_terms(run, batch, micro, beta, reuse_logp_as_old)
         mask = terms.mask
-        loss = losses.aggregate(terms.per_token, mask, cfg.loss_aggregation, cfg.max_new_tokens, num_seqs, num_tokens)
+        # Dr. GRPO's constant: the longest a completion can be (an episode: its token budget)
+        longest = cfg.env_max_tokens if cfg.env else cfg.max_new_tokens
+        loss = losses.aggregate(terms.per_token, mask, cfg.loss_aggregation, longest, num_seqs, num_tokens)
         if stand_in:
             loss = loss * 0.0                                # zero gradients, same collectives
         if not torch.isfinite(loss):
