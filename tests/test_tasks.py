@@ -42,7 +42,7 @@ def test_unknown_task_names():
     with pytest.raises(ConfigError) as e:
         build_task(cfg(task="arithmetik"))
     assert str(e.value) == ("task: unknown task 'arithmetik' (did you mean 'arithmetic'?); built-in tasks are "
-                            "arithmetic, or reasoning_gym:NAME (e.g. reasoning_gym:countdown)")
+                            "arithmetic, multiplication, or reasoning_gym:NAME (e.g. reasoning_gym:countdown)")
     with pytest.raises(ConfigError) as e:
         build_task(cfg(task="reasoning_gym:countdwn"))
     assert str(e.value).startswith("task: unknown reasoning-gym dataset 'countdwn' (did you mean countdown")
