@@ -136,6 +136,11 @@ def build_sft_model(out_dir: str | Path, recipe: dict = RECIPE) -> dict:
     return report
 
 
+def recipe_for(cfg) -> dict:
+    """The demo model a run without --model takes: the calculator one for its environments."""
+    return CALCULATOR_RECIPE if getattr(cfg, "env", None) in CALCULATOR_ENVS else RECIPE
+
+
 def ensure_demo_model(recipe: dict = RECIPE, log=print) -> Path:
     """Path of the warm-started demo model, building it (once) if it is not cached."""
     path = cache_root() / f"demo-{recipe_key(recipe)}"

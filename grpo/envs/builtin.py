@@ -23,6 +23,12 @@ from .base import Reply
 from .tools import ToolEnv, call_tool, parse_tool_calls
 
 
+def solved(verifier, row: dict, text: str) -> bool:
+    """Whether the task's verifier gives `text` full credit on `row`."""
+    score = verifier([row["prompt"]], [text], **{k: [v] for k, v in row.items() if k != "prompt"})[0]
+    return score is not None and score >= 1.0
+
+
 class Retry:
     def __init__(self, verifier, turns: int = 3):
         self.verifier = verifier          # the task's verifier: fn(prompts, completions, **columns) -> scores
@@ -34,9 +40,7 @@ class Retry:
 
     def step(self, text: str) -> Reply:
         self.turn += 1
-        columns = {k: [v] for k, v in self.row.items() if k != "prompt"}
-        score = self.verifier([self.row["prompt"]], [text], **columns)[0]
-        if score is not None and score >= 1.0:
+        if solved(self.verifier, self.row, text):
             return Reply(done=True, reward=1.0)
         if self.turn >= self.turns:
             return Reply(done=True, reward=0.0)
@@ -96,9 +100,7 @@ class Calculator(ToolEnv):
         return self.answer(text)
 
     def answer(self, text: str) -> Reply:
-        columns = {k: [v] for k, v in self.row.items() if k != "prompt"}
-        score = self.verifier([self.row["prompt"]], [text], **columns)[0]
-        return Reply(done=True, reward=1.0 if score is not None and score >= 1.0 else 0.0)
+        return Reply(done=True, reward=float(solved(self.verifier, self.row, text)))
 
 
 def _verifier(task, env: str):

@@ -102,10 +102,7 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
             break
         room = [limits.max_tokens - len(eps[i].ids) for i in active]
         budget = min(sampling.max_new_tokens, max(room))
-        contexts = [eps[i].prompt + eps[i].ids for i in active]
-        width = max(map(len, contexts))
-        ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=device)
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
+        ids, mask = _left([eps[i].prompt + eps[i].ids for i in active], pad, device)
         t0 = time.perf_counter()
         # each turn draws from a generator of its own, seeded by one draw of the episode's: how far a
         # turn's decoding runs depends on the other rows of the call, so the episode's own generator

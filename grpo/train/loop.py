@@ -20,7 +20,7 @@ from ..common import json_line
 from ..config import ConfigError, Levers, TrainConfig, save_yaml, to_dict
 from ..errors import CheckpointError
 from ..data.tasks import build_task
-from ..demo import CALCULATOR_ENVS, CALCULATOR_RECIPE, RECIPE, ensure_demo_model
+from ..demo import ensure_demo_model, recipe_for
 from ..models.loading import hf_model
 from ..parallel import fsdp
 from ..parallel.world import World, close, init
@@ -134,7 +134,7 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
     reward_fns = build_reward_fns(cfg, task, device)
     if not cfg.model and world.active:         # the demo model is built once, by rank 0, if not cached
         if world.main:
-            ensure_demo_model(CALCULATOR_RECIPE if cfg.env in CALCULATOR_ENVS else RECIPE, log=log)
+            ensure_demo_model(recipe_for(cfg), log=log)
         world.barrier()
     shard = cfg.fsdp and world.active
     if cfg.fsdp and not shard:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, TrainConfig, needs_reference
-from ..demo import CALCULATOR_ENVS, CALCULATOR_RECIPE, DEMO_NOTE, ensure_demo_model
+from ..demo import DEMO_NOTE, RECIPE, ensure_demo_model, recipe_for
 from ..models.loading import hf_model, load_model
 from ..models.logprobs import allow_prefix_under_checkpointing
 from ..models.lora import add_lora
@@ -42,10 +42,9 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
     if cfg.model:
         model_path = cfg.model
     else:
-        if cfg.env in CALCULATOR_ENVS:            # the demo model warm-started to use the calculator
-            model_path = ensure_demo_model(CALCULATOR_RECIPE, log=log)
-        else:
-            model_path = ensure_demo_model(log=log)
+        recipe = recipe_for(cfg)
+        model_path = ensure_demo_model(recipe, log=log)
+        if recipe is RECIPE:
             log(DEMO_NOTE.format(preset=cfg.preset))
     actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
     if cfg.lora_rank:
