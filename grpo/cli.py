@@ -16,7 +16,7 @@ import traceback
 import warnings
 
 from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, field_type, load_yaml, resolve
-from .errors import ConfigError, RewardError, Stopped
+from .errors import ConfigError, EnvironmentFailure, RewardError, Stopped
 
 
 def flag(name: str) -> str:
@@ -185,15 +185,30 @@ def cmd_eval(args) -> int:
     _quiet_transformers()
     if args.samples < 1:
         raise ConfigError(f"--samples: must be >= 1, got {args.samples}")
+    task = build_task(cfg)
+    env = None
+    if cfg.env:
+        from .envs.load import load_env
+        env = load_env(cfg.env, task, cfg)
     if cfg.model:
         path = cfg.model
     else:
-        from .demo import ensure_demo_model
-        path = ensure_demo_model()
+        from .demo import ensure_demo_model, recipe_for
+        path = ensure_demo_model(recipe_for(cfg))
     device = pick_device(cfg.device)
     model, tok = load_model(path, device, cfg.gguf_file)
-    task = build_task(cfg)
     greedy = args.greedy if args.greedy is not None else args.samples == 1
+    decoding = "greedy" if greedy else f"sampled, T={cfg.temperature}"
+    if env is not None:
+        from .envs import episode_limits
+        from .train.evaluate import evaluate_episodes
+        res = evaluate_episodes(model, tok, task, env, n=cfg.eval_size, batch_size=cfg.eval_batch_size,
+                                max_new_tokens=cfg.max_new_tokens, limits=episode_limits(cfg),
+                                system_prompt=cfg.system_prompt, chat_template=cfg.chat_template, seed=cfg.seed,
+                                engine=plug(Levers.of(cfg)).engine, samples=args.samples, greedy=greedy,
+                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+        return _print_eval({"model": str(path), "task": task.name, "env": cfg.env, "decoding": decoding, **res},
+                           args.json)
     reward_fns = build_reward_fns(cfg, task, device)
     try:
         res = evaluate(model, tok, task, n=cfg.eval_size, batch_size=cfg.eval_batch_size,
@@ -203,9 +218,11 @@ def cmd_eval(args) -> int:
                        engine=plug(Levers.of(cfg)).engine)
     finally:
         reward_fns.close()
-    res = {"model": str(path), "task": task.name, "decoding": "greedy" if greedy else f"sampled, T={cfg.temperature}",
-           **res}
-    if args.json:
+    return _print_eval({"model": str(path), "task": task.name, "decoding": decoding, **res}, args.json)
+
+
+def _print_eval(res: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(res))
     else:
         for key, value in res.items():
@@ -277,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, argv)
         return {"explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft, "report": cmd_report}[args.command](args)
-    except (ConfigError, RewardError) as e:
+    except (ConfigError, RewardError, EnvironmentFailure) as e:
         if debug:
             traceback.print_exc()
         _error(args.command, str(e))

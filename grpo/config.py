@@ -60,6 +60,15 @@ class TrainConfig:
     env_max_turns: int = _f(4, "Model turns per episode, at most (--env).", min=1)
     env_max_tokens: int = _f(256, "Tokens per episode after the prompt, the model's and the environment's (--env); "
                              "each model turn is also cut at max_new_tokens.", min=1)
+    env_timeout: float = _f(60.0, "Seconds one reset or step of an environment may take before the run stops with "
+                            "an error naming the episode (--env; 0: no limit).", min=0.0)
+    env_workers: int = _f(8, "Episodes whose environment reset or step run at once, in threads (--env); 1 if your "
+                          "environment's objects share state that is not thread-safe.", min=1)
+    env_credit: Literal["episode", "turn"] = _f(
+        "episode", "How an episode's advantage reaches its turns (--env): `episode`, every turn the episode's; `turn`, "
+                   "each turn also its own group-relative advantage from the environment's per-turn rewards, "
+                   "weighted by env_turn_weight (MT-GRPO; docs/environments.md).")
+    env_turn_weight: float = _f(1.0, "env_credit turn: the weight of the turn advantage added to the episode's.", min=0.0)
     output_dir: Optional[str] = _f(None, "Where the run writes config.yaml, metrics.jsonl, summary.json, model/. Empty: runs/<time>.")
     seed: int = _f(0, "Seed for sampling, data order and initialisation; same seed, same machine -> same metrics.")
     device: str = _f("auto", "`auto`, `cpu`, `cuda`, `cuda:1`, ...")
@@ -442,6 +451,8 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainCo
         if not needs_reference(cfg):
             raise ConfigError("ref_sync_every: this run has no reference to refresh (beta is 0 and ratio_vs is old); "
                               "set beta > 0 or leave ref_sync_every at 0")
+    if cfg.env_credit == "turn" and not cfg.env:
+        raise ConfigError("env_credit: turn credits the turns of multi-turn episodes; it needs --env")
     if cfg.rollout_dtype != "fp32" and cfg.fsdp:
         raise ConfigError(f"rollout_dtype: {cfg.rollout_dtype} sampling keeps a whole copy of the weights, which "
                           "--fsdp does not; sample in fp32 or train without --fsdp")

@@ -19,6 +19,10 @@ class RewardError(RuntimeError):
     number per completion (with `reward_failure: stop`, the default)."""
 
 
+class EnvironmentFailure(RuntimeError):
+    """An environment's reset or step raised or ran past env_timeout (grpo/envs/contain.py)."""
+
+
 class CheckpointError(ConfigError):
     """A checkpoint to resume from is missing, incomplete, damaged or from an incompatible run."""
 

@@ -145,6 +145,19 @@ def test_eval_json(grpo, tiny_model_dir):
     assert 0.0 <= res["accuracy"] <= 1.0 and "mean_reward" in res
 
 
+def test_eval_of_an_environment(grpo, tiny_model_dir):
+    """grpo eval --env: held-out episodes, greedy, then sampled with pass@k."""
+    proc = ok(grpo("eval", "--model", tiny_model_dir, "--env", "retry", "--env-max-turns", "2", "--eval-size", "6",
+                   "--max-new-tokens", "4", "--device", "cpu", "--json"))
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["env"] == "retry" and res["n"] == 6 and res["samples"] == 1 and res["decoding"] == "greedy"
+    assert 1.0 <= res["turns"] <= 2.0 and 0.0 <= res["success"] <= 1.0
+    proc = ok(grpo("eval", "--model", tiny_model_dir, "--env", "retry", "--env-max-turns", "2", "--eval-size", "6",
+                   "--max-new-tokens", "4", "--samples", "3", "--device", "cpu", "--json"))
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["samples"] == 3 and res["success"] <= res["pass@3"] <= 1.0
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_with_a_fresh_cache(grpo, tmp_path):
     """No --model: builds the demo model (the real supervised warm start), caches it, trains 2 steps."""

@@ -21,7 +21,7 @@ from grpo.train.step import build_batch
 
 class Countdown:
     """Answers every turn with '+N=' (N its turn number); ends after 3 turns with reward = the
-    number of '1' characters the model wrote."""
+    number of '1' characters the model wrote; each turn's own reward is its count of '1'."""
 
     def reset(self, row):
         self.turn, self.ones = 0, 0
@@ -31,8 +31,9 @@ class Countdown:
         self.turn += 1
         self.ones += text.count("1")
         if self.turn >= 3:
-            return Reply(done=True, reward=float(self.ones))
-        return Reply(messages=[{"role": "user", "content": f"+{self.turn}="}], reward=float(self.ones))
+            return Reply(done=True, reward=float(self.ones), turn_reward=float(text.count("1")))
+        return Reply(messages=[{"role": "user", "content": f"+{self.turn}="}], reward=float(self.ones),
+                     turn_reward=float(text.count("1")))
 
 
 class Recording:
@@ -113,6 +114,48 @@ def test_no_environment_token_carries_loss(episodes, tiny_config, credit):
     torch.testing.assert_close(batch.adv.normalized[roll.loss_tokens], alone.normalized[alone.mask])
 
 
+def test_turn_advantages_by_hand():
+    from grpo.algo.advantages import turn_advantages
+    nan = float("nan")
+    # one group of 3 episodes, 2 turns; episode 0 ended after turn 1
+    r = torch.tensor([[[1.0, nan], [0.0, 1.0], [0.0, 0.0]]])
+    # turn 1: rewards 1, 0, 0: mean 1/3, population std sqrt((4/9 + 1/9 + 1/9) / 3) = sqrt(2)/3 = 0.47140
+    #   z = (2/3) / 0.47140 = 1.41421, (-1/3) / 0.47140 = -0.70711 (twice)
+    # turn 2: episodes 1 and 2 only: rewards 1, 0: mean 0.5, std 0.5, z = 1, -1; episode 0 gets 0
+    expect = torch.tensor([[[1.41421, 0.0], [-0.70711, 1.0], [-0.70711, -1.0]]])
+    torch.testing.assert_close(turn_advantages(r), expect, atol=1e-4, rtol=0)
+    # equal rewards at a turn, or a single rewarded episode there: 0, never NaN
+    r = torch.tensor([[[2.0, 5.0], [2.0, nan], [2.0, nan]]])
+    assert torch.equal(turn_advantages(r), torch.zeros(1, 3, 2))
+
+
+def test_turn_credit_adds_each_turns_group_relative_advantage(episodes, tiny_config):
+    """env_credit=turn: a sampled token's advantage is the episode's plus weight x its turn's z-score
+    among the group's episodes that reached the turn, checked against a slow loop; environment
+    tokens still carry nothing."""
+    import statistics
+    model, tok, roll, eps, engine, sampling, rows = episodes
+    rewards = torch.tensor([e.reward or 0.0 for e in eps]).view(3, 4)
+    plain = build_batch(tiny_config(prompts_per_step=3, group_size=4, env="retry"), rows[::4], roll,
+                        [""] * len(eps), rewards, {}, World(), 0)
+    turned = build_batch(tiny_config(prompts_per_step=3, group_size=4, env="retry", env_credit="turn",
+                                     env_turn_weight=0.5), rows[::4], roll, [""] * len(eps), rewards, {}, World(), 0)
+    extra = turned.adv.normalized - plain.adv.normalized
+    checked = 0
+    for i, e in enumerate(eps):
+        group = eps[i // 4 * 4:i // 4 * 4 + 4]
+        for k in range(1, e.turns + 1):
+            at_k = [g.turn_rewards[k - 1] for g in group if g.turns >= k and g.turn_rewards[k - 1] is not None]
+            mean, std = statistics.mean(at_k), statistics.pstdev(at_k)
+            z = 0.0 if max(at_k) == min(at_k) else (e.turn_rewards[k - 1] - mean) / (std + 1e-8)
+            cols = [t for t, turn in enumerate(e.turn_of) if turn == k]
+            torch.testing.assert_close(extra[i, cols], torch.full((len(cols),), 0.5 * z), atol=1e-5, rtol=0)
+            checked += len(cols) * (z != 0)
+    assert checked > 0, "the test needs turns whose rewards differ within a group"
+    env = roll.completion_mask & ~roll.sampled
+    assert torch.all(turned.adv.normalized[env] == 0) and not (turned.loss_mask & env).any()
+
+
 def test_between_turns_through_a_chat_template(tiny_model_dir):
     """With a chat template the environment's message is rendered as the template writes it after
     the assistant's turn, less the end-of-turn token the model sampled itself."""
@@ -182,8 +225,8 @@ def test_retry_shows_the_problem_again_until_right_or_out_of_turns():
     make = load_env("retry", get_task("arithmetic"), SimpleNamespace(env_max_turns=3))
     env = make()
     assert env.reset({"prompt": "2+3=", "answer": "5"}) == [{"role": "user", "content": "2+3="}]
-    assert env.step("6") == Reply(messages=[{"role": "user", "content": " 2+3="}], reward=0.0)
-    assert env.step("5") == Reply(done=True, reward=1.0)
+    assert env.step("6") == Reply(messages=[{"role": "user", "content": " 2+3="}], reward=0.0, turn_reward=0.0)
+    assert env.step("5") == Reply(done=True, reward=1.0, turn_reward=1.0)
     env = make()
     env.reset({"prompt": "2+3=", "answer": "5"})
     assert [env.step("4").done for _ in range(3)] == [False, False, True]
@@ -216,3 +259,77 @@ def test_an_episode_samples_the_same_whatever_shares_its_calls(tiny_model_dir):
     for i in (0, 5, 11):
         alone = run([i])[0]
         assert alone.ids == together[i].ids and alone.sampled == together[i].sampled, i
+
+
+class Slow(Countdown):
+    """Countdown whose steps sleep; one episode's step can hang or raise."""
+    hang_on = raise_on = None
+    pause = 0.2
+
+    def reset(self, row):
+        self.prompt = row["prompt"]
+        return super().reset(row)
+
+    def step(self, text):
+        import time
+        if self.prompt == self.hang_on:
+            time.sleep(30)
+        if self.prompt == self.raise_on:
+            raise KeyError("no such board")
+        time.sleep(self.pause)
+        return super().step(text)
+
+
+def _slow_run(tiny_model_dir, limits, **kind):
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    model.eval()
+    sampling = SamplingSettings(max_new_tokens=3, eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
+    rows = [{"prompt": f"{i}+1="} for i in range(8)]
+    envs = []
+    for _ in rows:
+        env = Slow()
+        for k, v in kind.items():
+            setattr(env, k, v)
+        envs.append(env)
+    return run_episodes(HFEngine(), model, tok, envs, rows, sampling, [torch.Generator().manual_seed(i) for i in
+                                                                        range(8)], limits)
+
+
+def test_environment_steps_of_a_turn_run_at_once(tiny_model_dir):
+    """Eight episodes whose steps take 0.2 s each: with 8 workers a turn's environment time is about
+    one step's, with 1 worker about eight; the episodes are the same either way."""
+    _, together, times8 = _slow_run(tiny_model_dir, EpisodeLimits(max_turns=1, max_tokens=8, workers=8))
+    _, alone, times1 = _slow_run(tiny_model_dir, EpisodeLimits(max_turns=1, max_tokens=8, workers=1))
+    assert [e.ids for e in together] == [e.ids for e in alone]
+    assert times1["environment"] >= 8 * 0.2 and times8["environment"] < 4 * 0.2
+
+
+def test_an_environment_that_hangs_or_raises_stops_with_one_line(tiny_model_dir):
+    import time
+    from grpo.errors import EnvironmentFailure
+    t = time.perf_counter()
+    with pytest.raises(EnvironmentFailure) as e:
+        _slow_run(tiny_model_dir, EpisodeLimits(max_turns=1, max_tokens=8, timeout=1.0), hang_on="3+1=")
+    assert time.perf_counter() - t < 15
+    assert str(e.value) == "environment Slow.step timed out after 1 s (env_timeout) on episode 3 (prompt '3+1=', turn 1)"
+    with pytest.raises(EnvironmentFailure) as e:
+        _slow_run(tiny_model_dir, EpisodeLimits(max_turns=1, max_tokens=8), raise_on="5+1=", pause=0.0)
+    assert str(e.value) == ("environment Slow.step raised KeyError: 'no such board' on episode 5 (prompt '5+1=', "
+                            "turn 1)")
+
+
+def test_reward_functions_add_to_the_environments_reward(tiny_config, tmp_path):
+    """--reward with --env: each episode's reward is the environment's plus the weighted reward
+    functions' scores of its last model turn."""
+    import json
+    from grpo.train import train
+    (tmp_path / "myenv.py").write_text(ENV_FILE)
+    (tmp_path / "score.py").write_text("def has_two(prompts, completions, **kw):\n"
+                                       "    return [float('2' in c) for c in completions]\n")
+    cfg = tiny_config(env=f"{tmp_path / 'myenv.py'}:Echo", eval_size=0, max_steps=3, reward_workers=0,
+                      reward=[f"{tmp_path / 'score.py'}:has_two:0.5"], log_completions=64)
+    train(cfg, log=lambda *a: None)
+    rows = [json.loads(line) for line in open(f"{cfg.output_dir}/metrics.jsonl")]
+    for r in rows:
+        assert r["reward/mean"] == pytest.approx(r["reward/env/mean"] + 0.5 * r["reward/has_two/mean"], abs=1e-5)
+    assert any(r["reward/has_two/mean"] > 0 for r in rows) and all("reward/env/mean" in r for r in rows)

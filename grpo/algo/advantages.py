@@ -135,6 +135,34 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float =
     return torch.where(lengths <= free, torch.zeros_like(ramp), ramp.clamp(min=-factor))
 
 
+def turn_advantages(turn_rewards: Tensor) -> Tensor:
+    """Per-turn credit of multi-turn episodes (MT-GRPO: Zeng et al. 2025, arXiv 2505.11821, its
+    turn-level advantage generalised to any number of turns): turn k's own rewards z-scored over
+    the episodes of the group that reached turn k and were rewarded there,
+        A^turn_{i,k} = (r_{i,k} - mean_j r_{j,k}) / (std_j r_{j,k} + 1e-8),
+    exactly 0 where the group's rewards at turn k are all equal (one episode alone, too) and where
+    episode i has no reward at turn k. turn_rewards (B, G, K), NaN where none -> (B, G, K)."""
+    given = ~torch.isnan(turn_rewards)
+    r = torch.where(given, turn_rewards, torch.zeros_like(turn_rewards)).double()
+    n = given.sum(1, keepdim=True).double()
+    mean = r.sum(1, keepdim=True) / n.clamp(min=1)
+    var = (torch.where(given, r - mean, torch.zeros_like(r)) ** 2).sum(1, keepdim=True) / n.clamp(min=1)
+    big, small = torch.finfo(r.dtype).max, torch.finfo(r.dtype).min
+    equal = torch.where(given, r, torch.full_like(r, small)).amax(1, keepdim=True) == \
+        torch.where(given, r, torch.full_like(r, big)).amin(1, keepdim=True)
+    z = (r - mean) / (var.sqrt() + EPS)
+    return torch.where(given & ~equal, z, torch.zeros_like(z)).to(turn_rewards.dtype)
+
+
+def turn_token_advantages(turn_adv: Tensor, turns: Tensor) -> Tensor:
+    """Each token its turn's advantage: turn_adv (N, K), turns (N, L) the model turn of each
+    token (1..K; 0 on the environment's tokens and padding) -> (N, L), 0 where turns is 0."""
+    if turn_adv.shape[1] == 0:
+        return torch.zeros(turns.shape, dtype=turn_adv.dtype)
+    at = (turns.long() - 1).clamp(min=0, max=turn_adv.shape[1] - 1)
+    return torch.where(turns > 0, torch.gather(turn_adv, 1, at), torch.zeros((), dtype=turn_adv.dtype))
+
+
 @dataclass
 class Advantages:
     scaled_rewards: Tensor   # (B, G)

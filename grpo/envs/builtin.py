@@ -9,7 +9,8 @@ calculator
         with the tool refused ("=? "): the baseline of what the tool is worth.
 
 retry   the task's problem; a wrong answer is met with the problem again, up to env_max_turns
-        model turns; reward 1 when an answer is right (the task's verifier), else 0.
+        model turns; reward 1 when an answer is right (the task's verifier), else 0. Each turn's
+        own reward (env_credit=turn) is 1 when that turn's answer is right, else 0.
         A multi-turn episode with feedback that any task with a verifier can play.
 """
 
@@ -41,10 +42,10 @@ class Retry:
     def step(self, text: str) -> Reply:
         self.turn += 1
         if solved(self.verifier, self.row, text):
-            return Reply(done=True, reward=1.0)
+            return Reply(done=True, reward=1.0, turn_reward=1.0)
         if self.turn >= self.turns:
-            return Reply(done=True, reward=0.0)
-        return Reply(messages=[{"role": "user", "content": f" {self.row['prompt']}"}], reward=0.0)
+            return Reply(done=True, reward=0.0, turn_reward=0.0)
+        return Reply(messages=[{"role": "user", "content": f" {self.row['prompt']}"}], reward=0.0, turn_reward=0.0)
 
 
 OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from ..data.prompts import as_messages, format_prompts, uses_chat_template
 from ..rollout.base import Rollout, RolloutEngine, SamplingSettings
+from ..errors import EnvironmentFailure
 from .base import EpisodeLimits, Reply
+from .contain import episode_label, run_calls
 from .tools import template_offers_tools, tool_schema, tools_system_prompt
 
 MARK = "GRPOTURNMARK"          # stands for the model's turn when the template renders what follows it
@@ -42,6 +45,8 @@ class Episode:
     truncated: bool = False                # ended by a limit, not by the environment
     tool_calls: int = 0
     tool_errors: int = 0
+    turn_rewards: list = field(default_factory=list)     # each model turn's own reward (None where none)
+    turn_of: list[int] = field(default_factory=list)      # the model turn of each token (0: the environment's)
 
 
 def render_between_turns(tokenizer, messages: list[dict], new: list[dict], *, chat_template: bool = True,
@@ -83,8 +88,12 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
         fallback = tools_system_prompt(schemas)
         system_prompt = f"{system_prompt}\n\n{fallback}" if system_prompt else fallback
         schemas = None
+    name = type(envs[0]).__name__ if envs else "?"
+    contained = dict(workers=limits.workers, timeout=limits.timeout, name=name)
     t_env = time.perf_counter()
-    openings = [as_messages(env.reset(row), system_prompt) for env, row in zip(envs, rows)]
+    opened = run_calls([partial(env.reset, row) for env, row in zip(envs, rows)], method="reset",
+                       describe=lambda i: episode_label(i, str(rows[i].get("prompt", ""))), **contained)
+    openings = [as_messages(m, system_prompt) for m in opened]
     env_seconds = time.perf_counter() - t_env
     if use_template:
         kw = {"tools": schemas} if schemas else {}
@@ -113,6 +122,7 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
             for i in active]
         roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget), turn_gens)
         gen_seconds += time.perf_counter() - t0
+        turn_toks, texts = [], []
         for row, i in enumerate(active):
             e = eps[i]
             n = min(int(roll.lengths[row]), room[row])
@@ -122,14 +132,24 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
             e.logps += roll.logprobs[row, :n].tolist()
             e.entropy += roll.entropy[row, :n].tolist() if roll.entropy is not None else [0.0] * n
             e.turns += 1
+            e.turn_of += [e.turns] * n
+            turn_toks.append(toks)
+            texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+            e.messages.append({"role": "assistant", "content": texts[-1]})
+        t0 = time.perf_counter()
+        replies = run_calls([partial(eps[i].env.step, text) for i, text in zip(active, texts)], method="step",
+                            describe=lambda r: episode_label(active[r], str(rows[active[r]].get("prompt", "")),
+                                                             eps[active[r]].turns), **contained)
+        env_seconds += time.perf_counter() - t0
+        for row, i in enumerate(active):
+            e, toks, reply = eps[i], turn_toks[row], replies[row]
+            if not isinstance(reply, Reply):
+                raise EnvironmentFailure(f"environment {name}.step returned {type(reply).__name__}, not a Reply, on "
+                                         f"{episode_label(i, str(rows[i].get('prompt', '')), e.turns)}")
             ended_by_eos = bool(toks) and toks[-1] in eos
-            text = tokenizer.decode(toks, skip_special_tokens=True)
-            e.messages.append({"role": "assistant", "content": text})
-            t0 = time.perf_counter()
-            reply: Reply = e.env.step(text)
-            env_seconds += time.perf_counter() - t0
             e.tool_calls += reply.tool_calls
             e.tool_errors += reply.tool_errors
+            e.turn_rewards.append(None if reply.turn_reward is None else float(reply.turn_reward))
             if reply.reward is not None:
                 e.reward = float(reply.reward)
             if reply.done:                       # a turn cut by max_new_tokens still counts as truncated
@@ -150,6 +170,7 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
             e.sampled += [False] * len(env_ids)
             e.logps += [0.0] * len(env_ids)
             e.entropy += [0.0] * len(env_ids)
+            e.turn_of += [0] * len(env_ids)
     return trajectories(eps, pad, device, record_entropy=sampling.record_entropy), eps, \
         dict(generate=gen_seconds, environment=env_seconds)
 
@@ -158,6 +179,7 @@ def trajectories(eps: list[Episode], pad: int, device, record_entropy: bool = Fa
     """The episodes as a Rollout: prompts left-padded, trajectories right-padded."""
     prompt_ids, prompt_mask = _left([e.prompt for e in eps], pad, device)
     L = max(1, max(len(e.ids) for e in eps))
+    K = max(len(e.turn_rewards) for e in eps)
 
     def right(seqs, value, dtype):
         return torch.tensor([list(s) + [value] * (L - len(s)) for s in seqs], dtype=dtype, device=device)
@@ -169,7 +191,11 @@ def trajectories(eps: list[Episode], pad: int, device, record_entropy: bool = Fa
                    logprobs=right([e.logps for e in eps], 0.0, torch.float32), lengths=lengths,
                    truncated=torch.tensor([e.truncated for e in eps], device=device),
                    entropy=right([e.entropy for e in eps], 0.0, torch.float32) if record_entropy else None,
-                   sampled=right([e.sampled for e in eps], False, torch.bool))
+                   sampled=right([e.sampled for e in eps], False, torch.bool),
+                   turns=right([e.turn_of for e in eps], 0, torch.long),
+                   turn_rewards=torch.tensor([[float("nan") if r is None else r for r in e.turn_rewards]
+                                              + [float("nan")] * (K - len(e.turn_rewards)) for e in eps],
+                                             dtype=torch.float32, device=device).view(len(eps), K))
 
 
 def _left(seqs: list[list[int]], pad: int, device) -> tuple[Tensor, Tensor]:

@@ -36,6 +36,9 @@ class Rollout:
     sampled: Tensor | None = None   # (N, L) bool: tokens the policy sampled (None: every valid one). A
                                     # multi-turn trajectory also holds the environment's tokens, which do
                                     # not carry loss (grpo/envs)
+    turns: Tensor | None = None     # (N, L) int: the model turn (1, 2, ...) of each sampled token of an
+                                    # episode, 0 on the environment's tokens and padding
+    turn_rewards: Tensor | None = None   # (N, K) float: each model turn's own reward, NaN where none
 
     @property
     def loss_tokens(self) -> Tensor:
@@ -61,6 +64,8 @@ def concat(rolls: list[Rollout], pad_id: int) -> Rollout:
 
     with_entropy = all(r.entropy is not None for r in rolls)
     with_sampled = any(r.sampled is not None for r in rolls)
+    with_turns = all(r.turns is not None for r in rolls)
+    K = max(r.turn_rewards.shape[1] for r in rolls) if with_turns else 0
     return Rollout(prompt_ids=torch.cat([left(r.prompt_ids, pad_id) for r in rolls]),
                    prompt_mask=torch.cat([left(r.prompt_mask, 0) for r in rolls]),
                    completion_ids=torch.cat([right(r.completion_ids, pad_id) for r in rolls]),
@@ -69,7 +74,11 @@ def concat(rolls: list[Rollout], pad_id: int) -> Rollout:
                    lengths=torch.cat([r.lengths for r in rolls]),
                    truncated=torch.cat([r.truncated for r in rolls]),
                    entropy=torch.cat([right(r.entropy, 0.0) for r in rolls]) if with_entropy else None,
-                   sampled=torch.cat([right(r.loss_tokens, False) for r in rolls]) if with_sampled else None)
+                   sampled=torch.cat([right(r.loss_tokens, False) for r in rolls]) if with_sampled else None,
+                   turns=torch.cat([right(r.turns, 0) for r in rolls]) if with_turns else None,
+                   turn_rewards=torch.cat([torch.nn.functional.pad(r.turn_rewards, (0, K - r.turn_rewards.shape[1]),
+                                                                   value=float("nan")) for r in rolls])
+                   if with_turns else None)
 
 
 @dataclass(frozen=True)

@@ -90,25 +90,36 @@ def headline(result: dict) -> str:
 @torch.no_grad()
 def evaluate_episodes(model, tokenizer, task, env_class, *, n: int, batch_size: int, max_new_tokens: int, limits,
                       system_prompt: str | None = None, chat_template: bool = True, seed: int = 0,
-                      engine: RolloutEngine | None = None) -> dict:
-    """Held-out episodes in the run's environment, greedy: the mean episode reward, `success`
-    (the fraction whose reward is >= 1, full credit) and the mean number of model turns."""
+                      engine: RolloutEngine | None = None, samples: int = 1, greedy: bool = True,
+                      temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> dict:
+    """Held-out episodes in the run's environment: the mean episode reward, `success` (the fraction
+    whose reward is >= 1, full credit) and the mean number of model turns. Greedy by default; with
+    `greedy=False`, `samples` sampled episodes per problem (each its own generator, seeded by
+    `seed` and its index) and pass@k, the fraction of problems with at least one success."""
     from ..envs import run_episodes
-    rows = task.heldout(n)
+    rows = [row for row in task.heldout(n) for _ in range(1 if greedy else samples)]
+    k = 1 if greedy else samples
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     sampling = SamplingSettings(max_new_tokens=max_new_tokens, eos_ids=(tokenizer.eos_token_id,),
-                                pad_id=tokenizer.pad_token_id, greedy=True)
+                                pad_id=tokenizer.pad_token_id, greedy=greedy, temperature=temperature,
+                                top_p=top_p, top_k=top_k)
     rewards, turns = [], []
-    for s in range(0, n, max(1, batch_size)):
-        part = rows[s:s + batch_size]
+    step = max(1, batch_size) * k
+    for s in range(0, len(rows), step):
+        part = rows[s:s + step]
+        gens = None if greedy else [torch.Generator(device=device).manual_seed(seed * 1_000_003 + s + i)
+                                    for i in range(len(part))]
         _, eps, _ = run_episodes(engine or HFEngine(), model, tokenizer, [env_class() for _ in part], part, sampling,
-                                 None, limits, system_prompt=system_prompt, chat_template=chat_template,
+                                 gens, limits, system_prompt=system_prompt, chat_template=chat_template,
                                  tools=getattr(env_class, "tools", None) or None, device=device)
         rewards += [0.0 if e.reward is None else e.reward for e in eps]
         turns += [e.turns for e in eps]
     model.train(was_training)
     r = torch.tensor(rewards, dtype=torch.float64)
-    return {"mean_reward": r.mean().item(), "success": (r >= 1.0).double().mean().item(),
-            "turns": sum(turns) / max(1, len(turns)), "n": n, "samples": 1}
+    out = {"mean_reward": r.mean().item(), "success": (r >= 1.0).double().mean().item(),
+           "turns": sum(turns) / max(1, len(turns)), "n": n, "samples": k}
+    if k > 1:
+        out[f"pass@{k}"] = (r.view(-1, k) >= 1.0).any(1).double().mean().item()
+    return out

@@ -24,7 +24,7 @@ from ..demo import ensure_demo_model, recipe_for
 from ..models.loading import hf_model
 from ..parallel import fsdp
 from ..parallel.world import World, close, init
-from ..rewards import build_reward_fns
+from ..rewards import RewardFns, build_reward_fns
 from ..sinks import CompletionsSink, ConsoleSink, EvalSink, JsonlSink, Sinks, open_trackers
 from ..data.prompts import encode_for_model
 from . import checkpoint, memory
@@ -34,7 +34,7 @@ from .phases import autocast
 from .setup import build_models, make_output_dir, save_final
 from .signals import Stopped, stop_on_signals
 from .state import RunState, new_run_state, whole_state
-from ..envs import EpisodeLimits
+from ..envs import episode_limits
 from ..envs.load import load_env
 from .step import Run, train_step
 from .update import trainable
@@ -131,7 +131,8 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
     models, the same weights on every rank, sharded where asked."""
     task = build_task(cfg)
     env = load_env(cfg.env, task, cfg) if cfg.env else None
-    reward_fns = build_reward_fns(cfg, task, device)
+    # an episode's reward is its environment's; --reward / --reward-model add to it when given
+    reward_fns = build_reward_fns(cfg, task, device) if env is None or cfg.reward or cfg.reward_model else RewardFns()
     if not cfg.model and world.active:         # the demo model is built once, by rank 0, if not cached
         if world.main:
             ensure_demo_model(recipe_for(cfg), log=log)
@@ -199,7 +200,7 @@ def _evaluate(run: Run, sinks: Sinks, log, when: str, step: int, before: dict | 
                 if run.env is not None:
                     result = evaluate_episodes(hf_model(run.actor), run.tokenizer, run.task, run.env, n=cfg.eval_size,
                                                batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-                                               limits=EpisodeLimits(cfg.env_max_turns, cfg.env_max_tokens),
+                                               limits=episode_limits(cfg),
                                                system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
                                                engine=run.plugged.engine)
                 else:

@@ -23,7 +23,7 @@ import torch
 from ..algo import advantages as adv_mod
 from ..algo import losses
 from ..data.prompts import encode_for_model
-from ..envs import EpisodeLimits, run_episodes
+from ..envs import episode_limits, run_episodes
 from ..models.logprobs import reference_logprobs, token_stats
 from ..models.lora import lora_merged
 from ..models.loading import hf_model
@@ -112,10 +112,11 @@ def sample(run: Run, rows: list[dict], generator) -> tuple[Rollout, list[str]]:
     return roll, decode(tok, roll)
 
 
-def sample_episodes(run: Run, rows: list[dict], step: int, first: int) -> tuple[Rollout, list[str], torch.Tensor]:
+def sample_episodes(run: Run, rows: list[dict], step: int, first: int
+                    ) -> tuple[Rollout, list[str], torch.Tensor, list[str]]:
     """B rows -> B*G episodes in the run's environment (index b*G + g), each with its own
     generator seeded by (seed, step, prompt index, g). (trajectories, conversation texts,
-    episode rewards (B, G))."""
+    episode rewards (B, G), each episode's last model turn)."""
     cfg, tok, G = run.cfg, run.tokenizer, run.cfg.group_size
     envs = [run.env() for _ in rows for _ in range(G)]
     ep_rows = [r for r in rows for _ in range(G)]
@@ -125,7 +126,7 @@ def sample_episodes(run: Run, rows: list[dict], step: int, first: int) -> tuple[
     with lora_merged(model, run.plugged.merged_product):
         roll, eps, times = run_episodes(run.plugged.engine, hf_model(model), tok, envs, ep_rows,
                                         sampling_settings(cfg, tok, num_samples=1), gens,
-                                        EpisodeLimits(cfg.env_max_turns, cfg.env_max_tokens),
+                                        episode_limits(cfg),
                                         system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
                                         tools=getattr(run.env, "tools", None) or None, device=run.device)
     stats = run.episode_stats if run.episode_stats is not None else {}
@@ -137,7 +138,8 @@ def sample_episodes(run: Run, rows: list[dict], step: int, first: int) -> tuple[
     run.episode_stats = stats
     texts = [conversation_text(e.messages) for e in eps]
     rewards = torch.tensor([0.0 if e.reward is None else e.reward for e in eps]).view(len(rows), G)
-    return roll, texts, rewards
+    finals = [next((m["content"] for m in reversed(e.messages) if m["role"] == "assistant"), "") for e in eps]
+    return roll, texts, rewards, finals
 
 
 def conversation_text(messages: list[dict]) -> str:
@@ -209,6 +211,8 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     if cfg.mask_truncated_completions:                 # a cut completion is not judged (DAPO's overlong filter)
         loss_mask = loss_mask & ~roll.truncated.to(loss_mask.device)[:, None]
     adv = full.rows(first, b, G, L) if roll.sampled is None else spread(full.rows(first, b, G, width), tokens)
+    if cfg.env_credit == "turn" and roll.turns is not None:
+        adv = with_turn_credit(adv, roll, G, cfg.env_turn_weight)
     batch = StepBatch(rows, roll, texts, rewards, per_fn, failed, adv, loss_mask, None, lengths,
                       truncated, first, full.scaled_rewards)
     if cfg.top_entropy_quantile < 1.0:
@@ -225,6 +229,18 @@ def spread(adv: adv_mod.Advantages, tokens: torch.Tensor) -> adv_mod.Advantages:
         return out
     return adv_mod.Advantages(adv.scaled_rewards, adv.sequence, put(adv.token), put(adv.normalized),
                               tokens.cpu().clone())
+
+
+def with_turn_credit(adv: adv_mod.Advantages, roll: Rollout, G: int, weight: float) -> adv_mod.Advantages:
+    """env_credit=turn: each sampled token also gets weight x its turn's group-relative advantage
+    (advantages.turn_advantages), added after the estimator's per-token advantages (so token_credit
+    and token_norm do not scale it). A rank holds whole groups, so the turn statistics are its own."""
+    K = roll.turn_rewards.shape[1]
+    turn = adv_mod.turn_advantages(roll.turn_rewards.cpu().double().view(-1, G, K)).view(-1, K)
+    extra = weight * adv_mod.turn_token_advantages(turn, roll.turns.cpu())
+    extra = torch.where(roll.loss_tokens.cpu(), extra, torch.zeros((), dtype=extra.dtype))
+    return adv_mod.Advantages(adv.scaled_rewards, adv.sequence, adv.token + extra.to(adv.token.dtype),
+                              adv.normalized + extra.to(adv.normalized.dtype), adv.mask)
 
 
 def entropy_mask(entropy: torch.Tensor, loss_mask: torch.Tensor, rho: float, world: World) -> torch.Tensor:
@@ -244,7 +260,9 @@ def collect_batch(run: Run, st, phases: Phases) -> StepBatch:
     first = world.rank * b
     run.episode_stats = None
     rows, roll, texts, rewards, per_fn, failed, draws, short = draw_groups(run, st, phases, b, first)
-    weights = {"env": 1.0} if run.env is not None else {name: weight for name, (_, weight) in run.reward_fns.items()}
+    weights = {name: weight for name, (_, weight) in run.reward_fns.items()}
+    if run.env is not None:
+        weights = {"env": 1.0, **weights}
     batch = build_batch(cfg, rows, roll, texts, rewards, per_fn, world, first, st.history, failed, weights)
     batch.draws, batch.short = draws, short
     if run.episode_stats:
@@ -277,9 +295,13 @@ def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):
     run.actor.eval()
     if run.env is not None:
         with phases.run("generate"):
-            roll, texts, rewards = sample_episodes(run, rows, st.step, first + k * cfg.prompts_per_step)
+            roll, texts, rewards, finals = sample_episodes(run, rows, st.step, first + k * cfg.prompts_per_step)
         run.actor.train()
-        return rows, roll, texts, rewards, {"env": rewards.flatten()}, {}
+        if not run.reward_fns:
+            return rows, roll, texts, rewards, {"env": rewards.flatten()}, {}
+        with phases.run("score"):         # --reward / --reward-model also judge each episode's last turn
+            extra, per_fn, failed = score(cfg, rows, finals, roll, run.reward_fns)
+        return rows, roll, texts, rewards + extra, {"env": rewards.flatten(), **per_fn}, failed
     with phases.run("generate"):
         # generators seeded by the prompt's index among the step's draws: draw 0 is the batch of a
         # run without dynamic sampling
