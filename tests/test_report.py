@@ -181,3 +181,30 @@ def test_png_without_matplotlib_names_the_extra(monkeypatch, run_dir, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)          # `import matplotlib` now fails
     with pytest.raises(ReportError, match=r"--png needs matplotlib: pip install 'grpo\[report\]'"):
         write_pngs(read_run(run_dir), tmp_path / "png")
+
+
+def test_an_episode_shows_as_its_conversation(browser, tiny_model_dir, tmp_path):
+    """An environment run's completions are conversations: each turn its own block, the model's
+    turns told from the environment's, in the order they came."""
+    out = tmp_path / "env-run"
+    proc = grpo("train", "--model", tiny_model_dir, "--env", "retry", "--env-max-turns", "3", "--max-steps", "2",
+                "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "4", "--eval-size", "0",
+                "--device", "cpu", "--output-dir", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    assert all(r["messages"] and r["messages"][0]["role"] == "assistant" for r in rows)
+    assert any(len(r["messages"]) > 1 for r in rows), "the test needs an episode of more than one turn"
+    proc = grpo("report", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.goto((out / "report.html").as_uri())
+    pg.wait_for_selector("body[data-ready='1']", timeout=20000)
+    last = [r for r in rows if r["step"] == 2]
+    shown = pg.locator("section.group .card .convo").evaluate_all(
+        "els => els.map(c => [...c.querySelectorAll('.turn')].map(t => [t.dataset.role, t.className, "
+        "t.querySelector('pre').textContent]))")
+    want = sorted([[m["role"], "turn " + ("model" if m["role"] == "assistant" else "env"), m["content"]]
+                   for m in r["messages"]] for r in last)
+    assert sorted(shown) == want
+    ctx.close()

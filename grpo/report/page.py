@@ -10,7 +10,8 @@ from pathlib import Path
 from .charts import chart_series
 from .run import RunFiles
 
-COMPLETION_FIELDS = ("step", "group", "prompt", "completion", "reward", "rewards", "advantage", "length", "truncated")
+COMPLETION_FIELDS = ("step", "group", "prompt", "completion", "reward", "rewards", "advantage", "length", "truncated",
+                     "messages")
 
 
 def page_data(run: RunFiles) -> dict:

@@ -251,6 +251,8 @@ def _samples(cfg, batch) -> list[dict]:
                         rewards={k: v[first + i].item() for k, v in batch.per_fn.items()},
                         advantage=advantages[i].item(), length=int(batch.lengths[first + i]),
                         truncated=bool(batch.truncated[first + i])))
+        if getattr(batch.texts[i], "messages", None) is not None:     # an episode: its turns, for the report
+            out[-1]["messages"] = batch.texts[i].messages
     return out
 
 

@@ -142,10 +142,18 @@ def sample_episodes(run: Run, rows: list[dict], step: int, first: int
     return roll, texts, rewards, finals
 
 
-def conversation_text(messages: list[dict]) -> str:
-    """An episode's turns after the opening, as `role: content` lines (completions.jsonl)."""
+class Conversation(str):
+    """An episode's turns after the opening as `role: content` lines (the completion text of
+    completions.jsonl and the trackers), carrying the turns themselves in `messages` (the report's
+    conversation view)."""
+    messages: list[dict]
+
+
+def conversation_text(messages: list[dict]) -> Conversation:
     first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages[first:])
+    text = Conversation("\n".join(f"{m['role']}: {m['content']}" for m in messages[first:]))
+    text.messages = [{"role": m["role"], "content": m["content"]} for m in messages[first:]]
+    return text
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
