@@ -147,6 +147,11 @@ class ReservedLayer(DynamicLayer):
         self._vbuf[..., :n, :] = self.values
         self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
 
+    def batch_select_indices(self, indices) -> None:
+        n = self.keys.shape[-2]
+        self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
+        self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+
     def update(self, key_states, value_states, *args, **kwargs):
         n, q = self.keys.shape[-2], key_states.shape[-2]
         if n + q > self._kbuf.shape[-2]:                           # out of room: grow as DynamicLayer does

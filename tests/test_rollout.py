@@ -425,3 +425,40 @@ def test_token_stats_fused_head_equals_the_checkpointed_path(model_tok, monkeypa
     torch.testing.assert_close(fused.entropy, plain.entropy, atol=1e-5, rtol=1e-5)
     for name, g in plain_grads.items():
         torch.testing.assert_close(fused_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("engine", ["hf", "lean"])
+@pytest.mark.parametrize("draws", ["per_prompt", "one", "top_p"])     # (the tiny model's greedy rows end together)
+def test_shedding_finished_rows_gives_the_same_samples(tiny_model_dir, monkeypatch, engine, draws):
+    """The decode batch drops rows that have finished (rollout/hf_loop.COMPACT_AT): the tokens,
+    log-probs and entropies are those of decoding every row to the end, and rows were dropped."""
+    from grpo.fast import lean_decode
+    from grpo.rollout import HFEngine, hf_loop
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    model.eval()
+    ids, mask = encode_prompts(tok, ["12+3=", "7+80=", "5+5=", "1+1="], "cpu")
+    # end at EOS, '1' or '=': the rows of a batch finish at many different steps
+    eos = [tok.eos_token_id, tok.convert_tokens_to_ids("1"), tok.convert_tokens_to_ids("=")]
+    kw = dict(max_new_tokens=12, eos_ids=eos, pad_id=tok.pad_token_id, num_samples=6, record_entropy=True,
+              top_p=0.9 if draws == "top_p" else 1.0)
+    sheds = []
+    for cls in (hf_loop.ForwardStepper, lean_decode.LeanDecoder):
+        original = cls.keep
+        monkeypatch.setattr(cls, "keep", lambda self, rows, _o=original: (sheds.append(rows.numel()), _o(self, rows)))
+
+    def run(share):
+        monkeypatch.setattr(hf_loop, "COMPACT_AT", share)
+        gen = ([torch.Generator().manual_seed(3 + i) for i in range(4)] if draws == "per_prompt"
+               else torch.Generator().manual_seed(3))
+        return generate(model, ids, mask, engine=HFEngine() if engine == "hf" else lean_decode.LeanEngine(),
+                        generator=gen, **kw)
+
+    whole = run(0.0)                     # never sheds: some row is always running
+    assert not sheds
+    for share in (0.75, 1.0):
+        shed = run(share)
+        assert torch.equal(shed.completion_ids, whole.completion_ids), share
+        assert torch.equal(shed.completion_mask, whole.completion_mask)
+        torch.testing.assert_close(shed.logprobs, whole.logprobs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(shed.entropy, whole.entropy, atol=1e-4, rtol=0)
+    assert sheds and len(set(whole.lengths.tolist())) > 3, "the test needs rows that finish at different steps"

@@ -127,6 +127,19 @@ class LeanDecoder:
                                 device=prompt_mask.device)
         self.mask[..., :P].masked_fill_(~prompt_mask.bool().repeat_interleave(samples, 0)[:, None, None], float("-inf"))
 
+    def keep(self, rows: Tensor) -> None:
+        """Hold only `rows` (indices into the rows held now) from here on: their keys and values
+        (the positions written so far) and mask move into buffers of that many rows."""
+        n = self.length
+        for i in range(len(self.keys)):
+            for bufs in (self.keys, self.values):
+                old = bufs[i]
+                new = old.new_empty(rows.numel(), *old.shape[1:])
+                new[:, :, :n] = old[rows, :, :n]
+                bufs[i] = new
+        self.mask = self.mask[rows]
+        self.rows = rows.numel()
+
     def step(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Logits (rows, vocab) after feeding `tokens` (rows,) at `positions` (rows,)."""
         N, H, Hk, D = self.rows, self.heads, self.kv_heads, self.head_dim

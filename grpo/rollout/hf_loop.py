@@ -32,6 +32,11 @@ class ForwardStepper:
         self.model, self.cache = model, cache
         self.mask = prompt_mask.repeat_interleave(sampling.num_samples, 0)
 
+    def keep(self, rows: Tensor) -> None:
+        """Hold only `rows` (indices into the rows held now) from here on."""
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
     def step(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Logits (rows, vocab) after feeding `tokens` (rows,) at `positions` (rows,)."""
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
@@ -67,24 +72,49 @@ def generate_with(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: Samp
     return _decode(stepper, logits, prompt_ids, prompt_mask, sampling, generator)
 
 
+# The decode batch sheds its finished rows once at most this share of the rows it holds is still
+# running. Each shed copies the survivors' keys and values; since the rows held then shrink by a
+# constant factor, the copies over a whole completion add up to a few copies of the batch's cache.
+COMPACT_AT = 0.75
+
+
 def _decode(stepper, logits: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
             generator) -> Rollout:
+    """The token loop. A stepper with `keep(rows)` sheds the rows that have finished (EOS) when
+    few enough are left running (COMPACT_AT): a step then costs what the running rows cost, not the
+    whole batch. Every row draws its random numbers as in the whole batch (sampling.uniforms), so
+    the samples are the same whether rows are shed or not."""
     device = prompt_ids.device
+    N = prompt_ids.shape[0]
     eos = torch.tensor(list(sampling.eos_ids), device=device)
     next_pos = positions(prompt_mask)[:, -1] + 1                             # (N,)
-    finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=device)
+    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    held = None                      # the rows the stepper holds (None: all N, in order)
+    can_shed = callable(getattr(stepper, "keep", None))
     tokens, logps, valid, entropies = [], [], [], []
     for t in range(sampling.max_new_tokens):
-        tok, logp = next_token(logits, t, sampling, eos, generator)
+        tok, logp = next_token(logits, t, sampling, eos, generator, rows=held, total=N)
+        if held is not None:                                                   # back to the whole batch's rows
+            tok = torch.full((N,), sampling.pad_id, dtype=tok.dtype, device=device).index_copy_(0, held, tok)
+            logp = torch.zeros(N, dtype=logp.dtype, device=device).index_copy_(0, held, logp)
         tokens.append(torch.where(finished, torch.full_like(tok, sampling.pad_id), tok))
         logps.append(torch.where(finished, 0.0, logp))
         if sampling.record_entropy:
-            entropies.append(torch.where(finished, 0.0, entropy_from_logits(logits.float() / sampling.temperature)))
+            ent = entropy_from_logits(logits.float() / sampling.temperature)
+            if held is not None:
+                ent = torch.zeros(N, dtype=ent.dtype, device=device).index_copy_(0, held, ent)
+            entropies.append(torch.where(finished, 0.0, ent))
         valid.append(~finished)
         finished = finished | torch.isin(tokens[-1], eos)
         if bool(finished.all()) or t == sampling.max_new_tokens - 1:
             break
-        logits = stepper.step(tokens[-1], next_pos)
+        rows = torch.arange(N, device=device) if held is None else held
+        running = ~finished[rows]
+        if can_shed and int(running.sum()) <= COMPACT_AT * rows.numel():
+            stepper.keep(running.nonzero().squeeze(1))
+            held = rows[running]
+            rows = held
+        logits = stepper.step(tokens[-1][rows], next_pos[rows])
         next_pos = next_pos + 1
     del stepper
     completion_mask = torch.stack(valid, 1)

@@ -13,30 +13,36 @@ from torch import Tensor
 from .base import Generators, SamplingSettings
 
 
-def uniforms(n: int, generator, device) -> Tensor:
+def uniforms(n: int, generator, device, rows: Tensor | None = None) -> Tensor:
     """(n, 1) float64 uniforms. With a list of k generators, rows are split into k equal blocks and
     block i draws from generator i (one generator per prompt: its samples then do not depend on
-    which other prompts share the batch)."""
+    which other prompts share the batch). `rows`: the draws of those rows only, of the n drawn
+    (a decode batch that dropped its finished rows draws as the whole batch would)."""
     if isinstance(generator, (list, tuple)):
         per = n // len(generator)
-        return torch.cat([torch.rand(per, 1, generator=g, dtype=torch.float64, device=device) for g in generator])
-    return torch.rand(n, 1, generator=generator, dtype=torch.float64, device=device)
+        u = torch.cat([torch.rand(per, 1, generator=g, dtype=torch.float64, device=device) for g in generator])
+    else:
+        u = torch.rand(n, 1, generator=generator, dtype=torch.float64, device=device)
+    return u if rows is None else u[rows]
 
 
-def sample(weights: Tensor, generator: Generators = None, block: int = 512) -> Tensor:
+def sample(weights: Tensor, generator: Generators = None, block: int = 512, rows: Tensor | None = None,
+           total: int | None = None) -> Tensor:
     """One index per row, drawn with probability proportional to `weights` (N, V) >= 0, by
     inverting the row's cumulative sum at one uniform draw. Zero-weight entries are never drawn.
 
     In two levels, so the cumulative sum never runs over the whole vocabulary: blocks of `block`
     entries are summed (float64), the draw picks a block on the cumulative block sums, then an
     entry on that block's own cumulative sum. Far cheaper than torch.multinomial over a large
-    vocabulary, which draws V exponentials per row."""
+    vocabulary, which draws V exponentials per row. `rows` (N,) and `total`: `weights` are those
+    rows of a batch of `total`, whose draws they take (see `uniforms`)."""
     N, V = weights.shape
     pad = (-V) % block
     w = torch.nn.functional.pad(weights, (0, pad)) if pad else weights
     w = w.view(N, -1, block)                                                  # (N, nb, block)
     cdf = w.sum(-1, dtype=torch.float64).cumsum(-1)                           # (N, nb)
-    target = uniforms(N, generator, weights.device) * cdf[:, -1:]             # (N, 1) in [0, total)
+    u = uniforms(N if rows is None else total, generator, weights.device, rows)
+    target = u * cdf[:, -1:]                                                  # (N, 1) in [0, total)
     b = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)   # a block with mass
     rest = target - torch.where(b > 0, cdf.gather(1, (b - 1).clamp(min=0)), 0.0)  # mass left inside it
     inner = w[torch.arange(N, device=w.device), b.squeeze(1)]                 # (N, block)
@@ -60,9 +66,11 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
-def next_token(logits: Tensor, t: int, sampling: SamplingSettings, eos: Tensor, generator) -> tuple[Tensor, Tensor]:
+def next_token(logits: Tensor, t: int, sampling: SamplingSettings, eos: Tensor, generator,
+               rows: Tensor | None = None, total: int | None = None) -> tuple[Tensor, Tensor]:
     """The token drawn at step `t` for each row of `logits` (N, V) and its log-prob under
-    softmax(logits / temperature): (N,), (N,)."""
+    softmax(logits / temperature): (N,), (N,). `rows`, `total`: the logits are those rows of a
+    batch of `total` (the draws are the whole batch's, see `uniforms`)."""
     T = sampling.temperature
     scaled = logits.float().contiguous() if T == 1.0 else logits.float() / T    # (N, V)
     top = scaled.amax(-1, keepdim=True)
@@ -73,8 +81,9 @@ def next_token(logits: Tensor, t: int, sampling: SamplingSettings, eos: Tensor, 
         tok = (scaled if allowed else scaled.index_fill(-1, eos, float("-inf"))).argmax(-1)
     elif sampling.top_k or sampling.top_p < 1.0:
         sample_from = scaled if allowed else scaled.index_fill(-1, eos, float("-inf"))
-        tok = sample(torch.softmax(filter_logits(sample_from, sampling.top_k, sampling.top_p), dim=-1), generator)
+        tok = sample(torch.softmax(filter_logits(sample_from, sampling.top_k, sampling.top_p), dim=-1), generator,
+                     rows=rows, total=total)
     else:
-        tok = sample(weights if allowed else weights.index_fill_(-1, eos, 0.0), generator)
+        tok = sample(weights if allowed else weights.index_fill_(-1, eos, 0.0), generator, rows=rows, total=total)
     logp = (scaled.gather(-1, tok[:, None]) - log_z).squeeze(-1)    # log softmax at the sampled token
     return tok, logp
