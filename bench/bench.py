@@ -11,6 +11,12 @@ Workloads (2 CPU threads, fp32):
       our side without gradient checkpointing (LoRA leaves memory to spare), TRL with its default.
   --set KEY=VALUE changes our side's settings for W1/W2, e.g. --set gradient_checkpointing=false grad_accum=2.
   W3  one step of the built-in demo (ours only; tracked for regressions).
+  W4  SmolLM2-135M-Instruct with LoRA rank 16 (as W2), 8 prompts x G=8 of reasoning-gym's
+      basic_arithmetic (the same 64 prompts on both sides, through the chat template), up to 256
+      new tokens ending at the model's own EOS, beta 0.04, 8 micro-batches on both sides (ours
+      grad_accum 8; TRL per_device_train_batch_size 8 with 8 accumulation steps).
+  W5  W4 with up to 1024 new tokens, 2 prompts x G=8 (2 micro-batches).
+  --max-new-tokens / --group-size reshape W4 and W5 on both sides (the scaling table).
 Each side runs in its own process (so peak RSS is its own), sides alternate within a round and
 each round starts with the next side (the first process of a round tends to run faster here),
 and the first step of every process is a warm-up that is not counted. TRL is a benchmark-only
@@ -69,6 +75,29 @@ def length_reward(prompts, completions, **_):
     return [len(c) / 100.0 for c in completions]
 
 
+# W4 and W5: natural-length completions (LoRA r16, EOS ends each one)
+LONG = {"W4": dict(prompts=8, group=8, new_tokens=256), "W5": dict(prompts=2, group=8, new_tokens=1024)}
+
+
+def long_shape(workload: str, extra: dict) -> dict:
+    """W4/W5's shape, with the --max-new-tokens / --group-size overrides (carried in `extra`)."""
+    shape = dict(LONG[workload])
+    shape["new_tokens"] = extra.pop("_new_tokens", None) or shape["new_tokens"]
+    shape["group"] = extra.pop("_group", None) or shape["group"]
+    return shape
+
+
+def long_prompts(n: int = 64) -> list[str]:
+    """reasoning-gym basic_arithmetic prompts (its default sizes), the same on both sides."""
+    import random
+
+    from grpo.config import resolve
+    from grpo.data.tasks import build_task
+    task = build_task(resolve(overrides=dict(model="none", task="reasoning_gym:basic_arithmetic",
+                                             output_dir=tempfile.mkdtemp(prefix="bench-task-"))))
+    return [r["prompt"] for r in task.sample_train(random.Random(0), n)]
+
+
 # ------------------------------------------------------------------ one side, in a child process
 def run_ours(workload: str, model: str, steps: int, extra: dict, watch=None) -> dict:
     from grpo.config import resolve
@@ -76,6 +105,17 @@ def run_ours(workload: str, model: str, steps: int, extra: dict, watch=None) -> 
     out = tempfile.mkdtemp(prefix="bench-grpo-")
     if workload == "W3":
         cfg = resolve(overrides=dict(max_steps=steps, eval_size=0, save_model=False, output_dir=out))
+    elif workload in LONG:
+        shape = long_shape(workload, extra)
+        data = Path(out) / "prompts.jsonl"
+        data.write_text("".join(json.dumps({"prompt": p, "answer": ""}) + "\n" for p in long_prompts()))
+        cfg = resolve(overrides={**dict(
+            model=model, dataset=str(data), eval_size=0, preset="deepseekmath", prompts_per_step=shape["prompts"],
+            group_size=shape["group"], max_new_tokens=shape["new_tokens"], lr=1e-6, max_steps=steps,
+            save_model=False, gradient_checkpointing=False, grad_accum=shape["prompts"],
+            reward=[f"{Path(__file__).resolve()}:length_reward"], log_completions=0, lora_rank=16,
+            lora_target_modules="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+            output_dir=str(Path(out) / "run")), **extra})
     else:
         rows = [{"prompt": p, "answer": ""} for p in PROMPTS]
         data = Path(out) / "prompts.jsonl"
@@ -98,10 +138,12 @@ def run_ours(workload: str, model: str, steps: int, extra: dict, watch=None) -> 
     return {"step_s": [r["time/step"] for r in rows],
             "phases": {k[5:]: [r[k] for r in rows] for k in rows[0] if k.startswith("time/") and k != "time/step"},
             "tokens": [r["length/mean"] * cfg.prompts_per_step * cfg.group_size for r in rows],
+            "lengths": [[r["length/mean"], r["length/min"], r["length/max"], r["length/truncated_frac"]]
+                        for r in rows],
             "metrics": {k: [r[k] for r in rows] for k in rows[0] if k.startswith(("mismatch/", "reward/mean"))}}
 
 
-def run_trl(workload: str, model: str, steps: int) -> dict:
+def run_trl(workload: str, model: str, steps: int, extra: dict | None = None) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -116,20 +158,33 @@ def run_trl(workload: str, model: str, steps: int) -> dict:
             times.append(time.perf_counter() - t0[0])
 
     peft_config = None
-    if workload == "W2":
+    if workload == "W2" or workload in LONG:
         from peft import LoraConfig
         peft_config = LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), loss_type="grpo", beta=0.04, num_generations=8,
-                      per_device_train_batch_size=16, max_completion_length=64,
-                      generation_kwargs={"min_new_tokens": 64}, learning_rate=1e-6, max_steps=steps,
-                      logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", num_iterations=1,
-                      gradient_accumulation_steps=1, bf16=False, seed=0)
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS * 8])
+    common = dict(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), loss_type="grpo", beta=0.04, learning_rate=1e-6,
+                  max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
+                  num_iterations=1, bf16=False, seed=0)
+    if workload in LONG:
+        # the same batch: prompts x G completions per step, in micro-batches of 8 completions
+        shape = long_shape(workload, dict(extra or {}))
+        n = shape["prompts"] * shape["group"]
+        args = GRPOConfig(**common, num_generations=shape["group"], per_device_train_batch_size=8,
+                          gradient_accumulation_steps=n // 8, max_completion_length=shape["new_tokens"])
+        data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in long_prompts()])
+    else:
+        n = 16
+        args = GRPOConfig(**common, num_generations=8, per_device_train_batch_size=16, max_completion_length=64,
+                          generation_kwargs={"min_new_tokens": 64}, gradient_accumulation_steps=1)
+        data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS * 8])
     trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data,
                           peft_config=peft_config, callbacks=[Clock()])
     trainer.train()
-    return {"step_s": times, "tokens": [2 * 8 * 64] * len(times)}
+    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+    lengths = [[h["completions/mean_length"], h["completions/min_length"], h["completions/max_length"],
+                h.get("completions/clipped_ratio", 0.0)] for h in logs]
+    return {"step_s": times, "tokens": [l[0] * n for l in lengths] if lengths else [n * 64] * len(times),
+            "lengths": lengths}
 
 
 def child(side: str, workload: str, model: str, steps: int, extra: dict) -> None:
@@ -141,7 +196,7 @@ def child(side: str, workload: str, model: str, steps: int, extra: dict) -> None
     if ours:                        # as the `grpo` command does at start
         return_freed_memory = own_heap_policy()
         return_freed_memory()
-    res = run_ours(workload, model, steps, extra) if ours else run_trl(workload, model, steps)
+    res = run_ours(workload, model, steps, extra) if ours else run_trl(workload, model, steps, extra)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("BENCH " + json.dumps(res), flush=True)
 
@@ -197,6 +252,8 @@ def main() -> None:
                     help="grpo, trl, and/or grpo@PATH (our side from the checkout at PATH)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra settings for our side of W1/W2 (e.g. grad_accum=16)")
+    ap.add_argument("--max-new-tokens", type=int, help="W4/W5: new tokens at most (both sides)")
+    ap.add_argument("--group-size", type=int, help="W4/W5: completions per prompt (both sides)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -208,14 +265,20 @@ def main() -> None:
     rate = matmul_gflops()
     print(f"matmul rate: {rate:.1f} GFLOP/s (fp32, {THREADS} threads)")
     extra = dict(parse_setting(kv) for kv in args.set)
-    model = smollm2_folder() if {"W1", "W2"} & set(args.workloads) else ""
+    model = smollm2_folder() if {"W1", "W2", *LONG} & set(args.workloads) else ""
     for w in args.workloads:
         sides = [s for s in args.sides if s != "trl"] if w == "W3" else args.sides
         runs = {s: [] for s in sides}
+        settings = {} if w == "W3" else dict(extra)
+        if w in LONG:                      # the shape, for both sides (TRL reads only these two)
+            settings.update(_new_tokens=args.max_new_tokens, _group=args.group_size)
+            shape = long_shape(w, dict(settings))
+            print(f"\n{w}: {shape['prompts']} prompts x G={shape['group']}, up to {shape['new_tokens']} new tokens")
         for r in range(args.rounds):
             # each round starts one side later: on this machine the first process of a round runs faster
             for s in sides[r % len(sides):] + sides[:r % len(sides)]:
-                runs[s].append(launch(s, w, model, args.steps, extra if w != "W3" else {}))
+                side_settings = settings if s != "trl" else {k: v for k, v in settings.items() if k.startswith("_")}
+                runs[s].append(launch(s, w, model, args.steps, side_settings))
         report(w, runs, rate, model)
     print(f"\nmatmul rate at the end: {matmul_gflops():.1f} GFLOP/s (the floors above use the rate at start)")
 
@@ -231,6 +294,11 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
         print(f"{side} median {med:7.2f} s/step over {len(steps)} steps, {tokens / med:7.1f} new tokens/s, "
               f"peak RSS {summary[side]['rss']:.2f} GB (per process: "
               f"{', '.join(format(r['peak_rss_gb'], '.3f') for r in rs)})")
+        if rs[0].get("lengths"):
+            ls = [x for r in rs for x in r["lengths"][1:]] or [x for r in rs for x in r["lengths"]]
+            print(f"      completion length mean {statistics.mean(x[0] for x in ls):.1f}, min "
+                  f"{min(x[1] for x in ls):.0f}, max {max(x[2] for x in ls):.0f}, truncated "
+                  f"{statistics.mean(x[3] for x in ls):.0%}")
         if "phases" in rs[0]:
             phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:]) for k in rs[0]["phases"]
                       if k != "tokens_per_sec"}
@@ -242,7 +310,7 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
     for base in (k for k in summary if k.startswith("grpo@") and "grpo" in summary):
         g, b = summary["grpo"], summary[base]
         print(f"against {base}: step time {g['step'] / b['step']:.3f}x, peak RSS {g['rss'] / b['rss']:.3f}x")
-    if model and w != "W3":
+    if model and w in ("W1", "W2"):
         from transformers import AutoConfig, AutoModelForCausalLM
         n = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
         f = flops_per_step(n, prompt_tokens=40, new_tokens=64, seqs=16, lora=(w == "W2"))
