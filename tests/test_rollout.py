@@ -462,3 +462,43 @@ def test_shedding_finished_rows_gives_the_same_samples(tiny_model_dir, monkeypat
         torch.testing.assert_close(shed.logprobs, whole.logprobs, atol=1e-5, rtol=0)
         torch.testing.assert_close(shed.entropy, whole.entropy, atol=1e-4, rtol=0)
     assert sheds and len(set(whole.lengths.tolist())) > 3, "the test needs rows that finish at different steps"
+
+
+def test_length_buckets_by_hand():
+    from grpo.models.logprobs import length_buckets
+    lengths = torch.tensor([3, 10, 9, 1, 10, 4])
+    # sorted longest first: rows 1, 4 (10), 2 (9), 5 (4), 0 (3), 3 (1)
+    # slack 1.25: [1, 4, 2, 5] holds 4 x 10 = 40 <= 1.25 x 33 = 41.25; adding row 0 gives 5 x 10 = 50 >
+    #   1.25 x 36 = 45: a new bucket [0]; adding row 3 to it gives 2 x 3 = 6 > 1.25 x 4 = 5: [3] alone
+    assert [b.tolist() for b in length_buckets(lengths, 1.25)] == [[1, 4, 2, 5], [0], [3]]
+    assert [b.tolist() for b in length_buckets(lengths, 100.0)] == [[1, 4, 2, 5, 0, 3]]
+    assert [b.tolist() for b in length_buckets(lengths, 1.0)] == [[1, 4], [2], [5], [0], [3]]
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_completion_forward_in_length_buckets_equals_one_padded_forward(tiny_model_dir, monkeypatch, checkpointed):
+    """Rows cut into buckets of similar length (each padded only to its own longest) give the
+    log-probs and gradients of one forward over every row padded to the longest."""
+    from grpo.models import logprobs
+    model, tok = load_model(tiny_model_dir, torch.device("cpu"))
+    model.eval()
+    roll = rollout(model, tok, repeats=3, eos_ids=[tok.eos_token_id, tok.convert_tokens_to_ids("1")])
+    assert len(set(roll.lengths.tolist())) >= 3, "the test needs completions of several lengths"
+    model.train()
+    if checkpointed:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        logprobs.allow_prefix_under_checkpointing(model)
+    w = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(1))
+
+    def stats(slack):
+        monkeypatch.setattr(logprobs, "BUCKET_SLACK", slack)
+        assert len(logprobs.length_buckets(roll.completion_mask.sum(1))) == (1 if slack > 10 else
+                                                                             len(set(roll.lengths.tolist())))
+        logp = token_stats(model, roll, temperature=1.0, chunk=5).logp
+        return logp.detach(), grads_of(model, lambda: (token_stats(model, roll, temperature=1.0, chunk=5).logp * w).sum())
+
+    one, one_grads = stats(1e9)
+    many, many_grads = stats(1.0)
+    torch.testing.assert_close(many, one, atol=1e-5, rtol=0)
+    for name, g in one_grads.items():
+        torch.testing.assert_close(many_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)

@@ -159,13 +159,42 @@ def _predicting_hidden(model, rollout: Rollout) -> Tensor:
     last = last[inverse]                                                    # (N, H) predicts token 0
     if L == 1:
         return last[:, None]
-    prefix = compat.prefix_cache([(k[inverse], v[inverse]) for k, v in zip(kv[0::2], kv[1::2])])
     start = positions(rollout.prompt_mask)[:, -1:] + 1
-    pos = start + torch.arange(L - 1, device=start.device)[None]
-    rest = decoder(inputs_embeds=_embed(decoder, rollout.completion_ids[:, :-1]), attention_mask=attn[:, :-1],
-                   position_ids=pos,
-                   cache=prefix, use_cache=False).last_hidden_state           # (N, L-1, H)
+    lengths = rollout.completion_mask.sum(1)
+    buckets, parts = length_buckets(lengths), []
+    for rows in buckets:
+        width = max(1, int(lengths[rows].max()) - 1)         # the inputs: every token but the last
+        prefix = compat.prefix_cache([(k[inverse[rows]], v[inverse[rows]]) for k, v in zip(kv[0::2], kv[1::2])])
+        pos = start[rows] + torch.arange(width, device=start.device)[None]
+        out = decoder(inputs_embeds=_embed(decoder, rollout.completion_ids[rows, :width]),
+                      attention_mask=torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows, :width].long()], 1),
+                      position_ids=pos, cache=prefix, use_cache=False).last_hidden_state     # (rows, width, H)
+        parts.append(torch.nn.functional.pad(out, (0, 0, 0, L - 1 - width)))
+    order = torch.cat(buckets)
+    rest = torch.cat(parts)[torch.argsort(order)]                            # (N, L-1, H), rows in order
     return torch.cat([last[:, None], rest], 1)
+
+
+# A completion forward runs in buckets of rows of similar length, each cut to its own longest
+# row: a bucket takes rows (longest first) while its padded tokens stay within this factor of its
+# real ones, so the forward's work follows the sum of the lengths, not rows x the longest.
+BUCKET_SLACK = 1.25
+
+
+def length_buckets(lengths: Tensor, slack: float | None = None) -> list[Tensor]:
+    """Row indices grouped into buckets: sorted by length, longest first, a bucket of r rows whose
+    longest is m holding r * m <= slack * (the sum of its lengths)."""
+    slack = BUCKET_SLACK if slack is None else slack
+    order = torch.argsort(lengths, descending=True, stable=True)
+    ls = lengths[order].tolist()
+    buckets, first, total = [], 0, 0
+    for i, n in enumerate(ls):
+        if i > first and (i - first + 1) * ls[first] > slack * (total + n):
+            buckets.append(order[first:i])
+            first, total = i, 0
+        total += n
+    buckets.append(order[first:])
+    return buckets
 
 
 def _head_logits(model, hidden: Tensor, temperature: float) -> Tensor:
