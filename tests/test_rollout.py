@@ -446,6 +446,8 @@ def test_shedding_finished_rows_gives_the_same_samples(tiny_model_dir, monkeypat
         original = cls.keep
         monkeypatch.setattr(cls, "keep", lambda self, rows, _o=original: (sheds.append(rows.numel()), _o(self, rows)))
 
+    monkeypatch.setattr(hf_loop, "SHED_AFTER", 0)
+
     def run(share):
         monkeypatch.setattr(hf_loop, "COMPACT_AT", share)
         gen = ([torch.Generator().manual_seed(3 + i) for i in range(4)] if draws == "per_prompt"

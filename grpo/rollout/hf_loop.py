@@ -76,14 +76,17 @@ def generate_with(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: Samp
 # running. Each shed copies the survivors' keys and values; since the rows held then shrink by a
 # constant factor, the copies over a whole completion add up to a few copies of the batch's cache.
 COMPACT_AT = 0.75
+# ... and not before this many tokens: a batch of short completions is done before a copy pays.
+SHED_AFTER = 16
 
 
 def _decode(stepper, logits: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
             generator) -> Rollout:
     """The token loop. A stepper with `keep(rows)` sheds the rows that have finished (EOS) when
-    few enough are left running (COMPACT_AT): a step then costs what the running rows cost, not the
+    few enough are left running (COMPACT_AT, from SHED_AFTER tokens on): a step then costs what the running rows cost, not the
     whole batch. Every row draws its random numbers as in the whole batch (sampling.uniforms), so
-    the samples are the same whether rows are shed or not."""
+    the samples are the same whether rows are shed or not, up to the float rounding of products
+    over fewer rows (a draw that lands on a boundary may then go the other way)."""
     device = prompt_ids.device
     N = prompt_ids.shape[0]
     eos = torch.tensor(list(sampling.eos_ids), device=device)
@@ -108,13 +111,16 @@ def _decode(stepper, logits: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, sa
         finished = finished | torch.isin(tokens[-1], eos)
         if bool(finished.all()) or t == sampling.max_new_tokens - 1:
             break
-        rows = torch.arange(N, device=device) if held is None else held
-        running = ~finished[rows]
-        if can_shed and int(running.sum()) <= COMPACT_AT * rows.numel():
-            stepper.keep(running.nonzero().squeeze(1))
-            held = rows[running]
-            rows = held
-        logits = stepper.step(tokens[-1][rows], next_pos[rows])
+        if can_shed and t + 1 >= SHED_AFTER:
+            rows = torch.arange(N, device=device) if held is None else held
+            running = ~finished[rows]
+            if int(running.sum()) <= COMPACT_AT * rows.numel():
+                stepper.keep(running.nonzero().squeeze(1))
+                held = rows[running]
+        if held is None:
+            logits = stepper.step(tokens[-1], next_pos)
+        else:
+            logits = stepper.step(tokens[-1][held], next_pos[held])
         next_pos = next_pos + 1
     del stepper
     completion_mask = torch.stack(valid, 1)
