@@ -72,6 +72,16 @@ def main() -> None:
     print(f"| every row to the end | {w:.1f} | {lengths.sum() / w:.0f} |")
     print(f"| finished rows shed | {s:.1f} | {lengths.sum() / s:.0f} |")
     print(f"speed-up {w / s:.2f}x; same samples: {same}")
+    if not same:                      # where the two ways part: float rounding, or something else?
+        a, b = outs["whole"], outs["shed"]
+        diff = a.completion_ids != b.completion_ids
+        rows = diff.any(1).nonzero().squeeze(1).tolist()
+        firsts = [int(diff[r].nonzero()[0]) for r in rows]
+        before = max(float((a.logprobs[r, :t] - b.logprobs[r, :t]).abs().max()) if t else 0.0
+                     for r, t in zip(rows, firsts))
+        equal = a.completion_mask & ~diff.any(1)[:, None]
+        print(f"{len(rows)} of {diff.shape[0]} rows differ, first at tokens {firsts}; before that their log-probs "
+              f"differ by at most {before:.1e}; on the equal rows by {float((a.logprobs - b.logprobs)[equal].abs().max()):.1e}")
 
 
 if __name__ == "__main__":
