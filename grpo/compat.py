@@ -174,6 +174,15 @@ def reserve(cache, extra: int) -> None:
 
 
 # ------------------------------------------------------------------------ model attributes
+def sharded(model) -> bool:
+    """Any parameter still a sharded DTensor (FSDP2 outside its gathered scope): each forward then
+    gathers every layer's weights with the other processes, so all must run as many forwards."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def drop_quantizer(model) -> None:
     """Forget that a model came from a quantised (GGUF) file once its weights are de-quantised,
     so `save_pretrained` writes plain weights."""

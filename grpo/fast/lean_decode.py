@@ -28,14 +28,6 @@ LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen
 NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
 
 
-def _sharded(model) -> bool:
-    """Any parameter still a sharded DTensor (FSDP2 outside its gathered scope)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def unsupported(model) -> str | None:
     """Why `model` (a transformers causal LM) cannot take the lean step, or None if it can."""
     dec, head = getattr(model, "model", None), getattr(model, "lm_head", None)
@@ -46,7 +38,7 @@ def unsupported(model) -> str | None:
         return "not on a CPU"
     if torch.is_autocast_enabled(p.device.type):
         return "autocast is on"
-    if _sharded(model):
+    if compat.sharded(model):
         return "sharded weights"
     cfg = model.config
     if getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True):

@@ -161,7 +161,9 @@ def _predicting_hidden(model, rollout: Rollout) -> Tensor:
         return last[:, None]
     start = positions(rollout.prompt_mask)[:, -1:] + 1
     lengths = rollout.completion_mask.sum(1)
-    buckets, parts = length_buckets(lengths), []
+    # sharded weights: every process must run as many forwards, whatever its rows' lengths
+    buckets = [torch.arange(len(lengths), device=lengths.device)] if compat.sharded(net) else length_buckets(lengths)
+    parts = []
     for rows in buckets:
         width = max(1, int(lengths[rows].max()) - 1)         # the inputs: every token but the last
         prefix = compat.prefix_cache([(k[inverse[rows]], v[inverse[rows]]) for k, v in zip(kv[0::2], kv[1::2])])
