@@ -169,7 +169,7 @@ def _predicting_hidden(model, rollout: Rollout) -> Tensor:
         prefix = compat.prefix_cache([(k[inverse[rows]], v[inverse[rows]]) for k, v in zip(kv[0::2], kv[1::2])])
         pos = start[rows] + torch.arange(width, device=start.device)[None]
         out = decoder(inputs_embeds=_embed(decoder, rollout.completion_ids[rows, :width]),
-                      attention_mask=torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows, :width].long()], 1),
+                      attention_mask=attn[rows, :P + width],
                       position_ids=pos, cache=prefix, use_cache=False).last_hidden_state     # (rows, width, H)
         parts.append(torch.nn.functional.pad(out, (0, 0, 0, L - 1 - width)))
     order = torch.cat(buckets)

@@ -83,8 +83,8 @@ SHED_AFTER = 16
 def _decode(stepper, logits: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
             generator) -> Rollout:
     """The token loop. A stepper with `keep(rows)` sheds the rows that have finished (EOS) when
-    few enough are left running (COMPACT_AT, from SHED_AFTER tokens on): a step then costs what the running rows cost, not the
-    whole batch. Every row draws its random numbers as in the whole batch (sampling.uniforms), so
+    few enough are left running (COMPACT_AT, from SHED_AFTER tokens on): a step then costs what the
+    running rows cost, not the whole batch. Every row draws its random numbers as in the whole batch (sampling.uniforms), so
     the samples are the same whether rows are shed or not, up to the float rounding of products
     over fewer rows (a draw that lands on a boundary may then go the other way)."""
     device = prompt_ids.device

@@ -97,8 +97,8 @@ def evaluate_episodes(model, tokenizer, task, env_class, *, n: int, batch_size: 
     `greedy=False`, `samples` sampled episodes per problem (each its own generator, seeded by
     `seed` and its index) and pass@k, the fraction of problems with at least one success."""
     from ..envs import run_episodes
-    rows = [row for row in task.heldout(n) for _ in range(1 if greedy else samples)]
     k = 1 if greedy else samples
+    rows = [row for row in task.heldout(n) for _ in range(k)]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

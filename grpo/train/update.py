@@ -160,11 +160,11 @@ def _accumulate(run, batch, seqs, counts, beta, reuse_logp_as_old, tally) -> tup
     total, finite = 0.0, True
     parts = micro_plan(run, batch, seqs)
     count = int(run.world.max(float(len(parts)))) if run.shard else len(parts)
+    # Dr. GRPO's constant: the longest a completion can be (an episode: its token budget)
+    longest = cfg.env_max_tokens if cfg.env else cfg.max_new_tokens
     for micro, stand_in in with_stand_ins(parts, count, seqs.device):
         terms = token_terms(run, batch, micro, beta, reuse_logp_as_old)
         mask = terms.mask
-        # Dr. GRPO's constant: the longest a completion can be (an episode: its token budget)
-        longest = cfg.env_max_tokens if cfg.env else cfg.max_new_tokens
         loss = losses.aggregate(terms.per_token, mask, cfg.loss_aggregation, longest, num_seqs, num_tokens)
         if stand_in:
             loss = loss * 0.0                                # zero gradients, same collectives
