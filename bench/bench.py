@@ -303,6 +303,10 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
             phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:]) for k in rs[0]["phases"]
                       if k != "tokens_per_sec"}
             print("      phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+        mism = {k: statistics.median(v for r in rs for v in r["metrics"][k][1:])
+                for k in rs[0].get("metrics", {}) if k.startswith("mismatch/")}
+        if mism:                   # rollout_dtype other than fp32: how far the sampler is from the trainer
+            print("      " + ", ".join(f"{k} {v:.3g}" for k, v in mism.items()))
     if "trl" in summary and "grpo" in summary:
         g, t = summary["grpo"], summary["trl"]
         print(f"speed: grpo {t['step'] / g['step']:.2f}x TRL's steps per second; "
