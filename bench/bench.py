@@ -305,7 +305,7 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
             print("      phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
         mism = {k: statistics.median(v for r in rs for v in r["metrics"][k][1:])
                 for k in rs[0].get("metrics", {}) if k.startswith("mismatch/")}
-        if mism:                   # rollout_dtype other than fp32: how far the sampler is from the trainer
+        if mism:                   # where the run logs it: how far the sampler is from the trainer
             print("      " + ", ".join(f"{k} {v:.3g}" for k, v in mism.items()))
     if "trl" in summary and "grpo" in summary:
         g, t = summary["grpo"], summary["trl"]
