@@ -283,6 +283,12 @@ def main() -> None:
     print(f"\nmatmul rate at the end: {matmul_gflops():.1f} GFLOP/s (the floors above use the rate at start)")
 
 
+def mismatch(rs: list[dict]) -> dict:
+    """The median over counted steps of each mismatch/* metric our side's runs `rs` logged."""
+    return {k: statistics.median(v for r in rs for v in r["metrics"][k][1:])
+            for k in rs[0].get("metrics", {}) if k.startswith("mismatch/")}
+
+
 def report(w: str, runs: dict, rate: float, model: str) -> None:
     print(f"\n## {w}")
     summary = {}
@@ -303,8 +309,7 @@ def report(w: str, runs: dict, rate: float, model: str) -> None:
             phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:]) for k in rs[0]["phases"]
                       if k != "tokens_per_sec"}
             print("      phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
-        mism = {k: statistics.median(v for r in rs for v in r["metrics"][k][1:])
-                for k in rs[0].get("metrics", {}) if k.startswith("mismatch/")}
+        mism = mismatch(rs)
         if mism:                   # where the run logs it: how far the sampler is from the trainer
             print("      " + ", ".join(f"{k} {v:.3g}" for k, v in mism.items()))
     if "trl" in summary and "grpo" in summary:

@@ -49,7 +49,7 @@ def main() -> None:
         gen = med([v for x in res for v in x["phases"]["generate"][1:]])
         step = med([v for x in res for v in x["step_s"][1:]])
         rss = max(x["peak_rss_gb"] for x in res)
-        mm = {k: med([v for x in res for v in x["metrics"][k][1:]]) for k in res[0]["metrics"] if k.startswith("mismatch/")}
+        mm = bench.mismatch(res)
         print(f"| {side} | {gen:.2f} | {step:.2f} | {rss:.2f} | {mm.get('mismatch/kl', float('nan')):.2e} | "
               f"{mm.get('mismatch/logp_diff_max', float('nan')):.3f} | {mm.get('mismatch/weight_mean', float('nan')):.4f} |")
 
