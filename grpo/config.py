@@ -192,6 +192,11 @@ class TrainConfig:
     lora_rank: int = _f(0, "LoRA rank (0 = full fine-tuning). The reference is then the actor with the adapter disabled.", min=0)
     lora_alpha: Optional[float] = _f(None, "LoRA alpha. Empty: 2 x rank.", gt=0.0)
     lora_dropout: float = _f(0.0, "LoRA dropout.", min=0.0, lt=1.0)
+    lora_base_dtype: Literal["fp32", "bf16"] = _f(
+        "fp32", "With LoRA: the frozen base weights' products (in the update's forward and backward and in the "
+                "reference pass) from a bf16 copy of those weights, the adapters, norms, attention, LM head and "
+                "activations kept as they are. Pays where bf16 products are fast (GPUs, CPUs with AVX-512 BF16). "
+                "Not with --fsdp.")
     lora_target_modules: str = _f("all-linear", "Comma-separated module names to adapt, or `all-linear`.")
     save_merged: bool = _f(False, "With LoRA, also save the merged model to <output_dir>/merged.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
@@ -456,6 +461,13 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainCo
     if cfg.rollout_dtype != "fp32" and cfg.fsdp:
         raise ConfigError(f"rollout_dtype: {cfg.rollout_dtype} sampling keeps a whole copy of the weights, which "
                           "--fsdp does not; sample in fp32 or train without --fsdp")
+    if cfg.lora_base_dtype != "fp32":
+        if not cfg.lora_rank:
+            raise ConfigError(f"lora_base_dtype: {cfg.lora_base_dtype} applies to LoRA's frozen base weights; set "
+                              "lora_rank > 0, or use bf16 for autocast of the whole model")
+        if cfg.fsdp:
+            raise ConfigError(f"lora_base_dtype: {cfg.lora_base_dtype} keeps a copy of the base weights, which --fsdp "
+                              "does not shard; use fp32 or train without --fsdp")
     cfg.report_to = [n.strip() for spec in cfg.report_to for n in spec.split(",") if n.strip()]
     for name in cfg.report_to:
         if name not in REPORT_TO:

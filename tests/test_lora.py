@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -189,3 +190,94 @@ def test_lean_lora_forward_equals_peft_values_and_gradients(tiny_model_dir, tiny
     assert lean_grads.keys() == peft_grads.keys() and all(g.abs().sum() > 0 for g in peft_grads.values())
     for n in peft_grads:
         torch.testing.assert_close(lean_grads[n], peft_grads[n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+def test_bf16_base_products_run_from_a_bf16_copy_and_keep_the_adapter_in_fp32(tiny_model_dir, tiny_config):
+    """lora_base_dtype=bf16: each plain LoRA layer's base product is linear(x.bf16, W.bf16) cast
+    back, the adapter's product stays fp32, the adapter-disabled reference takes the same base
+    product, and a base weight changed in place is copied again."""
+    from grpo.models.lora import plain_lora_layers
+    actor, _ = load_model(tiny_model_dir, torch.device("cpu"))
+    actor = add_lora(actor, tiny_config(lora_rank=4, lora_base_dtype="bf16"))
+    m = next(plain_lora_layers(actor))
+    name = m.active_adapters[0]
+    with torch.no_grad():
+        m.lora_B[name].weight.normal_(0, 0.5)
+    x = torch.randn(5, m.base_layer.in_features, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    W, b = m.base_layer.weight, m.base_layer.bias
+
+    def base16(x):
+        return torch.nn.functional.linear(x.to(torch.bfloat16), W.to(torch.bfloat16),
+                                          None if b is None else b.to(torch.bfloat16)).float()
+
+    adapter = m.scaling[name] * torch.nn.functional.linear(torch.nn.functional.linear(x, m.lora_A[name].weight),
+                                                            m.lora_B[name].weight)
+    out = m(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, base16(x) + adapter, atol=1e-5, rtol=1e-5)
+    fp32 = torch.nn.functional.linear(x, W, b) + adapter
+    assert not torch.allclose(out, fp32, atol=1e-6)            # the base product did run in bf16 ...
+    torch.testing.assert_close(out, fp32, atol=0.05, rtol=0.02)  # ... and is close to fp32
+    # the adapter's gradient: through the fp32 adapter path, the same as with an fp32 base
+    out.sum().backward()
+    g16 = m.lora_A[name].weight.grad.clone()
+    m.lora_A[name].weight.grad = None
+    adapter.sum().backward()
+    torch.testing.assert_close(g16, m.lora_A[name].weight.grad)
+    assert W.grad is None and not W.requires_grad
+    with torch.no_grad(), actor.disable_adapter():              # the reference: the same base product
+        torch.testing.assert_close(m(x), base16(x), atol=0, rtol=0)
+        W.mul_(2.0)                                             # changed in place: copied again
+        torch.testing.assert_close(m(x), base16(x), atol=0, rtol=0)
+
+
+def test_bf16_base_trains_close_to_fp32_and_needs_lora(tiny_config, tmp_path):
+    """A LoRA run with bf16 base products trains on the same first samples as the fp32 run, with
+    a zero KL on step 1 (the adapter starts at zero and the reference takes the same bf16 base
+    products as the policy); the setting without LoRA, or with --fsdp, is refused."""
+    from grpo.config import ConfigError
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / dtype
+        train(tiny_config(task="dense", lora_rank=4, lora_base_dtype=dtype, beta=0.04, max_steps=2,
+                           output_dir=str(out)))
+        runs[dtype] = rows(out)
+    assert len(runs["bf16"]) == 2 and all(math.isfinite(r["loss"]) for r in runs["bf16"])
+    a, b = runs["fp32"][0], runs["bf16"][0]
+    assert a["reward/mean"] == b["reward/mean"]                         # the same samples on step 1
+    assert a["kl"] == 0 and b["kl"] == 0
+    assert runs["bf16"][1]["kl"] != 0                                    # the adapter moved the policy
+    with pytest.raises(ConfigError, match="lora_base_dtype.*lora_rank"):
+        tiny_config(lora_base_dtype="bf16")
+    with pytest.raises(ConfigError, match="lora_base_dtype.*fsdp"):
+        tiny_config(lora_rank=4, lora_base_dtype="bf16", fsdp=True)
+
+
+def test_bf16_base_gradients_follow_the_fp32_ones_through_the_whole_model(tiny_model_dir, tiny_config):
+    """Through every layer (the projections that read one input share its bf16 cast), the adapter
+    gradients with bf16 base products point where the fp32 ones do, and with and without
+    gradient checkpointing they are the same."""
+    from grpo.models.loading import hf_model
+    ids = torch.randint(3, 17, (3, 12), generator=torch.Generator().manual_seed(0))
+    w = torch.randn(3, 12, generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for dtype, ckpt in (("fp32", False), ("bf16", False), ("bf16", True)):
+        actor, _ = load_model(tiny_model_dir, torch.device("cpu"))
+        torch.manual_seed(0)                                # the same adapter init each time
+        actor = add_lora(actor, tiny_config(lora_rank=4, lora_base_dtype=dtype))
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(2)
+            for name, p in actor.named_parameters():
+                if "lora_B" in name:
+                    p.add_(0.3 * torch.randn(p.shape, generator=g))
+        if ckpt:
+            hf_model(actor).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            actor.train()
+        logits = hf_model(actor)(input_ids=ids).logits
+        (torch.log_softmax(logits, -1)[..., 1] * w).sum().backward()
+        grads[dtype, ckpt] = torch.cat([p.grad.flatten() for p in actor.parameters() if p.requires_grad])
+    a, b = grads["fp32", False], grads["bf16", False]
+    assert not torch.equal(a, b)
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
+    assert (b - a).norm() < 0.02 * a.norm()
+    torch.testing.assert_close(grads["bf16", True], b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 
 import torch
 
@@ -26,7 +27,7 @@ def add_lora(model, cfg):
             model = get_peft_model(model, lora)
     except ValueError as e:
         raise ConfigError(f"lora_target_modules: {e}") from None
-    lean_lora(model)
+    lean_lora(model, low=torch.bfloat16 if cfg.lora_base_dtype == "bf16" else None)
     return model
 
 
@@ -40,29 +41,79 @@ def plain_lora_layers(model):
             yield m
 
 
-def lean_lora(model) -> None:
+def lean_lora(model, low: torch.dtype | None = None) -> None:
     """Run each plain LoRA layer as base(x) + scale * (x A^T) B^T in one fused multiply-add
     (torch.addmm with alpha = scale): the same function as peft's forward, without its two
     full-size temporaries (the scaled adapter output and the sum) per projection. Anything else
-    (adapter disabled, merged, several adapters) goes through peft's own forward."""
+    (merged, several adapters) goes through peft's own forward, and so does the adapter-disabled
+    reference unless `low` is given.
+
+    `low` (lora_base_dtype): the frozen base product runs in that dtype, from a copy of the base
+    weight made once (and again if the weight is changed in place), with the input cast to it and
+    the output cast back; the adapter's products, and everything outside the projections, keep
+    the input's dtype. The backward to the activations through the base product then runs in
+    `low` too (the frozen weight gets no gradient). This holds for the policy and for the
+    adapter-disabled reference alike, so the two differ by the adapter alone."""
+    cast = _LastCast()                       # shared: q, k, v (and gate, up) read the same input
     for m in plain_lora_layers(model):
-        set_forward(m, _LeanForward(m))
+        set_forward(m, _LeanForward(m, low, cast))
+
+
+class _LastCast:
+    """x cast to a dtype, remembered for the next call with the same x (the same tensor, unchanged,
+    in the same grad mode), so projections that read one input cast it once."""
+
+    def __init__(self):
+        self.key, self.out = None, None
+
+    def __call__(self, x, dtype):
+        key = (x._version, dtype, torch.is_grad_enabled())
+        if self.key is not None and self.key[0]() is x and self.key[1:] == key:
+            return self.out
+        self.out = x.to(dtype)
+        self.key = (weakref.ref(x), *key)
+        return self.out
 
 
 class _LeanForward:
     """The forward `lean_lora` gives one LoRA layer."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, low: torch.dtype | None = None, cast: _LastCast | None = None):
         self.layer = layer
+        self.low = low
+        self.cast = cast or _LastCast()
+        self._copy, self._of = None, None
+
+    def _base(self, x):
+        """The frozen base product, in `low` where asked."""
+        b = self.layer.base_layer
+        if self.low is None or x.dtype == self.low:
+            return torch.nn.functional.linear(x, b.weight, b.bias)
+        w = b.weight
+        key = (w.data_ptr(), w._version, w.device)
+        if self._of != key:                  # first use, or the base weight was replaced or changed
+            with torch.no_grad():
+                self._copy = (w.detach().to(self.low), None if b.bias is None else b.bias.detach().to(self.low))
+            self._of = key
+        return torch.nn.functional.linear(self.cast(x, self.low), *self._copy).to(x.dtype)
 
     def __call__(self, x, *args, **kwargs):
         m = self.layer
         active = [a for a in m.active_adapters if a in m.lora_A]
-        if m.disable_adapters or m.merged or len(active) != 1 or args or kwargs:
+        if m.merged or args or kwargs or not (m.disable_adapters or len(active) == 1):
             return type(m).forward(m, x, *args, **kwargs)
+        if m.disable_adapters:               # the reference: the base weights alone
+            if self.low is None:
+                return type(m).forward(m, x, *args, **kwargs)
+            return self._base(x)
         name = active[0]
-        base = torch.nn.functional.linear(x, m.base_layer.weight, m.base_layer.bias)
+        base = self._base(x)
         h = torch.nn.functional.linear(x, m.lora_A[name].weight)                  # (..., r)
+        if self.low is not None and base.dtype == x.dtype and x.dtype != self.low:
+            # `base` is a fresh cast of the low-precision product: add the adapter into it in place
+            base.view(-1, base.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), m.lora_B[name].weight.t(),
+                                                 alpha=m.scaling[name])
+            return base
         out = torch.addmm(base.reshape(-1, base.shape[-1]), h.reshape(-1, h.shape[-1]), m.lora_B[name].weight.t(),
                           alpha=m.scaling[name])
         return out.view(base.shape)

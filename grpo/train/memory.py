@@ -3,7 +3,8 @@ first step so that a run that cannot fit says so instead of being killed by the 
 
 The estimate (fp32 unless the weights say otherwise; docs/models.md lists what it counts):
   weights            every parameter, once (the LoRA reference shares the actor's; a full
-                     fine-tune's frozen reference twice, unless it is kept in a file)
+                     fine-tune's frozen reference twice, unless it is kept in a file), plus the
+                     bf16 copies of LoRA's base weights under lora_base_dtype=bf16
   training state     per trainable parameter: its gradient and AdamW's two moments
   activations        the largest micro-batch's padded tokens x per layer (6 hidden + 3 intermediate
                      values; with gradient checkpointing one hidden value per layer plus one
@@ -54,6 +55,8 @@ def estimate(cfg, actor, prompt_width: int, world_size: int = 1, reference_in_me
     params = list(actor.parameters())
     weights = sum(p.numel() * p.element_size() for p in params)
     trainable = sum(p.numel() * 4 for p in params if p.requires_grad)
+    if cfg.lora_base_dtype == "bf16":               # the bf16 copies of LoRA's base weights
+        weights += sum(p.numel() * 2 for n, p in actor.named_parameters() if ".base_layer." in n)
     seqs = cfg.prompts_per_step // world_size * cfg.group_size // cfg.minibatches
     width = prompt_width + cfg.max_new_tokens
     rows = max(1, -(-seqs // cfg.grad_accum))
