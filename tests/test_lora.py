@@ -281,3 +281,15 @@ def test_bf16_base_gradients_follow_the_fp32_ones_through_the_whole_model(tiny_m
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
     assert (b - a).norm() < 0.02 * a.norm()
     torch.testing.assert_close(grads["bf16", True], b)
+
+
+def test_memory_estimate_counts_the_bf16_base_copies(tiny_model_dir, tiny_config):
+    """The estimate's weights grow by 2 bytes per base weight of each plain LoRA layer."""
+    from grpo.models.lora import plain_lora_layers
+    from grpo.train.memory import estimate
+    actor, _ = load_model(tiny_model_dir, torch.device("cpu"))
+    actor = add_lora(actor, tiny_config(lora_rank=4))
+    fp32, bf16 = (estimate(tiny_config(lora_rank=4, lora_base_dtype=d), actor, prompt_width=8) for d in ("fp32", "bf16"))
+    copies = sum(m.base_layer.weight.numel() * 2 for m in plain_lora_layers(actor))
+    assert copies > 0
+    assert bf16.update - fp32.update == copies and bf16.sampling - fp32.sampling == copies

@@ -84,10 +84,14 @@ class _LeanForward:
         self.cast = cast or _LastCast()
         self._copy, self._of = None, None
 
+    def _lowers(self, x) -> bool:
+        """Whether the base product of `x` runs in `low` (and so comes back as a fresh cast)."""
+        return self.low is not None and x.dtype != self.low
+
     def _base(self, x):
         """The frozen base product, in `low` where asked."""
         b = self.layer.base_layer
-        if self.low is None or x.dtype == self.low:
+        if not self._lowers(x):
             return torch.nn.functional.linear(x, b.weight, b.bias)
         w = b.weight
         key = (w.data_ptr(), w._version, w.device)
@@ -109,7 +113,7 @@ class _LeanForward:
         name = active[0]
         base = self._base(x)
         h = torch.nn.functional.linear(x, m.lora_A[name].weight)                  # (..., r)
-        if self.low is not None and base.dtype == x.dtype and x.dtype != self.low:
+        if self._lowers(x):
             # `base` is a fresh cast of the low-precision product: add the adapter into it in place
             base.view(-1, base.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), m.lora_B[name].weight.t(),
                                                  alpha=m.scaling[name])

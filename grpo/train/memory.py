@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from ..models.loading import hf_model
+from ..models.lora import plain_lora_layers
 
 LIBRARIES = 0.45 * 2 ** 30
 
@@ -56,7 +57,7 @@ def estimate(cfg, actor, prompt_width: int, world_size: int = 1, reference_in_me
     weights = sum(p.numel() * p.element_size() for p in params)
     trainable = sum(p.numel() * 4 for p in params if p.requires_grad)
     if cfg.lora_base_dtype == "bf16":               # the bf16 copies of LoRA's base weights
-        weights += sum(p.numel() * 2 for n, p in actor.named_parameters() if ".base_layer." in n)
+        weights += sum(m.base_layer.weight.numel() * 2 for m in plain_lora_layers(actor))
     seqs = cfg.prompts_per_step // world_size * cfg.group_size // cfg.minibatches
     width = prompt_width + cfg.max_new_tokens
     rows = max(1, -(-seqs // cfg.grad_accum))
