@@ -44,6 +44,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively (the AVX-512 BF16 or AMX BF16 flags in Linux's
+    cpuinfo); False where the file cannot be read (another OS: unknown, so not claimed)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @contextlib.contextmanager
 def atomic_folder(final: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a fresh hidden folder beside `final`; when the block ends without an error, that folder

@@ -293,3 +293,34 @@ def test_memory_estimate_counts_the_bf16_base_copies(tiny_model_dir, tiny_config
     copies = sum(m.base_layer.weight.numel() * 2 for m in plain_lora_layers(actor))
     assert copies > 0
     assert bf16.update - fp32.update == copies and bf16.sampling - fp32.sampling == copies
+
+
+def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
+    from grpo.common import cpu_has_bf16
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert cpu_has_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile\n")
+    assert cpu_has_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert not cpu_has_bf16(info)
+    assert not cpu_has_bf16(tmp_path / "missing")
+
+
+def test_the_bf16_hint_names_the_settings_left_at_fp32_on_a_bf16_cpu(tiny_config):
+    from grpo.config import needs_reference
+    from grpo.train.setup import bf16_hint
+    yes, no = (lambda: True), (lambda: False)
+    hint = bf16_hint(tiny_config(lora_rank=4, beta=0.04), "cpu", has_bf16=yes)
+    assert hint and all(f in hint for f in ("--rollout-dtype bf16", "--rollout-correction tis",
+                                            "--reference-dtype bf16", "--lora-base-dtype bf16"))
+    cfg = tiny_config(lora_rank=4, preset="dr_grpo")                       # beta 0: no reference pass
+    assert not needs_reference(cfg)
+    no_ref = bf16_hint(cfg, "cpu", has_bf16=yes)
+    assert "--reference-dtype" not in no_ref and "--lora-base-dtype bf16" in no_ref
+    corrected = bf16_hint(tiny_config(lora_rank=4, rollout_correction="icepop"), "cpu", has_bf16=yes)
+    assert "--rollout-correction" not in corrected
+    assert bf16_hint(tiny_config(lora_rank=4), "cpu", has_bf16=no) is None
+    assert bf16_hint(tiny_config(), "cpu", has_bf16=yes) is None                      # no LoRA
+    assert bf16_hint(tiny_config(lora_rank=4, lora_base_dtype="bf16"), "cpu", has_bf16=yes) is None
+    assert bf16_hint(tiny_config(lora_rank=4), "cpu", shard=True, has_bf16=yes) is None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..common import cpu_has_bf16
 from ..config import ConfigError, TrainConfig, needs_reference
 from ..demo import DEMO_NOTE, RECIPE, ensure_demo_model, recipe_for
 from ..models.loading import hf_model, load_model
@@ -49,6 +50,9 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
     actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
     if cfg.lora_rank:
         actor = add_lora(actor, cfg)
+        hint = bf16_hint(cfg, device, shard)
+        if hint:
+            log(hint)
         ref = Reference.adapter_disabled(actor) if needs_reference(cfg) else None   # no second copy
     else:
         ref = Reference.frozen_copy(actor, spill) if needs_reference(cfg) else None
@@ -56,6 +60,20 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
         hf_model(actor).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         allow_prefix_under_checkpointing(actor)
     return actor, ref, tokenizer, model_path
+
+
+def bf16_hint(cfg: TrainConfig, device, shard: bool = False, has_bf16=cpu_has_bf16) -> str | None:
+    """A one-line pointer to the bf16 settings for a LoRA run on a CPU that multiplies bf16
+    natively with all of them left at fp32 (the defaults stay fp32: exact to the formula);
+    None where it does not apply."""
+    if (not cfg.lora_rank or shard or cfg.fsdp or torch.device(device).type != "cpu" or
+            (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype) != ("fp32", "fp32", "fp32")
+            or not has_bf16()):
+        return None
+    flags = ["--rollout-dtype bf16"] + (["--rollout-correction tis"] if cfg.rollout_correction == "none" else [])
+    flags += (["--reference-dtype bf16"] if needs_reference(cfg) else []) + ["--lora-base-dtype bf16"]
+    return ("note: this CPU multiplies bf16 natively; the passes that do not train can use it: " + " ".join(flags) +
+            " (docs/performance.md, 'Natural-length completions': speed and the sampler's mismatch)")
 
 
 def save_final(cfg, actor, tokenizer, out: Path, summary: dict, weights: dict | None = None,
