@@ -48,10 +48,10 @@ def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies bf16 natively (the AVX-512 BF16 or AMX BF16 flags in Linux's
     cpuinfo); False where the file cannot be read (another OS: unknown, so not claimed)."""
     try:
-        text = Path(cpuinfo).read_text()
+        with open(cpuinfo) as f:                 # every core lists the same flags: the first line will do
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

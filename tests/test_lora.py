@@ -323,4 +323,4 @@ def test_the_bf16_hint_names_the_settings_left_at_fp32_on_a_bf16_cpu(tiny_config
     assert bf16_hint(tiny_config(lora_rank=4), "cpu", has_bf16=no) is None
     assert bf16_hint(tiny_config(), "cpu", has_bf16=yes) is None                      # no LoRA
     assert bf16_hint(tiny_config(lora_rank=4, lora_base_dtype="bf16"), "cpu", has_bf16=yes) is None
-    assert bf16_hint(tiny_config(lora_rank=4), "cpu", shard=True, has_bf16=yes) is None
+    assert bf16_hint(tiny_config(lora_rank=4, fsdp=True), "cpu", has_bf16=yes) is None

@@ -50,7 +50,7 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
     actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
     if cfg.lora_rank:
         actor = add_lora(actor, cfg)
-        hint = bf16_hint(cfg, device, shard)
+        hint = bf16_hint(cfg, device)
         if hint:
             log(hint)
         ref = Reference.adapter_disabled(actor) if needs_reference(cfg) else None   # no second copy
@@ -62,11 +62,11 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
     return actor, ref, tokenizer, model_path
 
 
-def bf16_hint(cfg: TrainConfig, device, shard: bool = False, has_bf16=cpu_has_bf16) -> str | None:
+def bf16_hint(cfg: TrainConfig, device, has_bf16=cpu_has_bf16) -> str | None:
     """A one-line pointer to the bf16 settings for a LoRA run on a CPU that multiplies bf16
     natively with all of them left at fp32 (the defaults stay fp32: exact to the formula);
-    None where it does not apply."""
-    if (not cfg.lora_rank or shard or cfg.fsdp or torch.device(device).type != "cpu" or
+    None where it does not apply (--fsdp refuses those settings)."""
+    if (not cfg.lora_rank or cfg.fsdp or torch.device(device).type != "cpu" or
             (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype) != ("fp32", "fp32", "fp32")
             or not has_bf16()):
         return None
