@@ -289,26 +289,36 @@ def mismatch(rs: list[dict]) -> dict:
             for k in rs[0].get("metrics", {}) if k.startswith("mismatch/")}
 
 
+def summarize(rs: list[dict]) -> dict:
+    """One side's processes `rs` over their counted steps (each process's first is a warm-up): the
+    median step time, new tokens/s, the largest peak RSS, the completion lengths (mean, min, max,
+    fraction cut; all steps where only the warm-up logged any) and the median of each phase."""
+    steps = [t for r in rs for t in r["step_s"][1:]]
+    step = statistics.median(steps)
+    s = dict(step=step, steps=len(steps), rss=max(r["peak_rss_gb"] for r in rs),
+             tps=statistics.median(t for r in rs for t in r["tokens"][1:]) / step, lengths=None,
+             phases={k: statistics.median(v for r in rs for v in r["phases"][k][1:])
+                     for k in rs[0].get("phases", {}) if k != "tokens_per_sec"})
+    if rs[0].get("lengths"):
+        ls = [x for r in rs for x in r["lengths"][1:]] or [x for r in rs for x in r["lengths"]]
+        s["lengths"] = (statistics.mean(x[0] for x in ls), min(x[1] for x in ls), max(x[2] for x in ls),
+                        statistics.mean(x[3] for x in ls))
+    return s
+
+
 def report(w: str, runs: dict, rate: float, model: str) -> None:
     print(f"\n## {w}")
     summary = {}
     for side, rs in runs.items():
-        steps = [t for r in rs for t in r["step_s"][1:]]
-        tokens = statistics.median(t for r in rs for t in r["tokens"][1:])
-        med = statistics.median(steps)
-        summary[side] = dict(step=med, rss=max(r["peak_rss_gb"] for r in rs), tps=tokens / med)
-        print(f"{side} median {med:7.2f} s/step over {len(steps)} steps, {tokens / med:7.1f} new tokens/s, "
-              f"peak RSS {summary[side]['rss']:.2f} GB (per process: "
+        s = summary[side] = summarize(rs)
+        print(f"{side} median {s['step']:7.2f} s/step over {s['steps']} steps, {s['tps']:7.1f} new tokens/s, "
+              f"peak RSS {s['rss']:.2f} GB (per process: "
               f"{', '.join(format(r['peak_rss_gb'], '.3f') for r in rs)})")
-        if rs[0].get("lengths"):
-            ls = [x for r in rs for x in r["lengths"][1:]] or [x for r in rs for x in r["lengths"]]
-            print(f"      completion length mean {statistics.mean(x[0] for x in ls):.1f}, min "
-                  f"{min(x[1] for x in ls):.0f}, max {max(x[2] for x in ls):.0f}, truncated "
-                  f"{statistics.mean(x[3] for x in ls):.0%}")
-        if "phases" in rs[0]:
-            phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:]) for k in rs[0]["phases"]
-                      if k != "tokens_per_sec"}
-            print("      phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+        if s["lengths"]:
+            mean, lo, hi, cut = s["lengths"]
+            print(f"      completion length mean {mean:.1f}, min {lo:.0f}, max {hi:.0f}, truncated {cut:.0%}")
+        if s["phases"]:
+            print("      phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in s["phases"].items()))
         mism = mismatch(rs)
         if mism:                   # where the run logs it: how far the sampler is from the trainer
             print("      " + ", ".join(f"{k} {v:.3g}" for k, v in mism.items()))

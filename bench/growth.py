@@ -13,7 +13,6 @@ markdown row per shape as it finishes, then the table again at the end.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,21 +24,12 @@ HEADER = ("| new tokens ≤ | G | side | s/step | new tokens/s | peak RSS GB | l
           "|---|---|---|---|---|---|---|---|")
 
 
-def summary(rs: list[dict]) -> dict:
-    """Median step time and tokens over the counted steps (the first of each process is a warm-up)."""
-    step = statistics.median(t for r in rs for t in r["step_s"][1:])
-    tokens = statistics.median(t for r in rs for t in r["tokens"][1:])
-    lengths = [x for r in rs for x in r["lengths"][1:]]
-    phases = {k: statistics.median(v for r in rs for v in r["phases"][k][1:])
-              for k in rs[0].get("phases", {}) if k not in ("tokens_per_sec", "score")}
-    return dict(step=step, tps=tokens / step, rss=max(r["peak_rss_gb"] for r in rs),
-                mean=statistics.mean(x[0] for x in lengths), max=max(x[2] for x in lengths), phases=phases)
-
-
 def row(new_tokens: int, group: int, side: str, s: dict) -> str:
-    phases = ", ".join(f"{k} {v:.1f}" for k, v in s["phases"].items()) or "—"
+    """One shape's side, from bench.summarize."""
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in s["phases"].items() if k != "score") or "—"
+    mean, _, longest, _ = s["lengths"]
     return (f"| {new_tokens} | {group} | {side} | {s['step']:.2f} | {s['tps']:.1f} | {s['rss']:.2f} | "
-            f"{s['mean']:.0f} / {s['max']:.0f} | {phases} |")
+            f"{mean:.0f} / {longest:.0f} | {phases} |")
 
 
 def main() -> None:
@@ -61,7 +51,7 @@ def main() -> None:
         found = {}
         for side in args.sides:
             settings = {**shape, **(extra if side != "trl" else {})}
-            found[side] = summary([bench.launch(side, "W5", model, args.steps, settings)])
+            found[side] = bench.summarize([bench.launch(side, "W5", model, args.steps, settings)])
             lines.append(row(new_tokens, group, side, found[side]))
             print(lines[-1], flush=True)
         if "grpo" in found and "trl" in found:
