@@ -136,6 +136,8 @@ def cmd_train(args, argv: list[str]) -> int:
         from .parallel.launch import launch
         return launch(args.nproc, _without_nproc(argv))
     cfg = config_from_args(args)                 # a bad setting: one line, before torch loads
+    if cfg.heap_reuse and _on_cpu(cfg.device):
+        _process_memory_policy()
     _quiet_transformers()
     from .train import train
     summary = train(cfg)
@@ -205,7 +207,7 @@ def cmd_eval(args) -> int:
         res = evaluate_episodes(model, tok, task, env, n=cfg.eval_size, batch_size=cfg.eval_batch_size,
                                 max_new_tokens=cfg.max_new_tokens, limits=episode_limits(cfg),
                                 system_prompt=cfg.system_prompt, chat_template=cfg.chat_template, seed=cfg.seed,
-                                engine=plug(Levers.of(cfg)).engine, samples=args.samples, greedy=greedy,
+                                engine=plug(Levers.of(cfg), device, cfg.engine).engine, samples=args.samples, greedy=greedy,
                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
         return _print_eval({"model": str(path), "task": task.name, "env": cfg.env, "decoding": decoding, **res},
                            args.json)
@@ -215,7 +217,7 @@ def cmd_eval(args) -> int:
                        max_new_tokens=cfg.max_new_tokens, reward_fns=reward_fns, system_prompt=cfg.system_prompt,
                        chat_template=cfg.chat_template, samples=args.samples, greedy=greedy,
                        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed,
-                       engine=plug(Levers.of(cfg)).engine)
+                       engine=plug(Levers.of(cfg), device, cfg.engine).engine)
     finally:
         reward_fns.close()
     return _print_eval({"model": str(path), "task": task.name, "decoding": decoding, **res}, args.json)
@@ -252,9 +254,18 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def _on_cpu(device: str) -> bool:
+    if device == "auto":
+        import torch
+        return not torch.cuda.is_available()
+    return device == "cpu"
+
+
 def _process_memory_policy() -> None:
-    """The command's allocation policy, set before the libraries' imports allocate: every large
-    block its own mapping, returned to the system on free (grpo/fast/heap.py; nothing without it)."""
+    """`grpo train`'s allocation policy on a CPU (heap_reuse), set before the run allocates: every
+    large block its own mapping, returned to the system on free, the phases that reuse the heap
+    marked by the levers (grpo/fast/heap.py; nothing without it). GPU runs and the other commands
+    keep glibc's own behaviour."""
     try:
         from .fast.heap import return_freed_memory
     except ImportError:
@@ -289,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     debug, argv = _debug(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
-    _process_memory_policy()
     try:
         if args.command == "train":
             return cmd_train(args, argv)

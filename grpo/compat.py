@@ -67,6 +67,23 @@ def linear_weights(module) -> tuple[Tensor, Tensor | None] | None:
     return None
 
 
+
+def lora_parts(module) -> tuple[Tensor, Tensor | None, list[tuple[Tensor, Tensor, float]]] | None:
+    """(base weight, base bias, [(A, B, scale) per active adapter]) of a peft LoRA linear layer
+    whose forward in eval mode is the linear map with weight W + sum scale * B @ A: an nn.Linear
+    base, plain LoRA (no DoRA or other variant). Adapters merged into the base, or disabled, give
+    no parts. None for any other module."""
+    base = getattr(module, "base_layer", None)
+    if type(base) is not torch.nn.Linear or not all(hasattr(module, a) for a in ("lora_A", "lora_B", "scaling")):
+        return None
+    if getattr(module, "lora_variant", None) or getattr(module, "fan_in_fan_out", False):
+        return None
+    if getattr(module, "merged", False) or getattr(module, "disable_adapters", False):
+        return base.weight, base.bias, []
+    parts = [(module.lora_A[n].weight, module.lora_B[n].weight, float(module.scaling[n]))
+             for n in module.active_adapters if n in module.lora_A]
+    return base.weight, base.bias, parts
+
 # ------------------------------------------------------------------------ KV cache layers
 class RecordingLayer(DynamicLayer):
     """Cache layer for a prompt forward: keeps the layer's keys/values, returns them unchanged.

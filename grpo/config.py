@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -212,6 +213,11 @@ class TrainConfig:
                 "rollout_correction). Not with --fsdp.")
     reference_dtype: Literal["fp32", "bf16"] = _f("fp32", "The reference pass under bf16 autocast (bf16) or as the "
                                                           "weights are.")
+    engine: Literal["auto", "hf", "static"] = _f(
+        "auto", "How completions are decoded. `static`: fixed-shape decoding units over a key/value buffer kept "
+                "from call to call, captured in CUDA graphs on a GPU (Llama, Mistral, Qwen2/3; other models decode "
+                "through `hf`, said once); `hf`: the model's forward per token (on a CPU with the lean step and "
+                "few-row products, see the levers); `auto`: static on CUDA, hf elsewhere.")
     logprob_chunk: int = _f(256, "Completion tokens pushed through the LM head at once (bounds the tokens x vocab logits held).", min=1)
 
     # ------------------------------------------- speed and memory levers (grpo/fast, see `Levers`)
@@ -339,9 +345,14 @@ def rollout_is_bounds(cfg) -> tuple[float | None, float | None]:
 
 
 # --------------------------------------------------------------- typing helpers
+@functools.cache
+def _hints() -> dict:
+    return typing.get_type_hints(TrainConfig)      # resolving every annotation compiles each: once per process
+
+
 def field_type(name: str) -> tuple[type, tuple | None, bool]:
     """(base type, allowed choices or None, optional?) of a field."""
-    hints = typing.get_type_hints(TrainConfig)
+    hints = _hints()
     tp = hints[name]
     optional = False
     if typing.get_origin(tp) in (typing.Union, types.UnionType):

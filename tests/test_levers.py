@@ -4,6 +4,7 @@ every lever on logs, within float tolerance."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +20,7 @@ from rows import assert_rows_match
 
 from grpo.config import FIELDS, LEVER_FIELDS, Levers, resolve
 from grpo.data import tasks as tasks_mod
-from grpo.rollout import HFEngine
+from grpo.rollout import HFEngine, StaticEngine
 from grpo.train import train
 from grpo.train.levers import plug
 
@@ -86,6 +87,37 @@ def test_plug_gives_the_plain_pieces_with_every_lever_off():
     assert plugged.merged_product is torch.nn.functional.linear
     on = plug(Levers())
     assert type(on.engine).__name__ == "LeanEngine" and on.head is not None and on.spill is not None
+
+
+def test_on_a_gpu_the_cpu_levers_stay_off():
+    """On CUDA: the static engine (or the plain loop when named), no few-row products, no
+    file-backed reference, no heap policy; the fused head is not a CPU lever and stays."""
+    plugged = plug(Levers(), torch.device("cuda"))
+    assert type(plugged.engine) is StaticEngine and plugged.head is not None
+    assert plugged.spill is None and plugged.merged_product is torch.nn.functional.linear
+    assert type(plugged.memory("generate")) is contextlib.nullcontext
+    assert type(plug(Levers(), "cuda", engine="hf").engine) is HFEngine
+    assert type(plug(Levers(), "cpu", engine="static").engine) is StaticEngine
+    assert type(plug(Levers(), "cpu").engine).__name__ == "LeanEngine"
+
+
+def test_few_row_products_leave_a_model_off_the_cpu_as_it_is():
+    from grpo.compat import own_forward
+    from grpo.fast.few_rows import FewRows
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with FewRows().decoding_linears(model):
+        assert all(own_forward(m) is None for m in model)
+    cpu = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with FewRows().decoding_linears(cpu):
+        assert own_forward(cpu[0]) is not None
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_the_static_engine_gives_the_same_run(tiny_config, all_on, run):
+    cfg = tiny_config(**RUNS[run], engine="static")
+    train(cfg, log=lambda *a: None)
+    assert_same_run(metrics(cfg), all_on[run], f"{run}, engine static")
 
 
 @pytest.mark.parametrize("run", list(RUNS))

@@ -113,14 +113,12 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
         budget = min(sampling.max_new_tokens, max(room))
         ids, mask = _left([eps[i].prompt + eps[i].ids for i in active], pad, device)
         t0 = time.perf_counter()
-        # each turn draws from a generator of its own, seeded by one draw of the episode's: how far a
+        # each turn draws from a seed of its own, one draw of the episode's generator: how far a
         # turn's decoding runs depends on the other rows of the call, so the episode's own generator
         # must advance the same whatever shares the call
-        turn_gens = None if generators is None else [
-            torch.Generator(device=generators[i].device).manual_seed(
-                int(torch.randint(1 << 62, (1,), generator=generators[i], device=generators[i].device)))
-            for i in active]
-        roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget), turn_gens)
+        turn_seeds = None if generators is None else [
+            int(torch.randint(1 << 62, (1,), generator=generators[i], device=generators[i].device)) for i in active]
+        roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget), turn_seeds)
         gen_seconds += time.perf_counter() - t0
         turn_toks, texts = [], []
         for row, i in enumerate(active):

@@ -46,9 +46,11 @@ class FewRows:
     @contextlib.contextmanager
     def decoding_linears(self, model):
         """Inside: every plain nn.Linear of `model` (and any layer already given a fixed-weight
-        forward) computes through `linear`. For sampling only (no gradients are taken inside)."""
+        forward) computes through `linear`. For sampling only (no gradients are taken inside). A
+        model off the CPU is left as it is."""
         patched = []
-        for m in model.modules():
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        for m in model.modules() if on_cpu else ():
             if type(m) is torch.nn.Linear and compat.own_forward(m) is None:
                 compat.set_forward(m, compat.FixedLinear(m.weight, m.bias, self.linear))
                 patched.append(m)

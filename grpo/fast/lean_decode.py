@@ -8,7 +8,7 @@ over the same weights: the projections as plain matmuls with their weights (read
 `compat.linear_weights`, which sees the few-row and LoRA-merged forwards; any other projection
 module is called as it is), fused RMS norms, the rotary embedding applied to queries
 and keys together, and grouped-query attention as two batched products over a key/value buffer
-sized for the whole completion. Supported: the decoder-layer classes in `LAYERS` (Llama, Mistral
+sized for the whole completion. Supported: the decoder-layer classes of `rollout.static.LAYERS` (Llama, Mistral
 without a sliding window, Qwen2, Qwen3) on a CPU, outside autocast; anything else decodes through
 the model's forward. Tested equal to the model's forward (logits, every step) in
 tests/test_lean_decode.py. `LeanEngine` is the rollout engine that decodes with it.
@@ -20,43 +20,21 @@ import torch
 from torch import Tensor
 
 from .. import compat
-from ..rollout.base import Generators, Rollout, SamplingSettings
+from ..rollout import static
+from ..rollout.base import Capabilities, Generators, Rollout, SamplingSettings, Seeds
 from ..rollout.hf_loop import generate_with
 from .few_rows import FewRows
 
-LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
-NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
-
-
 def unsupported(model) -> str | None:
-    """Why `model` (a transformers causal LM) cannot take the lean step, or None if it can."""
-    dec, head = getattr(model, "model", None), getattr(model, "lm_head", None)
-    if dec is None or head is None or not all(hasattr(dec, a) for a in ("layers", "norm", "rotary_emb", "embed_tokens")):
-        return "not a decoder with layers, norm, rotary embedding and LM head"
-    p = next(model.parameters())
-    if p.device.type != "cpu":
+    """Why `model` (a transformers causal LM) cannot take the lean step, or None if it can: the
+    static engine's conditions on the architecture (rollout.static.unsupported), on a CPU,
+    outside autocast."""
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type != "cpu":
         return "not on a CPU"
-    if torch.is_autocast_enabled(p.device.type):
+    if p is not None and torch.is_autocast_enabled(p.device.type):
         return "autocast is on"
-    if compat.sharded(model):
-        return "sharded weights"
-    cfg = model.config
-    if getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True):
-        return "sliding-window attention"
-    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
-        return "attention other than full"
-    if compat.class_name(dec.norm) not in NORMS:
-        return f"final norm {compat.class_name(dec.norm)}"
-    for layer in dec.layers:
-        if compat.class_name(layer) not in LAYERS:
-            return f"decoder layer {compat.class_name(layer)}"
-        norms = [layer.input_layernorm, layer.post_attention_layernorm]
-        norms += [getattr(layer.self_attn, n) for n in ("q_norm", "k_norm") if hasattr(layer.self_attn, n)]
-        if any(compat.class_name(n) not in NORMS for n in norms):
-            return "a norm of another kind"
-        if model.training and getattr(layer.self_attn, "attention_dropout", 0.0):
-            return "attention dropout in training mode"
-    return None
+    return static.unsupported(model)
 
 
 def _projection(linear, left: bool, dtype, products: FewRows):
@@ -171,8 +149,14 @@ class LeanEngine:
     """The CPU rollout engine: the plain decoding loop (rollout.hf_loop) inside the few-row
     products, with `LeanDecoder` as its step wherever `unsupported` finds nothing against it."""
 
+    capabilities = Capabilities(exact_logprobs=True, entropies=True)
+    owns_weights = False
+
     def __init__(self, products: FewRows | None = None):
         self.products = products or FewRows()
+
+    def sync_weights(self, model, version=None) -> None:
+        """Nothing to do: every call reads the model's weights."""
 
     def _stepper(self, model, cache, prompt_mask: Tensor, sampling: SamplingSettings):
         if unsupported(model) is not None:
@@ -180,6 +164,8 @@ class LeanEngine:
         return LeanDecoder(model, cache, prompt_mask, sampling.num_samples, sampling.max_new_tokens, self.products)
 
     def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
-                 generator: Generators = None) -> Rollout:
+                 generator: Seeds | Generators = None) -> Rollout:
+        if prompt_ids.device.type != "cpu":                # a CPU engine: elsewhere, the plain loop as it is
+            return generate_with(model, prompt_ids, prompt_mask, sampling, generator)
         with self.products.decoding_linears(model):
             return generate_with(model, prompt_ids, prompt_mask, sampling, generator, fast_stepper=self._stepper)

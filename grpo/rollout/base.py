@@ -2,13 +2,15 @@
 
 An engine turns prompts (left-padded token ids) and sampling settings into completions:
 
-    engine.generate(model, prompt_ids (B, P), prompt_mask (B, P), sampling, generator) -> Rollout
+    engine.generate(model, prompt_ids (B, P), prompt_mask (B, P), sampling, seeds) -> Rollout
 
 with `sampling.num_samples` completions per prompt (row b * num_samples + g belongs to prompt b)
-and the sampler's own log-prob of every sampled token, which the trainer may use as pi_old. Two
-engines ship: the plain Hugging Face decoding loop (hf_loop.HFEngine) and, on a CPU, the same loop
-with grpo/fast's lean decoding step (fast.lean_decode.LeanEngine). A GPU engine implements the
-same call; the training step does not change. Multi-turn episodes (grpo/envs) call an engine once
+and the sampler's own log-prob of every sampled token, which the trainer may use as pi_old.
+`seeds` are integers (one per prompt), so an engine in another process can take them as well.
+Three engines ship: the plain Hugging Face decoding loop (hf_loop.HFEngine), on a CPU the same
+loop with grpo/fast's lean decoding step (fast.lean_decode.LeanEngine), and the static engine
+(static.StaticEngine: fixed shapes, captured in CUDA graphs on a GPU). Each declares its
+`capabilities`; the training step does not change with the engine. Multi-turn episodes (grpo/envs) call an engine once
 per model turn and return a Rollout whose `sampled` mask marks the policy's own tokens.
 """
 
@@ -21,6 +23,27 @@ import torch
 from torch import Tensor
 
 Generators = torch.Generator | list[torch.Generator] | None     # one, or one per prompt
+Seeds = int | list[int] | None                                    # the same, as integer seeds
+
+
+def generators_of(seeds: "Seeds | Generators", device) -> Generators:
+    """Generators on `device` from integer seeds (one, or one per prompt); generators as they are."""
+    if seeds is None or isinstance(seeds, torch.Generator):
+        return seeds
+    if isinstance(seeds, int):
+        return torch.Generator(device=device).manual_seed(seeds)
+    return [s if isinstance(s, torch.Generator) else torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine gives back beyond the tokens. `exact_logprobs`: the log-probs are the
+    sampling distribution's own (softmax(logits / T) at the sampled token), computed from the
+    weights being trained; an engine outside this process may give its own approximation, which
+    the rollout correction then accounts for. `entropies`: it records per-token entropies
+    (top_entropy_quantile needs them)."""
+    exact_logprobs: bool = True
+    entropies: bool = True
 
 
 @dataclass
@@ -98,9 +121,21 @@ class SamplingSettings:
 
 
 class RolloutEngine(Protocol):
+    """What the trainer asks of an engine. `capabilities` says what it gives back; an engine that
+    takes the weights from the model itself (`owns_weights`: LoRA merged, cast to its decoding
+    dtype) is handed the actor as it is, and `sync_weights(model, version)` brings its copy up to
+    date (an engine in another process would receive the weights there)."""
+    capabilities: Capabilities
+    owns_weights: bool
+
     def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
-                 generator: Generators = None) -> Rollout:
-        """`sampling.num_samples` completions of every prompt row; see the module docstring."""
+                 seeds: Seeds | Generators = None) -> Rollout:
+        """`sampling.num_samples` completions of every prompt row; see the module docstring.
+        `seeds`: one integer seed for all rows, or one per prompt (generators are taken too)."""
+        ...
+
+    def sync_weights(self, model, version=None) -> None:
+        """Take `model`'s current weights (a no-op when `version` is the one already taken)."""
         ...
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import compat
 from ..data.prompts import positions
-from .base import Generators, Rollout, SamplingSettings
+from .base import Capabilities, Generators, Rollout, SamplingSettings, Seeds, generators_of
 from ..algo.losses import entropy_from_logits
 from .sampling import next_token
 
@@ -55,9 +55,11 @@ def _prefill(model, prompt_ids: Tensor, prompt_mask: Tensor):
 
 @torch.no_grad()
 def generate_with(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
-                  generator: Generators = None, fast_stepper=None) -> Rollout:
-    """The loop. `fast_stepper(model, cache, prompt_mask, sampling)` may return a stepper to use
-    instead of `ForwardStepper` (None: it does not apply to this model)."""
+                  generator: Seeds | Generators = None, fast_stepper=None) -> Rollout:
+    """The loop. `generator`: integer seeds or generators, one for all rows or one per prompt.
+    `fast_stepper(model, cache, prompt_mask, sampling)` may return a stepper to use instead of
+    `ForwardStepper` (None: it does not apply to this model)."""
+    generator = generators_of(generator, prompt_ids.device)
     if isinstance(generator, (list, tuple)) and len(generator) != prompt_ids.shape[0]:
         raise ValueError(f"{len(generator)} generators for {prompt_ids.shape[0]} prompts")
     logits, cache = _prefill(model, prompt_ids, prompt_mask)
@@ -133,9 +135,14 @@ def _decode(stepper, logits: Tensor, prompt_ids: Tensor, prompt_mask: Tensor, sa
 class HFEngine:
     """The plain engine: the loop above with the model's forward at every step. `scope(model)`,
     when given, is a context the whole generation runs in (grpo/fast's few-row products)."""
+    capabilities = Capabilities(exact_logprobs=True, entropies=True)
+    owns_weights = False          # the trainer hands it the model to sample with (LoRA merged)
 
     def __init__(self, scope=None):
         self.scope = scope
+
+    def sync_weights(self, model, version=None) -> None:
+        """Nothing to do: every call reads the model's weights."""
 
     def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
                  generator: Generators = None) -> Rollout:

@@ -140,7 +140,7 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
     shard = cfg.fsdp and world.active
     if cfg.fsdp and not shard:
         log("fsdp: one process, nothing to shard; training unsharded")
-    plugged = plug(Levers.of(cfg))
+    plugged = plug(Levers.of(cfg), device, cfg.engine, dtype=torch.bfloat16 if cfg.rollout_dtype == "bf16" else None)
     spill = plugged.spill(out) if plugged.spill is not None and not shard else None
     try:
         actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill=spill, shard=shard)

@@ -13,6 +13,7 @@ data parallelism this runs on every rank with its share of the prompts (grpo/par
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -93,22 +94,35 @@ def sampling_settings(cfg, tokenizer, **override) -> SamplingSettings:
         top_p=cfg.top_p, record_entropy=cfg.top_entropy_quantile < 1.0), **override})
 
 
-def sampling_generators(cfg, step: int, first: int, count: int, device) -> list[torch.Generator]:
-    """One generator per prompt, seeded by (seed, step, index in the global batch): a prompt's
-    completions are the same whichever rank, or batch layout, samples them."""
-    return [torch.Generator(device=device).manual_seed(prompt_seed(cfg.seed, step, first + i))
-            for i in range(count)]
+def sampling_seeds(cfg, step: int, first: int, count: int) -> list[int]:
+    """One seed per prompt, from (seed, step, index in the global batch): a prompt's completions
+    are the same whichever rank, or batch layout, samples them."""
+    return [prompt_seed(cfg.seed, step, first + i) for i in range(count)]
 
 
-def sample(run: Run, rows: list[dict], generator) -> tuple[Rollout, list[str]]:
-    """B prompts -> B*G completions, sequence index b*G + g, through the run's engine (LoRA's
-    adapter merged into the weights while sampling)."""
-    cfg, actor, tok = run.cfg, run.actor, run.tokenizer
-    ids, mask = encode_for_model(tok, [r["prompt"] for r in rows], run.device,
-                                 system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
+@contextlib.contextmanager
+def engine_model(run: Run):
+    """The model the run's engine samples from, gradients off: the actor as it is for an engine
+    that takes its weights from it itself (`owns_weights`: LoRA merged and cast inside the
+    engine); else the actor, or its rollout_dtype copy, with LoRA's adapter merged into the
+    weights while inside."""
+    if getattr(run.plugged.engine, "owns_weights", False):
+        with torch.no_grad():
+            yield hf_model(run.actor)
+        return
     model = sampler_model(run)
     with lora_merged(model, run.plugged.merged_product):
-        roll = run.plugged.engine.generate(hf_model(model), ids, mask, sampling_settings(cfg, tok), generator)
+        yield hf_model(model)
+
+
+def sample(run: Run, rows: list[dict], seeds: list[int]) -> tuple[Rollout, list[str]]:
+    """B prompts -> B*G completions, sequence index b*G + g, through the run's engine (one seed
+    per prompt)."""
+    cfg, tok = run.cfg, run.tokenizer
+    ids, mask = encode_for_model(tok, [r["prompt"] for r in rows], run.device,
+                                 system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
+    with engine_model(run) as model:
+        roll = run.plugged.engine.generate(model, ids, mask, sampling_settings(cfg, tok), seeds)
     return roll, decode(tok, roll)
 
 
@@ -122,9 +136,8 @@ def sample_episodes(run: Run, rows: list[dict], step: int, first: int
     ep_rows = [r for r in rows for _ in range(G)]
     gens = [torch.Generator(device=run.device).manual_seed((prompt_seed(cfg.seed, step, first + i) + g) % (1 << 63))
             for i in range(len(rows)) for g in range(G)]
-    model = sampler_model(run)
-    with lora_merged(model, run.plugged.merged_product):
-        roll, eps, times = run_episodes(run.plugged.engine, hf_model(model), tok, envs, ep_rows,
+    with engine_model(run) as model:
+        roll, eps, times = run_episodes(run.plugged.engine, model, tok, envs, ep_rows,
                                         sampling_settings(cfg, tok, num_samples=1), gens,
                                         episode_limits(cfg),
                                         system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
@@ -313,8 +326,7 @@ def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):
     with phases.run("generate"):
         # generators seeded by the prompt's index among the step's draws: draw 0 is the batch of a
         # run without dynamic sampling
-        roll, texts = sample(run, rows, sampling_generators(cfg, st.step, first + k * cfg.prompts_per_step, b,
-                                                            run.device))
+        roll, texts = sample(run, rows, sampling_seeds(cfg, st.step, first + k * cfg.prompts_per_step, b))
     run.actor.train()
     with phases.run("score"):
         rewards, per_fn, failed = score(cfg, rows, texts, roll, run.reward_fns)

@@ -1,0 +1,443 @@
+"""The static engine: decoding with fixed shapes, captured in CUDA graphs on a GPU.
+
+On a GPU the plain loop (hf_loop.py) is bound by the host: a token is a few hundred kernel
+launches from Python through the model's modules, mask and cache objects, with a small batch of
+rows each. This engine runs the same function with every shape fixed for the whole completion:
+
+  * each prompt is prefilled once, by the model's own forward, and its keys/values copied to its
+    G rows of a static key/value buffer (rows x kv heads x positions x head dim per layer),
+    allocated for the batch's shape and kept from call to call while the shape fits;
+  * one decoding unit draws every row's token from the logits in hand (sampling.draw: the
+    temperature, top-k/top-p and min_new_tokens ban inside, uniforms drawn up front per prompt as
+    the plain loop draws them), records it with its log-prob (and entropy where asked), then runs
+    the decoder over it as plain tensor ops (the lean step's function: one matmul per projection,
+    fused RMS norms, rotary on queries and keys, attention over a window of the buffer under an
+    additive mask) into the next logits. Counters (step, cache column, positions) live on the
+    device, so a unit needs nothing from the host;
+  * on CUDA each (rows, attention window) unit is captured once in a CUDA graph and replayed:
+    one launch per token. The host reads the finished flags every `check_every` tokens: done when
+    all are, and when at most half of the rows held are running, the running ones move to the
+    front of the buffers and decode in the next smaller bucket of rows (a power of two);
+  * the weights: the model's own tensors where they already have the decoding dtype (no copy;
+    the optimizer updates them in place, which the graphs see), else a copy in that dtype (bf16
+    autocast, `rollout_dtype bf16`), and LoRA layers merged into a copy, W + scale B A, both
+    rewritten in place at each call (one pass over the weights; the graphs keep reading the same
+    buffers).
+
+Supported: the Llama-family decoders of `unsupported` (Llama, Mistral without a sliding window,
+Qwen2, Qwen3) with plain or LoRA projections; any other model decodes through the plain loop,
+said once. On a CPU the same units run eagerly (tests/test_static_engine.py checks them against
+the plain loop token for token; tests/test_cuda_engine.py checks graph replay against eager
+units on a GPU).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import compat
+from ..algo.losses import entropy_from_logits
+from ..data.prompts import positions
+from .base import Capabilities, Generators, Rollout, SamplingSettings, Seeds, generators_of
+from .hf_loop import generate_with
+from .sampling import draw
+
+LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
+NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def unsupported(model) -> str | None:
+    """Why `model` (a transformers causal LM) cannot decode as a run of plain tensor ops (this
+    engine's unit, grpo/fast's lean step), or None if it can."""
+    dec, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if dec is None or head is None or not all(hasattr(dec, a) for a in ("layers", "norm", "rotary_emb", "embed_tokens")):
+        return "not a decoder with layers, norm, rotary embedding and LM head"
+    if compat.sharded(model):
+        return "sharded weights"
+    if any(kind in str(getattr(dec.rotary_emb, "rope_type", "default")) for kind in ("dynamic", "longrope")):
+        return "a rotary embedding recomputed from the positions seen (dynamic, longrope)"
+    cfg = model.config
+    if getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True):
+        return "sliding-window attention"
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
+        return "attention other than full"
+    if compat.class_name(dec.norm) not in NORMS:
+        return f"final norm {compat.class_name(dec.norm)}"
+    for layer in dec.layers:
+        if compat.class_name(layer) not in LAYERS:
+            return f"decoder layer {compat.class_name(layer)}"
+        norms = [layer.input_layernorm, layer.post_attention_layernorm]
+        norms += [getattr(layer.self_attn, n) for n in ("q_norm", "k_norm") if hasattr(layer.self_attn, n)]
+        if any(compat.class_name(n) not in NORMS for n in norms):
+            return "a norm of another kind"
+        if model.training and getattr(layer.self_attn, "attention_dropout", 0.0):
+            return "attention dropout in training mode"
+    return None
+
+
+# ------------------------------------------------------------------------------ weights
+class _Copy:
+    """One tensor of the decoding unit: the source itself where it has the dtype and nothing is
+    merged into it, else a buffer of the dtype holding source (+ sum scale * B @ A), rewritten in
+    place by `refresh` (the optimizer's fused updates leave no trace on a tensor's version
+    counter, so a copy cannot tell by itself whether its sources changed)."""
+
+    def __init__(self, source: Tensor, parts: list, dtype: torch.dtype):
+        self.source, self.parts = source, parts
+        self.own = source.dtype != dtype or bool(parts)
+        self.value = torch.empty(source.shape, dtype=dtype, device=source.device) if self.own else source.detach()
+
+    @torch.no_grad()
+    def refresh(self) -> bool:
+        """Rewrite the buffer from its sources; False where the source is used in place."""
+        if not self.own:
+            return False
+        if self.parts:
+            merged = self.source.detach().to(torch.float32, copy=True)
+            for a, b, scale in self.parts:
+                merged.addmm_(b.detach().float(), a.detach().float(), alpha=scale)
+            self.value.copy_(merged)
+        else:
+            self.value.copy_(self.source.detach())
+        return True
+
+
+class Weights:
+    """Every tensor the decoding unit reads, in the decoding dtype (see `_Copy`); a tensor shared
+    by two places (tied embeddings) is held once."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        self.dtype, self.copies = dtype, {}
+        dec = model.model
+        self.embed = self._plain(dec.embed_tokens.weight)
+        self.norm = self._plain(dec.norm.weight)
+        self.eps = dec.norm.variance_epsilon
+        self.head = self._linear(model.lm_head)
+        self.layers = []
+        for layer in dec.layers:
+            a = layer.self_attn
+            entry = {"input_norm": self._plain(layer.input_layernorm.weight),
+                     "post_norm": self._plain(layer.post_attention_layernorm.weight),
+                     "eps": layer.input_layernorm.variance_epsilon, "post_eps": layer.post_attention_layernorm.variance_epsilon}
+            for name in PROJECTIONS:
+                entry[name] = self._linear(getattr(a if name in PROJECTIONS[:4] else layer.mlp, name))
+            if hasattr(a, "q_norm"):
+                entry["q_norm"], entry["k_norm"] = self._plain(a.q_norm.weight), self._plain(a.k_norm.weight)
+                entry["qk_eps"] = a.q_norm.variance_epsilon
+            self.layers.append(entry)
+
+    def _copy(self, source: Tensor, parts=()) -> _Copy:
+        key = (source.data_ptr(), tuple((a.data_ptr(), b.data_ptr()) for a, b, _ in parts))
+        if key not in self.copies:
+            self.copies[key] = _Copy(source, list(parts), self.dtype)
+        return self.copies[key]
+
+    def _plain(self, source: Tensor) -> _Copy:
+        return self._copy(source)
+
+    def _linear(self, module) -> tuple[_Copy, _Copy | None]:
+        lora = compat.lora_parts(module)            # read before any forward patched in for sampling
+        if lora is not None:
+            weight, bias, parts = lora
+        else:
+            wb = compat.linear_weights(module)
+            if wb is None or isinstance(compat.own_forward(module), compat.FixedLinear) and type(module) is not torch.nn.Linear:
+                raise _Unsupported(f"a projection of kind {compat.class_name(module)}")
+            weight, bias, parts = wb[0], wb[1], []
+        return self._copy(weight, parts), None if bias is None else self._copy(bias)
+
+    def refresh(self) -> int:
+        """Rewrite every copy from its sources (one pass over the weights); how many there are."""
+        return sum(c.refresh() for c in self.copies.values())
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _rms(x: Tensor, weight: _Copy, eps: float) -> Tensor:
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight.value, eps)
+
+
+def _linear(x: Tensor, wb) -> Tensor:
+    weight, bias = wb
+    return torch.nn.functional.linear(x, weight.value, None if bias is None else bias.value)
+
+
+# ------------------------------------------------------------------------------ state
+@dataclass
+class _Shape:
+    rows: int         # rows the buffers hold (B x G at most)
+    length: int       # positions per row (prompt + completion)
+    steps: int        # completion tokens
+    vocab: int
+
+
+class _State:
+    """The buffers a decoding unit reads and writes, allocated once for a shape and kept while
+    later calls fit in it (so are the graphs captured over them). Row `rows` of the outputs is a
+    sink for the padding rows of a bucket."""
+
+    def __init__(self, shape: _Shape, layers: int, kv_heads: int, head_dim: int, dtype, device):
+        N, S, T = shape.rows, shape.length, shape.steps
+        self.shape = shape
+        self.keys = [torch.zeros(N, kv_heads, S, head_dim, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.mask = torch.zeros(N, 1, 1, S, dtype=dtype, device=device)     # additive: 0 or -inf
+        self.logits = torch.zeros(N, shape.vocab, dtype=torch.float32, device=device)
+        self.tokens = torch.zeros(N, dtype=torch.long, device=device)       # the input of the next forward
+        self.pos = torch.zeros(N, dtype=torch.long, device=device)          # its rotary position
+        self.held = torch.zeros(N, dtype=torch.long, device=device)         # output row of each row held
+        self.finished = torch.zeros(N, dtype=torch.bool, device=device)
+        self.t = torch.zeros((), dtype=torch.long, device=device)           # completion step
+        self.col = torch.zeros((), dtype=torch.long, device=device)         # buffer column it writes
+        self.u = torch.zeros(T, N + 1, dtype=torch.float64, device=device)  # uniforms (step, output row)
+        self.out_tokens = torch.zeros(N + 1, T, dtype=torch.long, device=device)
+        self.out_logp = torch.zeros(N + 1, T, dtype=torch.float32, device=device)
+        self.out_valid = torch.zeros(N + 1, T, dtype=torch.bool, device=device)
+        self.out_entropy = torch.zeros(N + 1, T, dtype=torch.float32, device=device)
+
+    def fits(self, shape: _Shape) -> bool:
+        s = self.shape
+        return shape.rows <= s.rows and shape.length <= s.length and shape.steps <= s.steps and shape.vocab == s.vocab
+
+
+class StaticEngine:
+    """The rollout engine of this module. `dtype`: the decoding dtype (None: bf16 under autocast,
+    else the model's); `graphs`: capture units in CUDA graphs on CUDA (None: there, and not
+    elsewhere); `check_every`: tokens between looks at the finished flags; `window`: the attention
+    window grows in steps of this many positions (each a graph; None: 256 under graphs, else
+    exactly the positions written so far); `log`: where the one line about a
+    model this engine does not take goes."""
+
+    capabilities = Capabilities(exact_logprobs=True, entropies=True)
+    owns_weights = True           # it merges LoRA and casts to its dtype itself: hand it the actor
+
+    def __init__(self, dtype: torch.dtype | None = None, graphs: bool | None = None, check_every: int = 8,
+                 window: int | None = None, log=None):
+        self.dtype, self.graphs, self.check_every, self.window = dtype, graphs, check_every, window
+        self.log = log or (lambda line: print(line, file=sys.stderr))
+        self.said: set[str] = set()
+        self.model = self.weights = self.state = None
+        self.version = None
+        self.captured: dict = {}
+        self.pool = None
+
+    # ------------------------------------------------------------------ the seam
+    def sync_weights(self, model, version=None) -> None:
+        """Bring the decoding weights up to `model`'s: the copies (dtype, LoRA merged) rewritten, the
+        tensors used in place left as they are. A no-op for a `version` already held; every call
+        of `generate` syncs again (version None), since the weights may have changed since."""
+        if version is not None and version == self.version and model is self.model:
+            return
+        dtype = self._dtype(model)
+        if model is not self.model or self.weights is None or self.weights.dtype != dtype:
+            self.weights = Weights(model, dtype)
+            self.model, self.state, self.captured, self.pool = model, None, {}, None
+        self.weights.refresh()
+        self.version = version
+
+    def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingSettings,
+                 generator: Seeds | Generators = None) -> Rollout:
+        why = unsupported(model)
+        if why is None:
+            try:
+                self.sync_weights(model)
+            except _Unsupported as e:
+                why = str(e)
+        if why is not None:
+            if why not in self.said:
+                self.said.add(why)
+                self.log(f"note: the static decoding engine does not take this model ({why}); "
+                         "it decodes through the model's forward")
+            return generate_with(model, prompt_ids, prompt_mask, sampling, generator)
+        return self._generate(model, prompt_ids, prompt_mask, sampling, generators_of(generator, prompt_ids.device))
+
+    def _dtype(self, model) -> torch.dtype:
+        if self.dtype is not None:
+            return self.dtype
+        device = next(model.parameters()).device.type
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+        return model.model.embed_tokens.weight.dtype
+
+    # ------------------------------------------------------------------ one call
+    @torch.no_grad()
+    def _generate(self, model, prompt_ids, prompt_mask, sampling: SamplingSettings, generator) -> Rollout:
+        device = prompt_ids.device
+        B, P = prompt_ids.shape
+        G, T = sampling.num_samples, sampling.max_new_tokens
+        N = B * G
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
+                    use_cache=True, logits_to_keep=1)
+        cfg = model.config
+        a0 = model.model.layers[0].self_attn
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        shape = _Shape(N, -(-(P + T) // 64) * 64, T, out.logits.shape[-1])    # positions rounded up: aligned mask rows
+        if self.state is None or not self.state.fits(shape):
+            grown = shape if self.state is None else _Shape(max(N, self.state.shape.rows),
+                                                            max(shape.length, self.state.shape.length),
+                                                            max(T, self.state.shape.steps), shape.vocab)
+            self.state, self.captured, self.pool = None, {}, None
+            self.state = _State(grown, len(model.model.layers), kv_heads, a0.head_dim, self.weights.dtype, device)
+        st = self.state
+        S = st.shape.length
+        for i, layer in enumerate(out.cache.layers):                   # each prompt's keys to its G rows
+            for buf, src in ((st.keys[i], layer.keys), (st.values[i], layer.values)):
+                buf[:N, :, :P] = src.to(buf.dtype).repeat_interleave(G, 0)
+        del out.cache
+        st.mask[:N].fill_(float("-inf"))
+        st.mask[:N, ..., :P].masked_fill_(prompt_mask.bool().repeat_interleave(G, 0)[:, None, None], 0.0)
+        st.logits[:N] = out.logits[:, -1].float().repeat_interleave(G, 0)
+        st.pos[:N] = positions(prompt_mask)[:, -1].repeat_interleave(G, 0) + 1
+        st.held[:N] = torch.arange(N, device=device)
+        st.finished[:N] = False
+        st.t.zero_()
+        st.col.fill_(P)
+        st.out_valid.zero_()
+        if not sampling.greedy:
+            st.u[:T, :N] = _uniforms(generator, N, T, device)
+        eos = torch.tensor(list(sampling.eos_ids), device=device)
+        rows, t = N, 0
+        graphs = self.graphs if self.graphs is not None else device.type == "cuda"
+        while t < T:
+            step = self.window or (256 if graphs else 1)
+            window = min(S, -(-(P + t + 1) // step) * step)
+            self._unit(rows, window, sampling, eos, graphs)
+            t += 1
+            if t % self.check_every == 0 or t == T:
+                finished = st.finished[:rows].cpu()
+                if bool(finished.all()):
+                    break
+                rows = self._shed(rows, finished)
+        valid = st.out_valid[:N, :t]
+        lengths = valid.sum(1)
+        width = int(lengths.max()) if N else 0
+        tokens = st.out_tokens[:N, :width].clone()
+        mask = valid[:, :width].clone()
+        ended = ((tokens[..., None] == eos).any(-1) & mask).any(1)
+        k = G
+        return Rollout(prompt_ids=prompt_ids.repeat_interleave(k, 0), prompt_mask=prompt_mask.repeat_interleave(k, 0),
+                       completion_ids=tokens, completion_mask=mask, logprobs=st.out_logp[:N, :width].clone(),
+                       lengths=lengths, truncated=~ended,
+                       entropy=st.out_entropy[:N, :width].clone() if sampling.record_entropy else None)
+
+    def _shed(self, rows: int, finished: Tensor) -> int:
+        """Move the running rows to the front and hold the next smaller bucket of rows, when at
+        most half of those held are running. Returns the rows held."""
+        running = (~finished).nonzero().squeeze(1)
+        n = running.numel()
+        bucket = 1 << max(n - 1, 0).bit_length()
+        if bucket > rows // 2:
+            return rows
+        st = self.state
+        idx = torch.cat([running, running[:1].expand(bucket - n)]).to(st.tokens.device)   # padding: copies of a running row
+        for bufs in (st.keys, st.values):
+            for buf in bufs:
+                buf[:bucket] = buf[idx]
+        for buf in (st.mask, st.logits, st.tokens, st.pos, st.held, st.finished):
+            buf[:bucket] = buf[idx]
+        if bucket > n:                               # the copies write to the sink row and count as done
+            st.held[n:bucket] = st.shape.rows
+            st.finished[n:bucket] = True
+        return bucket
+
+    def _unit(self, rows: int, window: int, sampling: SamplingSettings, eos: Tensor, graphs: bool) -> None:
+        if not graphs:
+            return self._run_unit(rows, window, sampling, eos)
+        key = (rows, window, sampling, eos.device)
+        graph = self.captured.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        # first use of this shape: run the unit for real (it warms the kernels up), then capture
+        # the next one, which runs at the next replay
+        stream = torch.cuda.Stream(device=eos.device)
+        stream.wait_stream(torch.cuda.current_stream(eos.device))
+        with torch.cuda.stream(stream):
+            self._run_unit(rows, window, sampling, eos)
+        torch.cuda.current_stream(eos.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._run_unit(rows, window, sampling, eos)
+        if self.pool is None:
+            self.pool = graph.pool()
+        self.captured[key] = graph
+
+    def _run_unit(self, rows: int, window: int, sampling: SamplingSettings, eos: Tensor) -> None:
+        """Draw each held row's token at the current step, record it, and run the decoder over it
+        into the next logits. Fixed shapes, no host synchronisation."""
+        st, W = self.state, self.weights
+        R = rows
+        held, done = st.held[:R], st.finished[:R]
+        t = st.t.view(1)
+        logits = st.logits[:R]
+        u = st.u.index_select(0, t).index_select(1, held).view(R, 1) if not sampling.greedy else None
+        tok, logp = draw(logits, u, sampling, eos, ban_eos=st.t < sampling.min_new_tokens if sampling.min_new_tokens else False)
+        tok = torch.where(done, sampling.pad_id, tok)
+        cols = t.expand(R)
+        st.out_tokens.index_put_((held, cols), tok)
+        st.out_logp.index_put_((held, cols), torch.where(done, 0.0, logp))
+        st.out_valid.index_put_((held, cols), ~done)
+        if sampling.record_entropy:
+            ent = entropy_from_logits(logits / sampling.temperature)
+            st.out_entropy.index_put_((held, cols), torch.where(done, 0.0, ent))
+        st.finished[:R] = done | (tok[:, None] == eos).any(-1)
+        st.logits[:R] = self._forward(tok, R, window).float()
+        st.pos[:R] += 1
+        st.t += 1
+        st.col += 1
+
+    def _forward(self, tokens: Tensor, R: int, window: int) -> Tensor:
+        """Logits (R, vocab) after feeding `tokens` (R,) at the rows' positions, writing their
+        keys/values at the current column."""
+        st, W, model = self.state, self.weights, self.model
+        dec = model.model
+        a0 = dec.layers[0].self_attn
+        H, D = model.config.num_attention_heads, a0.head_dim
+        Hk = st.keys[0].shape[1]
+        half = D // 2
+        x = torch.nn.functional.embedding(tokens, W.embed.value)                # (R, hidden)
+        with torch.autocast(x.device.type, enabled=False):
+            cos, sin = dec.rotary_emb(x, st.pos[:R, None])                      # (R, 1, D)
+        cos = cos.view(R, 1, 2, half)
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], -1).view(R, 1, 2, half)   # rotate_half's signs
+        col = st.col.view(1)
+        mask = st.mask[:R]
+        mask.index_fill_(-1, col, 0.0)                                          # the new position is visible
+        mask = mask[..., :window]
+        for i, w in enumerate(W.layers):
+            h = _rms(x, w["input_norm"], w["eps"])
+            q = _linear(h, w["q_proj"]).view(R, H, D)
+            k = _linear(h, w["k_proj"]).view(R, Hk, D)
+            if "q_norm" in w:
+                q, k = _rms(q, w["q_norm"], w["qk_eps"]), _rms(k, w["k_norm"], w["qk_eps"])
+            qk = torch.cat([q, k], 1).view(R, H + Hk, 2, half)
+            qk = (qk * cos + qk.flip(-2) * sin).view(R, H + Hk, D)             # rotary on queries and keys
+            keys, values = st.keys[i][:R], st.values[i][:R]
+            keys.index_copy_(2, col, qk[:, H:, None])
+            values.index_copy_(2, col, _linear(h, w["v_proj"]).view(R, Hk, 1, D))
+            # grouped-query attention without repeating keys/values: each kv head's query heads
+            # are its "query positions" (all at the one new position, so no causal mask among them)
+            q = qk[:, :H].reshape(R, Hk, H // Hk, D)
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, keys[:, :, :window], values[:, :, :window], attn_mask=mask, scale=a0.scaling)   # (R, Hk, H/Hk, D)
+            x = x + _linear(o.reshape(R, H * D), w["o_proj"])
+            h = _rms(x, w["post_norm"], w["post_eps"])
+            mlp = dec.layers[i].mlp
+            x = x + _linear(mlp.act_fn(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"]), w["down_proj"])
+        return _linear(_rms(x, W.norm, W.eps), W.head)
+
+
+def _uniforms(generators, N: int, T: int, device) -> Tensor:
+    """(T, N) float64: step t's uniform for row n, as the plain loop draws them (sampling.uniforms:
+    one generator for all rows, or the rows in equal blocks, one generator each), all up front."""
+    if isinstance(generators, (list, tuple)):
+        per = N // len(generators)
+        return torch.cat([torch.rand(T, per, generator=g, dtype=torch.float64, device=device) for g in generators], 1)
+    return torch.rand(T, N, generator=generators, dtype=torch.float64, device=device)
