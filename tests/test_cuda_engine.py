@@ -85,7 +85,7 @@ def test_bf16_log_probs_are_within_bf16_of_the_trainers():
     s = settings(max_new_tokens=24)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         roll = StaticEngine().generate(model, ids, mask, s, seeds())
-        trainer = token_stats(model, roll, temperature=s.temperature).logp
+        trainer = token_stats(model, roll, temperature=s.temperature, chunk=256).logp
     m = roll.completion_mask
     diff = (roll.logprobs - trainer.float())[m].abs()
     assert diff.mean() < 0.02 and diff.max() < 0.25, (diff.mean().item(), diff.max().item())

@@ -108,8 +108,10 @@ class _Copy:
 
 
 class Weights:
-    """Every tensor the decoding unit reads, in the decoding dtype (see `_Copy`); a tensor shared
-    by two places (tied embeddings) is held once."""
+    """Every tensor the decoding unit reads. The projections (LM head included) in the decoding
+    dtype (see `_Copy`); the embedding and the norms as the model holds them, so the residual
+    stream, norms and rotary run in the weights' own dtype, as they do under autocast. A tensor
+    shared by two places in one dtype is held once."""
 
     def __init__(self, model, dtype: torch.dtype):
         self.dtype, self.copies = dtype, {}
@@ -131,14 +133,15 @@ class Weights:
                 entry["qk_eps"] = a.q_norm.variance_epsilon
             self.layers.append(entry)
 
-    def _copy(self, source: Tensor, parts=()) -> _Copy:
-        key = (source.data_ptr(), tuple((a.data_ptr(), b.data_ptr()) for a, b, _ in parts))
+    def _copy(self, source: Tensor, parts=(), dtype: torch.dtype | None = None) -> _Copy:
+        dtype = dtype or self.dtype
+        key = (source.data_ptr(), dtype, tuple((a.data_ptr(), b.data_ptr()) for a, b, _ in parts))
         if key not in self.copies:
-            self.copies[key] = _Copy(source, list(parts), self.dtype)
+            self.copies[key] = _Copy(source, list(parts), dtype)
         return self.copies[key]
 
     def _plain(self, source: Tensor) -> _Copy:
-        return self._copy(source)
+        return self._copy(source, dtype=source.dtype)
 
     def _linear(self, module) -> tuple[_Copy, _Copy | None]:
         lora = compat.lora_parts(module)            # read before any forward patched in for sampling
@@ -227,6 +230,7 @@ class StaticEngine:
         self.version = None
         self.captured: dict = {}
         self.pool = None
+        self.eos: dict = {}
 
     # ------------------------------------------------------------------ the seam
     def sync_weights(self, model, version=None) -> None:
@@ -302,30 +306,40 @@ class StaticEngine:
         st.out_valid.zero_()
         if not sampling.greedy:
             st.u[:T, :N] = _uniforms(generator, N, T, device)
-        eos = torch.tensor(list(sampling.eos_ids), device=device)
-        rows, t = N, 0
+        eos = self.eos.get((sampling.eos_ids, device))     # kept: a captured unit reads this very tensor
+        if eos is None:
+            eos = self.eos[(sampling.eos_ids, device)] = torch.tensor(list(sampling.eos_ids), device=device)
         graphs = self.graphs if self.graphs is not None else device.type == "cuda"
-        while t < T:
-            step = self.window or (256 if graphs else 1)
-            window = min(S, -(-(P + t + 1) // step) * step)
-            self._unit(rows, window, sampling, eos, graphs)
-            t += 1
-            if t % self.check_every == 0 or t == T:
-                finished = st.finished[:rows].cpu()
-                if bool(finished.all()):
-                    break
-                rows = self._shed(rows, finished)
+        with torch.autocast(device.type, enabled=False):       # the units hold their dtypes themselves
+            t = self._decode(N, P, T, S, sampling, eos, graphs)
         valid = st.out_valid[:N, :t]
         lengths = valid.sum(1)
         width = int(lengths.max()) if N else 0
         tokens = st.out_tokens[:N, :width].clone()
         mask = valid[:, :width].clone()
         ended = ((tokens[..., None] == eos).any(-1) & mask).any(1)
-        k = G
-        return Rollout(prompt_ids=prompt_ids.repeat_interleave(k, 0), prompt_mask=prompt_mask.repeat_interleave(k, 0),
+        return Rollout(prompt_ids=prompt_ids.repeat_interleave(G, 0), prompt_mask=prompt_mask.repeat_interleave(G, 0),
                        completion_ids=tokens, completion_mask=mask, logprobs=st.out_logp[:N, :width].clone(),
                        lengths=lengths, truncated=~ended,
                        entropy=st.out_entropy[:N, :width].clone() if sampling.record_entropy else None)
+
+    def _decode(self, rows: int, P: int, T: int, S: int, sampling: SamplingSettings, eos: Tensor,
+                graphs: bool) -> int:
+        """The token loop over the units; returns the steps run. The finished flags are read every
+        `check_every` tokens: done when all are, and the running rows shed into a smaller bucket
+        when at most half of those held are running."""
+        t = 0
+        while t < T:
+            step = self.window or (256 if graphs else 1)
+            window = min(S, -(-(P + t + 1) // step) * step)
+            self._unit(rows, window, sampling, eos, graphs)
+            t += 1
+            if t % self.check_every == 0 or t == T:
+                finished = self.state.finished[:rows].cpu()
+                if bool(finished.all()):
+                    break
+                rows = self._shed(rows, finished)
+        return t
 
     def _shed(self, rows: int, finished: Tensor) -> int:
         """Move the running rows to the front and hold the next smaller bucket of rows, when at
@@ -395,16 +409,17 @@ class StaticEngine:
 
     def _forward(self, tokens: Tensor, R: int, window: int) -> Tensor:
         """Logits (R, vocab) after feeding `tokens` (R,) at the rows' positions, writing their
-        keys/values at the current column."""
+        keys/values at the current column. The residual stream, norms and rotary in the
+        embedding's dtype, the projections and attention in the decoding dtype (as under autocast)."""
         st, W, model = self.state, self.weights, self.model
         dec = model.model
         a0 = dec.layers[0].self_attn
         H, D = model.config.num_attention_heads, a0.head_dim
         Hk = st.keys[0].shape[1]
         half = D // 2
+        low = W.dtype
         x = torch.nn.functional.embedding(tokens, W.embed.value)                # (R, hidden)
-        with torch.autocast(x.device.type, enabled=False):
-            cos, sin = dec.rotary_emb(x, st.pos[:R, None])                      # (R, 1, D)
+        cos, sin = dec.rotary_emb(x, st.pos[:R, None])                          # (R, 1, D)
         cos = cos.view(R, 1, 2, half)
         sin = torch.cat([-sin[..., :half], sin[..., half:]], -1).view(R, 1, 2, half)   # rotate_half's signs
         col = st.col.view(1)
@@ -412,13 +427,13 @@ class StaticEngine:
         mask.index_fill_(-1, col, 0.0)                                          # the new position is visible
         mask = mask[..., :window]
         for i, w in enumerate(W.layers):
-            h = _rms(x, w["input_norm"], w["eps"])
-            q = _linear(h, w["q_proj"]).view(R, H, D)
-            k = _linear(h, w["k_proj"]).view(R, Hk, D)
+            h = _rms(x, w["input_norm"], w["eps"]).to(low)
+            q = _linear(h, w["q_proj"]).view(R, H, D).to(x.dtype)
+            k = _linear(h, w["k_proj"]).view(R, Hk, D).to(x.dtype)
             if "q_norm" in w:
                 q, k = _rms(q, w["q_norm"], w["qk_eps"]), _rms(k, w["k_norm"], w["qk_eps"])
             qk = torch.cat([q, k], 1).view(R, H + Hk, 2, half)
-            qk = (qk * cos + qk.flip(-2) * sin).view(R, H + Hk, D)             # rotary on queries and keys
+            qk = (qk * cos + qk.flip(-2) * sin).view(R, H + Hk, D).to(low)     # rotary on queries and keys
             keys, values = st.keys[i][:R], st.values[i][:R]
             keys.index_copy_(2, col, qk[:, H:, None])
             values.index_copy_(2, col, _linear(h, w["v_proj"]).view(R, Hk, 1, D))
@@ -428,10 +443,10 @@ class StaticEngine:
             o = torch.nn.functional.scaled_dot_product_attention(
                 q, keys[:, :, :window], values[:, :, :window], attn_mask=mask, scale=a0.scaling)   # (R, Hk, H/Hk, D)
             x = x + _linear(o.reshape(R, H * D), w["o_proj"])
-            h = _rms(x, w["post_norm"], w["post_eps"])
+            h = _rms(x, w["post_norm"], w["post_eps"]).to(low)
             mlp = dec.layers[i].mlp
             x = x + _linear(mlp.act_fn(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"]), w["down_proj"])
-        return _linear(_rms(x, W.norm, W.eps), W.head)
+        return _linear(_rms(x, W.norm, W.eps).to(low), W.head)
 
 
 def _uniforms(generators, N: int, T: int, device) -> Tensor:
