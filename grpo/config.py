@@ -187,32 +187,39 @@ class TrainConfig:
     minibatches: int = _f(1, "Optimizer steps per pass: the batch's groups are split into this many minibatches.", min=1)
     grad_accum: int = _f(1, "Least number of micro-batches per minibatch whose gradients are summed before the "
                             "optimizer step (more when micro_batch_tokens asks).", min=1)
-    micro_batch_tokens: int = _f(
-        4096, "Token budget of one micro-batch of the update and reference passes: rows x (prompt width + longest "
-              "completion), sequences of similar length packed together (0 = no budget, grad_accum alone).", min=0)
+    micro_batch_tokens: Optional[int] = _f(
+        None, "Token budget of one micro-batch of the update and reference passes: rows x (prompt width + longest "
+              "completion), sequences of similar length packed together (0 = no budget, grad_accum alone). Empty "
+              "(auto): 4096, halved down to 1024 while the estimated peak exceeds the memory available.", min=0)
     lora_rank: int = _f(0, "LoRA rank (0 = full fine-tuning). The reference is then the actor with the adapter disabled.", min=0)
     lora_alpha: Optional[float] = _f(None, "LoRA alpha. Empty: 2 x rank.", gt=0.0)
     lora_dropout: float = _f(0.0, "LoRA dropout.", min=0.0, lt=1.0)
-    lora_base_dtype: Literal["fp32", "bf16"] = _f(
-        "fp32", "With LoRA: the frozen base weights' products (in the update's forward and backward and in the "
+    lora_base_dtype: Literal["auto", "fp32", "bf16"] = _f(
+        "auto", "With LoRA: the frozen base weights' products (in the update's forward and backward and in the "
                 "reference pass) from a bf16 copy of those weights, the adapters, norms, attention, LM head and "
                 "activations kept as they are. Pays where bf16 products are fast (GPUs, CPUs with AVX-512 BF16). "
-                "Not with --fsdp.")
+                "auto: bf16 where the hardware multiplies bf16 natively (train/hardware.py), else fp32. Not with "
+                "--fsdp (auto: fp32).")
     lora_target_modules: str = _f("all-linear", "Comma-separated module names to adapt, or `all-linear`.")
     save_merged: bool = _f(False, "With LoRA, also save the merged model to <output_dir>/merged.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    gradient_checkpointing: Optional[bool] = _f(
+        None, "Recompute activations in backward to save memory. Empty (auto): on only where the estimated peak "
+              "without it does not fit the memory available.")
     memory_check: bool = _f(True, "Before the first step, estimate the step's memory peak and stop with advice when "
                                   "it exceeds the memory available.")
     fsdp: bool = _f(
         False, "With several processes: shard every decoder layer's weights, gradients and AdamW moments over them "
                "(FSDP2 fully_shard); embeddings and LM head stay whole. Ignored with one process.")
-    bf16: bool = _f(False, "bf16 autocast for forward passes (where the device supports it; master weights stay fp32).")
-    rollout_dtype: Literal["fp32", "bf16"] = _f(
-        "fp32", "Sample from a copy of the actor's weights in this dtype, refreshed every step (bf16: half the "
-                "weight bytes per decoded token; the log-probs then differ from the trainer's: see "
-                "rollout_correction). Not with --fsdp.")
-    reference_dtype: Literal["fp32", "bf16"] = _f("fp32", "The reference pass under bf16 autocast (bf16) or as the "
-                                                          "weights are.")
+    bf16: Optional[bool] = _f(None, "bf16 autocast for forward passes (where the device supports it; master weights "
+                                    "stay fp32). Empty (auto): on for a CUDA GPU with bf16, off elsewhere.")
+    rollout_dtype: Literal["auto", "fp32", "bf16"] = _f(
+        "auto", "Sample in this dtype (bf16: half the weight bytes per decoded token; the log-probs then differ from "
+                "the trainer's: see rollout_correction). auto: bf16 where the hardware multiplies bf16 natively, "
+                "with rollout_correction tis where the preset corrects nothing (train/hardware.py), else fp32. "
+                "Not with --fsdp (auto: fp32).")
+    reference_dtype: Literal["auto", "fp32", "bf16"] = _f(
+        "auto", "The reference pass under bf16 autocast (bf16) or as the weights are (fp32). auto: bf16 where the "
+                "hardware multiplies bf16 natively, else fp32.")
     engine: Literal["auto", "hf", "static"] = _f(
         "auto", "How completions are decoded. `static`: fixed-shape decoding units over a key/value buffer kept "
                 "from call to call, captured in CUDA graphs on a GPU (Llama, Mistral, Qwen2/3; other models decode "
@@ -395,7 +402,7 @@ def coerce(name: str, value: Any, where: str = "") -> Any:
         if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
             raise ConfigError(f"{name}{src}: expected a list of non-empty strings, got {value!r}")
         return list(items)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null", "auto")):
         if optional:
             return None
         raise ConfigError(f"{name}{src}: a value is required, got nothing")
@@ -469,10 +476,10 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainCo
                               "set beta > 0 or leave ref_sync_every at 0")
     if cfg.env_credit == "turn" and not cfg.env:
         raise ConfigError("env_credit: turn credits the turns of multi-turn episodes; it needs --env")
-    if cfg.rollout_dtype != "fp32" and cfg.fsdp:
+    if cfg.rollout_dtype == "bf16" and cfg.fsdp:
         raise ConfigError(f"rollout_dtype: {cfg.rollout_dtype} sampling keeps a whole copy of the weights, which "
                           "--fsdp does not; sample in fp32 or train without --fsdp")
-    if cfg.lora_base_dtype != "fp32":
+    if cfg.lora_base_dtype == "bf16":
         if not cfg.lora_rank:
             raise ConfigError(f"lora_base_dtype: {cfg.lora_base_dtype} applies to LoRA's frozen base weights; set "
                               "lora_rank > 0, or use bf16 for autocast of the whole model")

@@ -307,20 +307,42 @@ def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
     assert not cpu_has_bf16(tmp_path / "missing")
 
 
-def test_the_bf16_hint_names_the_settings_left_at_fp32_on_a_bf16_cpu(tiny_config):
-    from grpo.config import needs_reference
-    from grpo.train.setup import bf16_hint
+def test_auto_precision_follows_the_hardware_and_the_models_size(tiny_config):
+    """rollout/reference/LoRA-base dtypes at auto: bf16 where the hardware multiplies bf16 natively
+    (a CPU with the flags, for a model of at least 50M parameters), with TIS switched on where the
+    preset corrects nothing; fp32 elsewhere; a value set by hand is kept."""
+    from grpo.train.hardware import BF16_MIN_PARAMS, resolve_precision
     yes, no = (lambda: True), (lambda: False)
-    hint = bf16_hint(tiny_config(lora_rank=4, beta=0.04), "cpu", has_bf16=yes)
-    assert hint and all(f in hint for f in ("--rollout-dtype bf16", "--rollout-correction tis",
-                                            "--reference-dtype bf16", "--lora-base-dtype bf16"))
-    cfg = tiny_config(lora_rank=4, preset="dr_grpo")                       # beta 0: no reference pass
-    assert not needs_reference(cfg)
-    no_ref = bf16_hint(cfg, "cpu", has_bf16=yes)
-    assert "--reference-dtype" not in no_ref and "--lora-base-dtype bf16" in no_ref
-    corrected = bf16_hint(tiny_config(lora_rank=4, rollout_correction="icepop"), "cpu", has_bf16=yes)
-    assert "--rollout-correction" not in corrected
-    assert bf16_hint(tiny_config(lora_rank=4), "cpu", has_bf16=no) is None
-    assert bf16_hint(tiny_config(), "cpu", has_bf16=yes) is None                      # no LoRA
-    assert bf16_hint(tiny_config(lora_rank=4, lora_base_dtype="bf16"), "cpu", has_bf16=yes) is None
-    assert bf16_hint(tiny_config(lora_rank=4, fsdp=True), "cpu", has_bf16=yes) is None
+    big, small = BF16_MIN_PARAMS, BF16_MIN_PARAMS - 1
+    cfg = tiny_config(lora_rank=4, beta=0.04)
+    line = resolve_precision(cfg, "cpu", big, has_bf16=yes)
+    assert (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype, cfg.bf16) == ("bf16", "bf16", "bf16", False)
+    assert cfg.rollout_correction == "tis" and "CPU multiplies bf16 natively" in line
+    for size, flags in ((small, yes), (big, no)):
+        cfg = tiny_config(lora_rank=4, beta=0.04)
+        line = resolve_precision(cfg, "cpu", size, has_bf16=flags)
+        assert (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype, cfg.rollout_correction) == \
+            ("fp32", "fp32", "fp32", "none"), line
+    cfg = tiny_config(preset="dr_grpo")                       # no LoRA, no reference: sampling alone
+    resolve_precision(cfg, "cpu", big, has_bf16=yes)
+    assert (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype) == ("bf16", "fp32", "fp32")
+    cfg = tiny_config(lora_rank=4, rollout_correction="icepop", reference_dtype="fp32")   # set by hand: kept
+    resolve_precision(cfg, "cpu", big, has_bf16=yes)
+    assert (cfg.rollout_correction, cfg.reference_dtype) == ("icepop", "fp32")
+    cfg = tiny_config(lora_rank=4, rollout_dtype="bf16")      # bf16 by hand: no correction added
+    resolve_precision(cfg, "cpu", big, has_bf16=yes)
+    assert cfg.rollout_correction == "none"
+    cfg = tiny_config(lora_rank=4, fsdp=True)                 # --fsdp refuses the copies: auto gives fp32
+    resolve_precision(cfg, "cpu", big, has_bf16=yes, sharded=True)
+    assert (cfg.rollout_dtype, cfg.lora_base_dtype) == ("fp32", "fp32")
+
+
+def test_a_tiny_model_trains_in_fp32_whatever_the_cpu(tiny_config):
+    """The demo and the tests' models are far below the size where bf16 pays: auto keeps them exact."""
+    from grpo.train import train
+    cfg = tiny_config(lora_rank=4, beta=0.04, max_steps=1, eval_size=0, save_model=False)
+    lines = []
+    train(cfg, log=lines.append)
+    assert (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype, cfg.bf16) == ("fp32", "fp32", "fp32", False)
+    assert cfg.micro_batch_tokens == 4096 and cfg.gradient_checkpointing is False
+    assert any(x.startswith("precision (auto;") for x in lines) and any(x.startswith("memory (auto):") for x in lines)

@@ -53,14 +53,15 @@ def test_static_engine_decodes_what_the_plain_loop_decodes(family, kw):
         assert (static.lengths >= 6).all()
 
 
-@pytest.mark.parametrize("window", [None, 4, 16])
-def test_rows_shed_and_attention_windows_change_nothing(window):
-    """Many EOS tokens: rows finish early, and the running ones move into smaller buckets."""
+@pytest.mark.parametrize("window, buckets", [(None, False), (4, False), (16, True), (None, True)])
+def test_rows_shed_attention_windows_and_padded_buckets_change_nothing(window, buckets):
+    """Many EOS tokens: rows finish early, and the running ones move into smaller buckets; with
+    `buckets` the 24 rows start in a bucket of 32, the 8 padding rows finished from the start."""
     model = build("qwen2")
     ids, mask = prompts()
     s = settings(max_new_tokens=40, eos_ids=tuple(range(3, 12)), num_samples=8)
     plain = HFEngine().generate(model, ids, mask, s, seeds())
-    engine = StaticEngine(check_every=2, window=window)
+    engine = StaticEngine(check_every=2, window=window, buckets=buckets)
     sheds = []
     shed = engine._shed
     engine._shed = lambda rows, finished: sheds.append(shed(rows, finished)) or sheds[-1]

@@ -215,15 +215,17 @@ class StaticEngine:
     else the model's); `graphs`: capture units in CUDA graphs on CUDA (None: there, and not
     elsewhere); `check_every`: tokens between looks at the finished flags; `window`: the attention
     window grows in steps of this many positions (each a graph; None: 256 under graphs, else
-    exactly the positions written so far); `log`: where the one line about a
-    model this engine does not take goes."""
+    exactly the positions written so far); `buckets`: hold a power of two of rows from the start,
+    the rest padding (None: under graphs, so that calls of any batch size share a few graphs);
+    `log`: where the one line about a model this engine does not take goes."""
 
     capabilities = Capabilities(exact_logprobs=True, entropies=True)
     owns_weights = True           # it merges LoRA and casts to its dtype itself: hand it the actor
 
     def __init__(self, dtype: torch.dtype | None = None, graphs: bool | None = None, check_every: int = 8,
-                 window: int | None = None, log=None):
+                 window: int | None = None, buckets: bool | None = None, log=None):
         self.dtype, self.graphs, self.check_every, self.window = dtype, graphs, check_every, window
+        self.buckets = buckets
         self.log = log or (lambda line: print(line, file=sys.stderr))
         self.said: set[str] = set()
         self.model = self.weights = self.state = None
@@ -282,9 +284,12 @@ class StaticEngine:
         cfg = model.config
         a0 = model.model.layers[0].self_attn
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        shape = _Shape(N, -(-(P + T) // 64) * 64, T, out.logits.shape[-1])    # positions rounded up: aligned mask rows
+        graphs = self.graphs if self.graphs is not None else device.type == "cuda"
+        buckets = self.buckets if self.buckets is not None else graphs
+        rows = 1 << (N - 1).bit_length() if buckets else N    # a power of two of rows (padded): few graphs
+        shape = _Shape(rows, -(-(P + T) // 64) * 64, T, out.logits.shape[-1])   # positions rounded up: aligned mask rows
         if self.state is None or not self.state.fits(shape):
-            grown = shape if self.state is None else _Shape(max(N, self.state.shape.rows),
+            grown = shape if self.state is None else _Shape(max(rows, self.state.shape.rows),
                                                             max(shape.length, self.state.shape.length),
                                                             max(T, self.state.shape.steps), shape.vocab)
             self.state, self.captured, self.pool = None, {}, None
@@ -301,6 +306,11 @@ class StaticEngine:
         st.pos[:N] = positions(prompt_mask)[:, -1].repeat_interleave(G, 0) + 1
         st.held[:N] = torch.arange(N, device=device)
         st.finished[:N] = False
+        if rows > N:                   # padding rows: finished, writing to the sink row, seeing position 0
+            st.held[N:rows] = st.shape.rows
+            st.finished[N:rows] = True
+            st.mask[N:rows].fill_(float("-inf"))[..., 0] = 0.0
+            st.logits[N:rows] = 0.0
         st.t.zero_()
         st.col.fill_(P)
         st.out_valid.zero_()
@@ -309,9 +319,8 @@ class StaticEngine:
         eos = self.eos.get((sampling.eos_ids, device))     # kept: a captured unit reads this very tensor
         if eos is None:
             eos = self.eos[(sampling.eos_ids, device)] = torch.tensor(list(sampling.eos_ids), device=device)
-        graphs = self.graphs if self.graphs is not None else device.type == "cuda"
         with torch.autocast(device.type, enabled=False):       # the units hold their dtypes themselves
-            t = self._decode(N, P, T, S, sampling, eos, graphs)
+            t = self._decode(rows, P, T, S, sampling, eos, graphs)
         valid = st.out_valid[:N, :t]
         lengths = valid.sum(1)
         width = int(lengths.max()) if N else 0

@@ -30,6 +30,7 @@ import torch
 
 from ..common import atomic_folder
 from ..errors import CheckpointError
+from .hardware import unresolved
 
 STATE = "trainer_state.pt"
 MANIFEST = "manifest.json"
@@ -234,7 +235,8 @@ def check_compatible(path: Path, cfg, log: Callable = print) -> None:
                                   f"{getattr(cfg, key)}; resume with {flag} {then[key]}, or start a new run "
                                   "(a new --output-dir)")
     now = {k: getattr(cfg, k) for k in then if hasattr(cfg, k)}
-    changed = [k for k in then if k not in FREE and k in now and _plain(now[k]) != _plain(then[k])]
+    changed = [k for k in then if k not in FREE and k in now and _plain(now[k]) != _plain(then[k])
+               and not unresolved(cfg, k)]
     if changed:
         log("resume: settings changed since the checkpoint: " +
             ", ".join(f"{k} {then[k]!r} -> {now[k]!r}" for k in changed[:8]) + (" ..." if len(changed) > 8 else ""))

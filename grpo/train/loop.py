@@ -8,6 +8,7 @@ is listed in docs/algorithm.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import random
 import time
@@ -31,7 +32,8 @@ from . import checkpoint, memory
 from .evaluate import evaluate, evaluate_episodes, headline
 from .levers import plug
 from .phases import autocast
-from .setup import build_models, make_output_dir, save_final
+from .hardware import resolve_memory
+from .setup import build_models, checkpoint_activations, make_output_dir, save_final
 from .signals import Stopped, stop_on_signals
 from .state import RunState, new_run_state, whole_state
 from ..envs import episode_limits
@@ -76,6 +78,8 @@ def _train_run(cfg: TrainConfig, world: World, run: Run, model_path, resume_from
                t_start: float) -> dict:
     run.watch = watch
     _memory_plan(run, log)
+    if world.main:              # the settings as this run resolved them, once every check has passed
+        save_yaml(cfg, out / "config.yaml")
     st = _run_state(run, resume_from, out, log)
     log(f"grpo: preset {cfg.preset}, model {model_path}, task {run.task.name}, B={cfg.prompts_per_step} x "
         f"G={cfg.group_size}, {cfg.max_steps} steps -> {out}")
@@ -122,7 +126,6 @@ def _output_dir(cfg: TrainConfig, world: World, resuming: bool) -> Path:
     out = None
     if world.main:
         out = make_output_dir(cfg, resuming=resuming)
-        save_yaml(cfg, out / "config.yaml")
     return Path(world.broadcast_object(str(out)))
 
 
@@ -140,13 +143,14 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
     shard = cfg.fsdp and world.active
     if cfg.fsdp and not shard:
         log("fsdp: one process, nothing to shard; training unsharded")
-    plugged = plug(Levers.of(cfg), device, cfg.engine, dtype=torch.bfloat16 if cfg.rollout_dtype == "bf16" else None)
-    spill = plugged.spill(out) if plugged.spill is not None and not shard else None
+    spill = plug(Levers.of(cfg), device).spill
     try:
-        actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill=spill, shard=shard)
+        actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill=spill(out) if spill and not shard
+                                                         else None, shard=shard)   # resolves the `auto` precisions
     except BaseException:
         reward_fns.close()
         raise
+    plugged = plug(Levers.of(cfg), device, cfg.engine, dtype=torch.bfloat16 if cfg.rollout_dtype == "bf16" else None)
     world.broadcast_params(actor)
     return Run(cfg, actor, ref, tokenizer, task, reward_fns, device, world, plugged, shard, env=env), model_path
 
@@ -158,6 +162,13 @@ def _memory_plan(run: Run, log) -> None:
     ids, _ = encode_for_model(run.tokenizer, [r["prompt"] for r in rows], "cpu", system_prompt=cfg.system_prompt,
                               chat_template=cfg.chat_template)
     in_memory = run.ref is not None and not run.ref.shares_actor and run.ref.spilled is None and not run.shard
+
+    def estimate_with(**settings):
+        return memory.estimate(dataclasses.replace(cfg, **settings), run.actor, ids.shape[1], run.world.size, in_memory)
+    checkpointing = cfg.gradient_checkpointing
+    resolve_memory(cfg, run.device, estimate_with, log)
+    if cfg.gradient_checkpointing and not checkpointing:
+        checkpoint_activations(run.actor)
     memory.check(cfg, run.actor, ids.shape[1], run.world.size, in_memory, log)
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ..models.loading import hf_model
 from ..models.lora import plain_lora_layers
+from .microbatch import CPU_MICRO_BATCH_TOKENS
 
 LIBRARIES = 0.45 * 2 ** 30
 
@@ -61,8 +62,9 @@ def estimate(cfg, actor, prompt_width: int, world_size: int = 1, reference_in_me
     seqs = cfg.prompts_per_step // world_size * cfg.group_size // cfg.minibatches
     width = prompt_width + cfg.max_new_tokens
     rows = max(1, -(-seqs // cfg.grad_accum))
-    if cfg.micro_batch_tokens and rows * width > cfg.micro_batch_tokens:
-        rows = max(1, cfg.micro_batch_tokens // width)
+    budget = CPU_MICRO_BATCH_TOKENS if cfg.micro_batch_tokens is None else cfg.micro_batch_tokens
+    if budget and rows * width > budget:
+        rows = max(1, budget // width)
     tokens = rows * width
     per_layer = tokens * 4 * (6 * s["hidden"] + 3 * s["inter"]) + rows * s["heads"] * width ** 2 * 4 * 2
     if cfg.gradient_checkpointing:
@@ -103,8 +105,9 @@ def resident_bytes() -> float:
 def advice(cfg) -> str:
     """The settings that lower the update's peak, in the order they help most."""
     tips = []
-    if cfg.micro_batch_tokens == 0 or cfg.micro_batch_tokens > 1024:
-        tips.append(f"--micro-batch-tokens {max(512, (cfg.micro_batch_tokens or 8192) // 4)}")
+    budget = CPU_MICRO_BATCH_TOKENS if cfg.micro_batch_tokens is None else cfg.micro_batch_tokens
+    if budget == 0 or budget > 1024:
+        tips.append(f"--micro-batch-tokens {max(512, (budget or 8192) // 4)}")
     if not cfg.gradient_checkpointing:
         tips.append("--gradient-checkpointing")
     if not cfg.lora_rank:

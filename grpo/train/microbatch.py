@@ -12,6 +12,8 @@ gradients up to float rounding.
 
 from __future__ import annotations
 
+CPU_MICRO_BATCH_TOKENS = 4096          # micro_batch_tokens auto on a CPU (train/hardware.py)
+
 import torch
 from torch import Tensor
 
@@ -25,6 +27,8 @@ def padded_tokens(rows: int, prompt_width: int, longest: int) -> int:
 def plan(seqs: Tensor, lengths: Tensor, prompt_width: int, budget: int, least: int = 1) -> list[Tensor]:
     """Micro-batches (index tensors into the rollout) of `seqs`; `lengths` (N,) the completion
     lengths of every sequence of the rollout; `budget` 0: no token budget."""
+    if budget is None:                     # left to auto and not resolved (outside a run): the CPU's
+        budget = CPU_MICRO_BATCH_TOKENS
     n = len(seqs)
     if n == 0:
         return []

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from ..common import cpu_has_bf16
 from ..config import ConfigError, TrainConfig, needs_reference
 from ..demo import DEMO_NOTE, RECIPE, ensure_demo_model, recipe_for
 from ..models.loading import hf_model, load_model
 from ..models.logprobs import allow_prefix_under_checkpointing
 from ..models.lora import add_lora
 from ..models.reference import Reference
+from .hardware import resolve_precision
 
 
 def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> Path:
@@ -48,32 +48,23 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
         if recipe is RECIPE:
             log(DEMO_NOTE.format(preset=cfg.preset))
     actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
+    chosen = resolve_precision(cfg, device, sum(p.numel() for p in actor.parameters()), sharded=cfg.fsdp)
+    if chosen:
+        log(chosen)
     if cfg.lora_rank:
         actor = add_lora(actor, cfg)
-        hint = bf16_hint(cfg, device)
-        if hint:
-            log(hint)
         ref = Reference.adapter_disabled(actor) if needs_reference(cfg) else None   # no second copy
     else:
         ref = Reference.frozen_copy(actor, spill) if needs_reference(cfg) else None
     if cfg.gradient_checkpointing:
-        hf_model(actor).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        allow_prefix_under_checkpointing(actor)
+        checkpoint_activations(actor)
     return actor, ref, tokenizer, model_path
 
 
-def bf16_hint(cfg: TrainConfig, device, has_bf16=cpu_has_bf16) -> str | None:
-    """A one-line pointer to the bf16 settings for a LoRA run on a CPU that multiplies bf16
-    natively with all of them left at fp32 (the defaults stay fp32: exact to the formula);
-    None where it does not apply (--fsdp refuses those settings)."""
-    if (not cfg.lora_rank or cfg.fsdp or torch.device(device).type != "cpu" or
-            (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype) != ("fp32", "fp32", "fp32")
-            or not has_bf16()):
-        return None
-    flags = ["--rollout-dtype bf16"] + (["--rollout-correction tis"] if cfg.rollout_correction == "none" else [])
-    flags += (["--reference-dtype bf16"] if needs_reference(cfg) else []) + ["--lora-base-dtype bf16"]
-    return ("note: this CPU multiplies bf16 natively; the passes that do not train can use it: " + " ".join(flags) +
-            " (docs/performance.md, 'Natural-length completions': speed and the sampler's mismatch)")
+def checkpoint_activations(actor) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them."""
+    hf_model(actor).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    allow_prefix_under_checkpointing(actor)
 
 
 def save_final(cfg, actor, tokenizer, out: Path, summary: dict, weights: dict | None = None,
