@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import zlib
+from pathlib import Path
 
 from grpo.data import tasks as tasks_mod
 from grpo.data.prompts import encode_prompts
@@ -344,5 +345,39 @@ def test_a_tiny_model_trains_in_fp32_whatever_the_cpu(tiny_config):
     lines = []
     train(cfg, log=lines.append)
     assert (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype, cfg.bf16) == ("fp32", "fp32", "fp32", False)
-    assert cfg.micro_batch_tokens == 4096 and cfg.gradient_checkpointing is False
+    assert cfg.micro_batch_tokens == 1024 and cfg.gradient_checkpointing is False
     assert any(x.startswith("precision (auto;") for x in lines) and any(x.startswith("memory (auto):") for x in lines)
+
+
+def test_the_sampling_copy_is_cast_straight_and_shares_the_bf16_base_copies(tiny_model_dir, tiny_config):
+    """rollout_dtype bf16's sampler: every parameter a frozen bf16 cast of the actor's, the actor
+    untouched, the lean LoRA layers' bf16 base weights shared rather than copied again."""
+    from grpo.compat import own_forward
+    from grpo.models.lora import sampling_copy
+    actor, _ = load_model(tiny_model_dir, torch.device("cpu"))
+    actor = add_lora(actor, tiny_config(lora_rank=4, lora_base_dtype="bf16"))
+    ids = torch.tensor([[5, 6, 7]])
+    actor(input_ids=ids).logits.sum().backward()         # the lean layers make their bf16 base copies
+    lean = [own_forward(m) for m in actor.modules() if getattr(own_forward(m), "_copy", None) is not None]
+    assert lean
+    copy = sampling_copy(actor, torch.bfloat16)
+    mine = dict(copy.named_parameters())
+    for name, p in actor.named_parameters():
+        assert p.dtype == torch.float32
+        assert mine[name].dtype == torch.bfloat16 and not mine[name].requires_grad
+        assert torch.equal(mine[name], p.detach().to(torch.bfloat16)), name
+    assert not copy.training
+    shared = {t.data_ptr() for f in lean for t in f._copy if t is not None}
+    copied = {t.data_ptr() for m in copy.modules() for t in (getattr(own_forward(m), "_copy", None) or ())
+              if t is not None}
+    assert copied and copied <= shared
+
+
+def test_bf16_sampling_copies_a_lora_actor_with_bf16_base_at_every_step(tiny_config):
+    """The sampler is made afresh each step from an actor whose lean layers hold the last
+    update's state; three steps run and the adapter moves."""
+    cfg = tiny_config(task="dense", lora_rank=4, lora_base_dtype="bf16", rollout_dtype="bf16",
+                      rollout_correction="tis", beta=0.04, max_steps=3, eval_size=0, save_model=False, lr=5e-2)
+    train(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in rows)

@@ -4,6 +4,7 @@ merged weights sampling runs with."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 import weakref
 
@@ -148,3 +149,19 @@ def lora_merged(model, product=torch.nn.functional.linear):
     finally:
         for m, previous in swapped:
             restore_forward(m, previous)
+
+
+@torch.no_grad()
+def sampling_copy(model, dtype: torch.dtype):
+    """A copy of `model` whose parameters are `dtype` copies of its own, frozen and in eval mode,
+    made without a full-precision copy on the way (each parameter is cast straight into the
+    copy). Buffers (the rotary frequencies) keep their dtype, as an inference engine keeps them;
+    the bf16 base weights a lean LoRA layer keeps (`lora_base_dtype`) are shared, not copied."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in model.parameters()}
+    for m in model.modules():
+        forward = own_forward(m)
+        if isinstance(forward, _LeanForward):
+            memo[id(forward.cast)] = _LastCast()         # its last input's cast is the actor's, not the copy's
+            if forward._copy is not None:
+                memo.update((id(t), t) for t in forward._copy if t is not None)
+    return copy.deepcopy(model, memo).eval()

@@ -386,7 +386,7 @@ class StaticEngine:
             self._run_unit(rows, window, sampling, eos)
         torch.cuda.current_stream(eos.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             self._run_unit(rows, window, sampling, eos)
         if self.pool is None:
             self.pool = graph.pool()
@@ -395,13 +395,13 @@ class StaticEngine:
     def _run_unit(self, rows: int, window: int, sampling: SamplingSettings, eos: Tensor) -> None:
         """Draw each held row's token at the current step, record it, and run the decoder over it
         into the next logits. Fixed shapes, no host synchronisation."""
-        st, W = self.state, self.weights
-        R = rows
+        st, R = self.state, rows
         held, done = st.held[:R], st.finished[:R]
         t = st.t.view(1)
         logits = st.logits[:R]
         u = st.u.index_select(0, t).index_select(1, held).view(R, 1) if not sampling.greedy else None
-        tok, logp = draw(logits, u, sampling, eos, ban_eos=st.t < sampling.min_new_tokens if sampling.min_new_tokens else False)
+        ban = st.t < sampling.min_new_tokens if sampling.min_new_tokens else False
+        tok, logp = draw(logits, u, sampling, eos, ban_eos=ban)
         tok = torch.where(done, sampling.pad_id, tok)
         cols = t.expand(R)
         st.out_tokens.index_put_((held, cols), tok)

@@ -12,10 +12,11 @@ each stays fp32, which is exact to the formula; every one is a flag away either 
 --fsdp the sampling and LoRA-base copies are refused, so `auto` gives fp32 there.
 
 Memory (once the model is built: `resolve_memory`), from the memory the run may take (the GPU's
-free memory on CUDA, the system's available memory on a CPU). `micro_batch_tokens` auto: 4096
-tokens, halved (down to 1024) while the estimated update peak (train/memory.py) exceeds 80% of it;
-micro-batches of that size keep a GPU's products large while the activations stay a fraction of
-the weights' memory. `gradient_checkpointing` auto: on only where the estimated peak without it
+free memory on CUDA, the system's available memory on a CPU). `micro_batch_tokens` auto: 1024
+tokens on a CPU, whose products are as fast on micro-batches that small (docs/performance.md:
+less memory and no slower); on a GPU 4096, halved (down to 1024) while the estimated update peak
+(train/memory.py) exceeds 80% of it, so its products stay large while the activations stay a
+fraction of the weights' memory. `gradient_checkpointing` auto: on only where the estimated peak without it
 does not fit (checkpointing costs a recomputed forward), off elsewhere.
 """
 
@@ -29,7 +30,7 @@ from .microbatch import CPU_MICRO_BATCH_TOKENS
 
 BF16_MIN_PARAMS = 50_000_000       # below this, sampling a CPU model is not bound by its weights' bytes
 AUTO = ("bf16", "rollout_dtype", "reference_dtype", "lora_base_dtype", "gradient_checkpointing", "micro_batch_tokens")
-MICRO_BATCH_TOKENS = (CPU_MICRO_BATCH_TOKENS, 2048, 1024)      # auto tries these in turn
+GPU_MICRO_BATCH_TOKENS = (4096, 2048, 1024)        # auto tries these in turn on a GPU
 
 
 def native_bf16(device: torch.device, n_params: int, has_bf16=cpu_has_bf16) -> bool:
@@ -97,9 +98,10 @@ def resolve_memory(cfg, device, estimate_with, log) -> list[str]:
     chosen = []
     if cfg.micro_batch_tokens is None:
         gc = bool(cfg.gradient_checkpointing)
-        fits = [t for t in MICRO_BATCH_TOKENS if room is None or
+        tries = GPU_MICRO_BATCH_TOKENS if device.type == "cuda" else (CPU_MICRO_BATCH_TOKENS,)
+        fits = [t for t in tries if room is None or
                 estimate_with(micro_batch_tokens=t, gradient_checkpointing=gc).update <= 0.8 * room]
-        cfg.micro_batch_tokens = (fits or MICRO_BATCH_TOKENS[-1:])[0]
+        cfg.micro_batch_tokens = (fits or tries[-1:])[0]
         chosen.append(f"micro_batch_tokens {cfg.micro_batch_tokens}")
     if cfg.gradient_checkpointing is None:
         without = estimate_with(gradient_checkpointing=False)

@@ -12,7 +12,7 @@ gradients up to float rounding.
 
 from __future__ import annotations
 
-CPU_MICRO_BATCH_TOKENS = 4096          # micro_batch_tokens auto on a CPU (train/hardware.py)
+CPU_MICRO_BATCH_TOKENS = 1024          # micro_batch_tokens auto on a CPU (train/hardware.py)
 
 import torch
 from torch import Tensor

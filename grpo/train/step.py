@@ -14,7 +14,6 @@ data parallelism this runs on every rank with its share of the prompts (grpo/par
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from ..algo import losses
 from ..data.prompts import encode_for_model
 from ..envs import episode_limits, run_episodes
 from ..models.logprobs import reference_logprobs, token_stats
-from ..models.lora import lora_merged
+from ..models.lora import lora_merged, sampling_copy
 from ..models.loading import hf_model
 from ..parallel.world import World, prompt_seed
 from ..rewards import score as score_rewards
@@ -54,7 +53,6 @@ class Run:
     plugged: Plugged
     shard: bool = False
     watch: Any = None         # a phase name -> context, wrapped around each phase (phases.py)
-    sampler: Any = None       # rollout_dtype's copy of the actor (step.sampler_model), made on first use
     env: Any = None           # --env's class: each completion is an episode (grpo/envs)
     episode_stats: dict | None = None   # this step's episode figures, this rank's (turns, tool calls, ...)
 
@@ -172,24 +170,12 @@ def conversation_text(messages: list[dict]) -> Conversation:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-@torch.no_grad()
 def sampler_model(run: Run):
-    """The model that samples: the actor, or (rollout_dtype other than fp32) a copy of it whose
-    parameters are in that dtype, refreshed from the actor at every call. Buffers (the rotary
-    frequencies) stay as they are, as an inference engine keeps them."""
+    """The model that samples: the actor, or (rollout_dtype other than fp32) a copy of it in that
+    dtype, made afresh at every call (models.lora.sampling_copy) and dropped after sampling, so
+    that it holds no memory through the update, where a step's peak is."""
     dtype = DTYPES[run.cfg.rollout_dtype]
-    if dtype == torch.float32:
-        return run.actor
-    if run.sampler is None:
-        run.sampler = copy.deepcopy(run.actor)
-        run.sampler.requires_grad_(False)
-        for p in run.sampler.parameters():
-            p.data = p.data.to(dtype)
-    else:
-        for mine, theirs in zip(run.sampler.parameters(), run.actor.parameters()):
-            mine.copy_(theirs)
-    run.sampler.eval()
-    return run.sampler
+    return run.actor if dtype == torch.float32 else sampling_copy(run.actor, dtype)
 
 
 def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict, dict]:
