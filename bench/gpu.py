@@ -78,7 +78,7 @@ def prepare() -> None:
     from transformers import AutoTokenizer
     AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name).save_pretrained(HERE / "tok")
     subprocess.run([sys.executable, "-m", "grpo", "sft"], check=True, env={**os.environ, "GRPO_CACHE": str(HERE / "cache")},
-                   stdout=subprocess.DEVNULL)                      # the demo's warm start, for `run --demo`
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)   # the demo's warm start, for `run --demo`
     print(f"wheels in {whl}, tokenizer and demo model in {HERE}; carry .whl and .gpu-bench to the GPU machine")
 
 
