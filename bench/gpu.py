@@ -15,7 +15,7 @@ memory peak, and each grpo/TRL ratio.
 
     python bench/gpu.py prepare            # here, once: wheels into .whl/, the tokenizer into .gpu-bench/
     python bench/gpu.py run                # on the GPU machine (carry .whl and .gpu-bench)
-    python bench/gpu.py run --sizes small --sides grpo trl --steps 3
+    python bench/gpu.py run --sizes small --sides grpo trl --steps 4
 
 `run --tests` also runs tests/test_cuda_engine.py first and `run --demo` the built-in demo on CUDA
 (held-out accuracy before and after). Figures: docs/performance.md, "On a GPU".
@@ -296,8 +296,8 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--sizes", nargs="+", default=["small", "large"], choices=list(WORK))
     r.add_argument("--sides", nargs="+", default=["grpo", "trl", "trl_cb"], choices=["grpo", "trl", "trl_cb"])
-    r.add_argument("--steps", type=int, default=4)
-    r.add_argument("--side-timeout", type=float, default=150.0)
+    r.add_argument("--steps", type=int, default=3, help="steps per side; the first is a warm-up")
+    r.add_argument("--side-timeout", type=float, default=120.0, help="seconds a side may take")
     r.add_argument("--tests", action="store_true", help="run tests/test_cuda_engine.py first")
     r.add_argument("--demo", action="store_true", help="run the built-in demo on CUDA first")
     r.add_argument("--out", help="append each side's whole result to this JSON-lines file")
