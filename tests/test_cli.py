@@ -196,3 +196,34 @@ def test_a_custom_reward_dataset_reports_that_reward_and_evaluates_during_traini
     rows = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
     assert [(r["step"], r["when"]) for r in rows] == [(0, "before"), (1, "during"), (2, "during"), (3, "after")]
     assert rows[0]["mean_reward"] == b and rows[-1]["mean_reward"] == a
+
+
+def test_the_heap_policy_is_set_for_train_on_a_cpu_only(tiny_model_dir, tmp_path, monkeypatch):
+    """glibc's allocation policy (grpo/fast/heap.py) is `grpo train`'s on a CPU; --no-heap-reuse,
+    another device and the other commands keep glibc's own."""
+    from grpo import cli
+    calls = []
+    monkeypatch.setattr(cli, "_process_memory_policy", lambda: calls.append(1))
+    run = ["train", "--model", str(tiny_model_dir), "--max-steps", "1", "--eval-size", "0", "--no-save-model",
+           "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "4"]
+    assert cli.main(run + ["--device", "cpu", "--output-dir", str(tmp_path / "a")]) == 0
+    assert calls == [1]
+    assert cli.main(run + ["--device", "cpu", "--no-heap-reuse", "--output-dir", str(tmp_path / "b")]) == 0
+    assert cli.main(["explain", "--json"]) == 0
+    assert calls == [1]
+    assert not cli._on_cpu("cuda") and cli._on_cpu("cpu")
+
+
+def test_setting_types_are_resolved_once(monkeypatch):
+    """Each flag's type comes from TrainConfig's annotations, resolved once per process: resolving
+    them per field compiled every annotation again (tens of thousands of calls per run)."""
+    import typing
+    from grpo import config
+    config._hints.cache_clear()
+    calls = []
+    real = typing.get_type_hints
+    monkeypatch.setattr(typing, "get_type_hints", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(2):
+        for name in config.FIELDS:
+            config.field_type(name)
+    assert len(calls) == 1
