@@ -16,7 +16,7 @@ from test_lean_decode import FAMILIES, build, prompts
 
 from grpo.models.lora import lora_merged
 from grpo.rollout import ENGINES, HFEngine, SamplingSettings, StaticEngine
-from grpo.rollout.static import unsupported
+from grpo.rollout.decoder import unsupported
 
 
 def seeds(n: int = 3, base: int = 10) -> list[int]:

@@ -8,9 +8,9 @@ over the same weights: the projections as plain matmuls with their weights (read
 `compat.linear_weights`, which sees the few-row and LoRA-merged forwards; any other projection
 module is called as it is), fused RMS norms, the rotary embedding applied to queries
 and keys together, and grouped-query attention as two batched products over a key/value buffer
-sized for the whole completion. Supported: the decoder-layer classes of `rollout.static.LAYERS` (Llama, Mistral
-without a sliding window, Qwen2, Qwen3) on a CPU, outside autocast; anything else decodes through
-the model's forward. Tested equal to the model's forward (logits, every step) in
+sized for the whole completion. Supported: the decoder-layer classes of `rollout.decoder.LAYERS`
+(Llama, Mistral without a sliding window, Qwen2, Qwen3) on a CPU, outside autocast; anything else
+decodes through the model's forward. Tested equal to the model's forward (logits, every step) in
 tests/test_lean_decode.py. `LeanEngine` is the rollout engine that decodes with it.
 """
 
@@ -20,21 +20,22 @@ import torch
 from torch import Tensor
 
 from .. import compat
-from ..rollout import static
+from ..rollout import decoder
 from ..rollout.base import Capabilities, Generators, Rollout, SamplingSettings, Seeds
 from ..rollout.hf_loop import generate_with
 from .few_rows import FewRows
 
+
 def unsupported(model) -> str | None:
     """Why `model` (a transformers causal LM) cannot take the lean step, or None if it can: the
-    static engine's conditions on the architecture (rollout.static.unsupported), on a CPU,
+    conditions on the architecture of rollout.decoder.unsupported, on a CPU,
     outside autocast."""
     p = next(model.parameters(), None)
     if p is not None and p.device.type != "cpu":
         return "not on a CPU"
     if p is not None and torch.is_autocast_enabled(p.device.type):
         return "autocast is on"
-    return static.unsupported(model)
+    return decoder.unsupported(model)
 
 
 def _projection(linear, left: bool, dtype, products: FewRows):

@@ -24,7 +24,7 @@ rows each. This engine runs the same function with every shape fixed for the who
     rewritten in place at each call (one pass over the weights; the graphs keep reading the same
     buffers).
 
-Supported: the Llama-family decoders of `unsupported` (Llama, Mistral without a sliding window,
+Supported: the Llama-family decoders of `decoder.unsupported` (Llama, Mistral without a sliding window,
 Qwen2, Qwen3) with plain or LoRA projections; any other model decodes through the plain loop,
 said once. On a CPU the same units run eagerly (tests/test_static_engine.py checks them against
 the plain loop token for token; tests/test_cuda_engine.py checks graph replay against eager
@@ -39,138 +39,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .. import compat
 from ..algo.losses import entropy_from_logits
 from ..data.prompts import positions
 from .base import Capabilities, Generators, Rollout, SamplingSettings, Seeds, generators_of
+from .decoder import Unsupported, Weights, linear, rms, unsupported
 from .hf_loop import generate_with
 from .sampling import draw
-
-LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
-NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def unsupported(model) -> str | None:
-    """Why `model` (a transformers causal LM) cannot decode as a run of plain tensor ops (this
-    engine's unit, grpo/fast's lean step), or None if it can."""
-    dec, head = getattr(model, "model", None), getattr(model, "lm_head", None)
-    if dec is None or head is None or not all(hasattr(dec, a) for a in ("layers", "norm", "rotary_emb", "embed_tokens")):
-        return "not a decoder with layers, norm, rotary embedding and LM head"
-    if compat.sharded(model):
-        return "sharded weights"
-    if any(kind in str(getattr(dec.rotary_emb, "rope_type", "default")) for kind in ("dynamic", "longrope")):
-        return "a rotary embedding recomputed from the positions seen (dynamic, longrope)"
-    cfg = model.config
-    if getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True):
-        return "sliding-window attention"
-    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
-        return "attention other than full"
-    if compat.class_name(dec.norm) not in NORMS:
-        return f"final norm {compat.class_name(dec.norm)}"
-    for layer in dec.layers:
-        if compat.class_name(layer) not in LAYERS:
-            return f"decoder layer {compat.class_name(layer)}"
-        norms = [layer.input_layernorm, layer.post_attention_layernorm]
-        norms += [getattr(layer.self_attn, n) for n in ("q_norm", "k_norm") if hasattr(layer.self_attn, n)]
-        if any(compat.class_name(n) not in NORMS for n in norms):
-            return "a norm of another kind"
-        if model.training and getattr(layer.self_attn, "attention_dropout", 0.0):
-            return "attention dropout in training mode"
-    return None
-
-
-# ------------------------------------------------------------------------------ weights
-class _Copy:
-    """One tensor of the decoding unit: the source itself where it has the dtype and nothing is
-    merged into it, else a buffer of the dtype holding source (+ sum scale * B @ A), rewritten in
-    place by `refresh` (the optimizer's fused updates leave no trace on a tensor's version
-    counter, so a copy cannot tell by itself whether its sources changed)."""
-
-    def __init__(self, source: Tensor, parts: list, dtype: torch.dtype):
-        self.source, self.parts = source, parts
-        self.own = source.dtype != dtype or bool(parts)
-        self.value = torch.empty(source.shape, dtype=dtype, device=source.device) if self.own else source.detach()
-
-    @torch.no_grad()
-    def refresh(self) -> bool:
-        """Rewrite the buffer from its sources; False where the source is used in place."""
-        if not self.own:
-            return False
-        if self.parts:
-            merged = self.source.detach().to(torch.float32, copy=True)
-            for a, b, scale in self.parts:
-                merged.addmm_(b.detach().float(), a.detach().float(), alpha=scale)
-            self.value.copy_(merged)
-        else:
-            self.value.copy_(self.source.detach())
-        return True
-
-
-class Weights:
-    """Every tensor the decoding unit reads. The projections (LM head included) in the decoding
-    dtype (see `_Copy`); the embedding and the norms as the model holds them, so the residual
-    stream, norms and rotary run in the weights' own dtype, as they do under autocast. A tensor
-    shared by two places in one dtype is held once."""
-
-    def __init__(self, model, dtype: torch.dtype):
-        self.dtype, self.copies = dtype, {}
-        dec = model.model
-        self.embed = self._plain(dec.embed_tokens.weight)
-        self.norm = self._plain(dec.norm.weight)
-        self.eps = dec.norm.variance_epsilon
-        self.head = self._linear(model.lm_head)
-        self.layers = []
-        for layer in dec.layers:
-            a = layer.self_attn
-            entry = {"input_norm": self._plain(layer.input_layernorm.weight),
-                     "post_norm": self._plain(layer.post_attention_layernorm.weight),
-                     "eps": layer.input_layernorm.variance_epsilon, "post_eps": layer.post_attention_layernorm.variance_epsilon}
-            for name in PROJECTIONS:
-                entry[name] = self._linear(getattr(a if name in PROJECTIONS[:4] else layer.mlp, name))
-            if hasattr(a, "q_norm"):
-                entry["q_norm"], entry["k_norm"] = self._plain(a.q_norm.weight), self._plain(a.k_norm.weight)
-                entry["qk_eps"] = a.q_norm.variance_epsilon
-            self.layers.append(entry)
-
-    def _copy(self, source: Tensor, parts=(), dtype: torch.dtype | None = None) -> _Copy:
-        dtype = dtype or self.dtype
-        key = (source.data_ptr(), dtype, tuple((a.data_ptr(), b.data_ptr()) for a, b, _ in parts))
-        if key not in self.copies:
-            self.copies[key] = _Copy(source, list(parts), dtype)
-        return self.copies[key]
-
-    def _plain(self, source: Tensor) -> _Copy:
-        return self._copy(source, dtype=source.dtype)
-
-    def _linear(self, module) -> tuple[_Copy, _Copy | None]:
-        lora = compat.lora_parts(module)            # read before any forward patched in for sampling
-        if lora is not None:
-            weight, bias, parts = lora
-        else:
-            wb = compat.linear_weights(module)
-            if wb is None or isinstance(compat.own_forward(module), compat.FixedLinear) and type(module) is not torch.nn.Linear:
-                raise _Unsupported(f"a projection of kind {compat.class_name(module)}")
-            weight, bias, parts = wb[0], wb[1], []
-        return self._copy(weight, parts), None if bias is None else self._copy(bias)
-
-    def refresh(self) -> int:
-        """Rewrite every copy from its sources (one pass over the weights); how many there are."""
-        return sum(c.refresh() for c in self.copies.values())
-
-
-class _Unsupported(Exception):
-    pass
-
-
-def _rms(x: Tensor, weight: _Copy, eps: float) -> Tensor:
-    return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight.value, eps)
-
-
-def _linear(x: Tensor, wb) -> Tensor:
-    weight, bias = wb
-    return torch.nn.functional.linear(x, weight.value, None if bias is None else bias.value)
-
 
 # ------------------------------------------------------------------------------ state
 @dataclass
@@ -254,7 +128,7 @@ class StaticEngine:
         if why is None:
             try:
                 self.sync_weights(model)
-            except _Unsupported as e:
+            except Unsupported as e:
                 why = str(e)
         if why is not None:
             if why not in self.said:
@@ -436,26 +310,26 @@ class StaticEngine:
         mask.index_fill_(-1, col, 0.0)                                          # the new position is visible
         mask = mask[..., :window]
         for i, w in enumerate(W.layers):
-            h = _rms(x, w["input_norm"], w["eps"]).to(low)
-            q = _linear(h, w["q_proj"]).view(R, H, D).to(x.dtype)
-            k = _linear(h, w["k_proj"]).view(R, Hk, D).to(x.dtype)
+            h = rms(x, w["input_norm"], w["eps"]).to(low)
+            q = linear(h, w["q_proj"]).view(R, H, D).to(x.dtype)
+            k = linear(h, w["k_proj"]).view(R, Hk, D).to(x.dtype)
             if "q_norm" in w:
-                q, k = _rms(q, w["q_norm"], w["qk_eps"]), _rms(k, w["k_norm"], w["qk_eps"])
+                q, k = rms(q, w["q_norm"], w["qk_eps"]), rms(k, w["k_norm"], w["qk_eps"])
             qk = torch.cat([q, k], 1).view(R, H + Hk, 2, half)
             qk = (qk * cos + qk.flip(-2) * sin).view(R, H + Hk, D).to(low)     # rotary on queries and keys
             keys, values = st.keys[i][:R], st.values[i][:R]
             keys.index_copy_(2, col, qk[:, H:, None])
-            values.index_copy_(2, col, _linear(h, w["v_proj"]).view(R, Hk, 1, D))
+            values.index_copy_(2, col, linear(h, w["v_proj"]).view(R, Hk, 1, D))
             # grouped-query attention without repeating keys/values: each kv head's query heads
             # are its "query positions" (all at the one new position, so no causal mask among them)
             q = qk[:, :H].reshape(R, Hk, H // Hk, D)
             o = torch.nn.functional.scaled_dot_product_attention(
                 q, keys[:, :, :window], values[:, :, :window], attn_mask=mask, scale=a0.scaling)   # (R, Hk, H/Hk, D)
-            x = x + _linear(o.reshape(R, H * D), w["o_proj"])
-            h = _rms(x, w["post_norm"], w["post_eps"]).to(low)
+            x = x + linear(o.reshape(R, H * D), w["o_proj"])
+            h = rms(x, w["post_norm"], w["post_eps"]).to(low)
             mlp = dec.layers[i].mlp
-            x = x + _linear(mlp.act_fn(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"]), w["down_proj"])
-        return _linear(_rms(x, W.norm, W.eps).to(low), W.head)
+            x = x + linear(mlp.act_fn(linear(h, w["gate_proj"])) * linear(h, w["up_proj"]), w["down_proj"])
+        return linear(rms(x, W.norm, W.eps).to(low), W.head)
 
 
 def _uniforms(generators, N: int, T: int, device) -> Tensor:
