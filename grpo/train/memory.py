@@ -123,14 +123,17 @@ def describe(est: Estimate, cfg) -> str:
             f"tokens per minibatch; sampling {est.sampling / gb:.1f} GB)")
 
 
-def check(cfg, actor, prompt_width: int, world_size: int, reference_in_memory: bool, log) -> Estimate:
+def check(cfg, actor, prompt_width: int, world_size: int, reference_in_memory: bool, log,
+          room: float | None = None) -> Estimate:
     """Log the estimate and the micro-batch plan; with `memory_check`, stop (ConfigError) when the
-    estimate exceeds what this process holds plus what the system has available."""
+    estimate exceeds `room`, the bytes the run may take on its device (default: what this
+    process holds plus what the system has available)."""
     from ..config import ConfigError
     est = estimate(cfg, actor, prompt_width, world_size, reference_in_memory)
     log(describe(est, cfg))
-    free = available_bytes()
-    room = resident_bytes() + free if free is not None else None
+    if room is None:
+        free = available_bytes()
+        room = resident_bytes() + free if free is not None else None
     if cfg.memory_check and room is not None and est.peak > room:
         gb = 2 ** 30
         raise ConfigError(f"memory: the step needs about {est.peak / gb:.1f} GB, and this machine has "
