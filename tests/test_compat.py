@@ -115,3 +115,19 @@ def test_supported_models_take_the_fast_paths(llama):
     assert unsupported(llama) is None
     with torch.enable_grad():
         assert can_share_prefix(llama, llama.get_decoder())
+
+
+def test_lora_parts_read_peft_layers_as_base_plus_merged_adapters():
+    import peft
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6))
+    model = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["0"]))
+    layer = model.base_model.model[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+    weight, bias, parts = compat.lora_parts(layer)
+    assert weight is layer.base_layer.weight and bias is layer.base_layer.bias and len(parts) == 1
+    a, b, scale = parts[0]
+    torch.testing.assert_close(scale * b @ a, layer.get_delta_weight("default"))
+    with model.disable_adapter():
+        assert compat.lora_parts(layer)[2] == []
+    assert compat.lora_parts(torch.nn.Linear(3, 3)) is None
