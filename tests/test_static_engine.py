@@ -59,9 +59,10 @@ def test_rows_shed_attention_windows_and_padded_buckets_change_nothing(window, b
     `buckets` the 24 rows start in a bucket of 32, the 8 padding rows finished from the start."""
     model = build("qwen2")
     ids, mask = prompts()
-    s = settings(max_new_tokens=40, eos_ids=tuple(range(3, 12)), num_samples=8)
+    s = settings(max_new_tokens=40, eos_ids=tuple(range(3, 12)), num_samples=8, pad_id=5)   # padding != 0
     plain = HFEngine().generate(model, ids, mask, s, seeds())
     engine = StaticEngine(check_every=2, window=window, buckets=buckets)
+    engine.generate(model, ids, mask, settings(pad_id=7), seeds(base=50))      # what a former call left behind
     sheds = []
     shed = engine._shed
     engine._shed = lambda rows, finished: sheds.append(shed(rows, finished)) or sheds[-1]

@@ -187,7 +187,10 @@ class StaticEngine:
             st.logits[N:rows] = 0.0
         st.t.zero_()
         st.col.fill_(P)
-        st.out_valid.zero_()
+        st.out_valid.zero_()                 # a row shed when it finished is not written again: padding
+        st.out_tokens.fill_(sampling.pad_id)
+        st.out_logp.zero_()
+        st.out_entropy.zero_()
         if not sampling.greedy:
             st.u[:T, :N] = _uniforms(generator, N, T, device)
         eos = self.eos.get((sampling.eos_ids, device))     # kept: a captured unit reads this very tensor
