@@ -136,8 +136,10 @@ def cmd_train(args, argv: list[str]) -> int:
         from .parallel.launch import launch
         return launch(args.nproc, _without_nproc(argv))
     cfg = config_from_args(args)                 # a bad setting: one line, before torch loads
-    if cfg.heap_reuse and _on_cpu(cfg.device):
-        _process_memory_policy()
+    if cfg.heap_reuse:
+        from .common import pick_device
+        if pick_device(cfg.device).type == "cpu":
+            _process_memory_policy()
     _quiet_transformers()
     from .train import train
     summary = train(cfg)
@@ -252,13 +254,6 @@ def cmd_sft(args) -> int:
     else:
         print(f"demo model: {ensure_demo_model()}")
     return 0
-
-
-def _on_cpu(device: str) -> bool:
-    if device == "auto":
-        import torch
-        return not torch.cuda.is_available()
-    return device == "cpu"
 
 
 def _process_memory_policy() -> None:

@@ -67,7 +67,6 @@ def linear_weights(module) -> tuple[Tensor, Tensor | None] | None:
     return None
 
 
-
 def lora_parts(module) -> tuple[Tensor, Tensor | None, list[tuple[Tensor, Tensor, float]]] | None:
     """(base weight, base bias, [(A, B, scale) per active adapter]) of a peft LoRA linear layer
     whose forward in eval mode is the linear map with weight W + sum scale * B @ A: an nn.Linear
@@ -83,6 +82,7 @@ def lora_parts(module) -> tuple[Tensor, Tensor | None, list[tuple[Tensor, Tensor
     parts = [(module.lora_A[n].weight, module.lora_B[n].weight, float(module.scaling[n]))
              for n in module.active_adapters if n in module.lora_A]
     return base.weight, base.bias, parts
+
 
 # ------------------------------------------------------------------------ KV cache layers
 class RecordingLayer(DynamicLayer):

@@ -211,7 +211,12 @@ def test_the_heap_policy_is_set_for_train_on_a_cpu_only(tiny_model_dir, tmp_path
     assert cli.main(run + ["--device", "cpu", "--no-heap-reuse", "--output-dir", str(tmp_path / "b")]) == 0
     assert cli.main(["explain", "--json"]) == 0
     assert calls == [1]
-    assert not cli._on_cpu("cuda") and cli._on_cpu("cpu")
+    import torch
+    from grpo import common, train
+    monkeypatch.setattr(common, "pick_device", lambda name: torch.device("cuda"))   # a run on a GPU ...
+    monkeypatch.setattr(train, "train", lambda cfg: {"output_dir": str(tmp_path / "c")})   # ... not started here
+    assert cli.main(run + ["--device", "cuda", "--output-dir", str(tmp_path / "c")]) == 0
+    assert calls == [1]
 
 
 def test_setting_types_are_resolved_once(monkeypatch):

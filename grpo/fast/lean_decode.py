@@ -28,8 +28,7 @@ from .few_rows import FewRows
 
 def unsupported(model) -> str | None:
     """Why `model` (a transformers causal LM) cannot take the lean step, or None if it can: the
-    conditions on the architecture of rollout.decoder.unsupported, on a CPU,
-    outside autocast."""
+    conditions on the architecture of rollout.decoder.unsupported, on a CPU, outside autocast."""
     p = next(model.parameters(), None)
     if p is not None and p.device.type != "cpu":
         return "not on a CPU"

@@ -10,8 +10,8 @@ and the sampler's own log-prob of every sampled token, which the trainer may use
 Three engines ship: the plain Hugging Face decoding loop (hf_loop.HFEngine), on a CPU the same
 loop with grpo/fast's lean decoding step (fast.lean_decode.LeanEngine), and the static engine
 (static.StaticEngine: fixed shapes, captured in CUDA graphs on a GPU). Each declares its
-`capabilities`; the training step does not change with the engine. Multi-turn episodes (grpo/envs) call an engine once
-per model turn and return a Rollout whose `sampled` mask marks the policy's own tokens.
+`capabilities`; the training step does not change with the engine. Multi-turn episodes
+(grpo/envs) call an engine once per model turn and return a Rollout whose `sampled` mask marks the policy's own tokens.
 """
 
 from __future__ import annotations

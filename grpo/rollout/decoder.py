@@ -58,10 +58,10 @@ class _Copy:
         self.value = torch.empty(source.shape, dtype=dtype, device=source.device) if self.own else source.detach()
 
     @torch.no_grad()
-    def refresh(self) -> bool:
-        """Rewrite the buffer from its sources; False where the source is used in place."""
+    def refresh(self) -> None:
+        """Rewrite the buffer from its sources (nothing to do where the source is used in place)."""
         if not self.own:
-            return False
+            return
         if self.parts:
             merged = self.source.detach().to(torch.float32, copy=True)
             for a, b, scale in self.parts:
@@ -69,7 +69,6 @@ class _Copy:
             self.value.copy_(merged)
         else:
             self.value.copy_(self.source.detach())
-        return True
 
 
 class Weights:
@@ -114,14 +113,17 @@ class Weights:
             weight, bias, parts = lora
         else:
             wb = compat.linear_weights(module)
-            if wb is None or isinstance(compat.own_forward(module), compat.FixedLinear) and type(module) is not torch.nn.Linear:
+            temporary = (isinstance(compat.own_forward(module), compat.FixedLinear)
+                         and type(module) is not torch.nn.Linear)
+            if wb is None or temporary:          # a patched-in forward's weights may not outlive the call
                 raise Unsupported(f"a projection of kind {compat.class_name(module)}")
             weight, bias, parts = wb[0], wb[1], []
         return self._copy(weight, parts), None if bias is None else self._copy(bias)
 
-    def refresh(self) -> int:
-        """Rewrite every copy from its sources (one pass over the weights); how many there are."""
-        return sum(c.refresh() for c in self.copies.values())
+    def refresh(self) -> None:
+        """Rewrite every copy from its sources (one pass over the weights)."""
+        for c in self.copies.values():
+            c.refresh()
 
 
 class Unsupported(Exception):

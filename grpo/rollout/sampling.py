@@ -18,12 +18,18 @@ def uniforms(n: int, generator, device, rows: Tensor | None = None) -> Tensor:
     block i draws from generator i (one generator per prompt: its samples then do not depend on
     which other prompts share the batch). `rows`: the draws of those rows only, of the n drawn
     (a decode batch that dropped its finished rows draws as the whole batch would)."""
+    u = uniform_steps(n, 1, generator, device).view(n, 1)
+    return u if rows is None else u[rows]
+
+
+def uniform_steps(n: int, steps: int, generator, device) -> Tensor:
+    """(steps, n) float64: the draws of `steps` successive calls of `uniforms` for n rows, taken
+    at once (each generator's numbers in the same order; on a CPU the same values)."""
     if isinstance(generator, (list, tuple)):
         per = n // len(generator)
-        u = torch.cat([torch.rand(per, 1, generator=g, dtype=torch.float64, device=device) for g in generator])
-    else:
-        u = torch.rand(n, 1, generator=generator, dtype=torch.float64, device=device)
-    return u if rows is None else u[rows]
+        return torch.cat([torch.rand(steps, per, generator=g, dtype=torch.float64, device=device)
+                          for g in generator], 1)
+    return torch.rand(steps, n, generator=generator, dtype=torch.float64, device=device)
 
 
 def sample(weights: Tensor, generator: Generators = None, block: int = 512, rows: Tensor | None = None,

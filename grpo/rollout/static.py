@@ -44,7 +44,7 @@ from ..data.prompts import positions
 from .base import Capabilities, Generators, Rollout, SamplingSettings, Seeds, generators_of
 from .decoder import Unsupported, Weights, linear, rms, unsupported
 from .hf_loop import generate_with
-from .sampling import draw
+from .sampling import draw, uniform_steps
 
 # ------------------------------------------------------------------------------ state
 @dataclass
@@ -67,7 +67,6 @@ class _State:
         self.values = [torch.zeros_like(k) for k in self.keys]
         self.mask = torch.zeros(N, 1, 1, S, dtype=dtype, device=device)     # additive: 0 or -inf
         self.logits = torch.zeros(N, shape.vocab, dtype=torch.float32, device=device)
-        self.tokens = torch.zeros(N, dtype=torch.long, device=device)       # the input of the next forward
         self.pos = torch.zeros(N, dtype=torch.long, device=device)          # its rotary position
         self.held = torch.zeros(N, dtype=torch.long, device=device)         # output row of each row held
         self.finished = torch.zeros(N, dtype=torch.bool, device=device)
@@ -192,7 +191,7 @@ class StaticEngine:
         st.out_logp.zero_()
         st.out_entropy.zero_()
         if not sampling.greedy:
-            st.u[:T, :N] = _uniforms(generator, N, T, device)
+            st.u[:T, :N] = uniform_steps(N, T, generator, device)   # as the plain loop draws them
         eos = self.eos.get((sampling.eos_ids, device))     # kept: a captured unit reads this very tensor
         if eos is None:
             eos = self.eos[(sampling.eos_ids, device)] = torch.tensor(list(sampling.eos_ids), device=device)
@@ -236,11 +235,11 @@ class StaticEngine:
         if bucket > rows // 2:
             return rows
         st = self.state
-        idx = torch.cat([running, running[:1].expand(bucket - n)]).to(st.tokens.device)   # padding: copies of a running row
+        idx = torch.cat([running, running[:1].expand(bucket - n)]).to(st.pos.device)   # padding: copies of a running row
         for bufs in (st.keys, st.values):
             for buf in bufs:
                 buf[:bucket] = buf[idx]
-        for buf in (st.mask, st.logits, st.tokens, st.pos, st.held, st.finished):
+        for buf in (st.mask, st.logits, st.pos, st.held, st.finished):
             buf[:bucket] = buf[idx]
         if bucket > n:                               # the copies write to the sink row and count as done
             st.held[n:bucket] = st.shape.rows
@@ -333,12 +332,3 @@ class StaticEngine:
             mlp = dec.layers[i].mlp
             x = x + linear(mlp.act_fn(linear(h, w["gate_proj"])) * linear(h, w["up_proj"]), w["down_proj"])
         return linear(rms(x, W.norm, W.eps).to(low), W.head)
-
-
-def _uniforms(generators, N: int, T: int, device) -> Tensor:
-    """(T, N) float64: step t's uniform for row n, as the plain loop draws them (sampling.uniforms:
-    one generator for all rows, or the rows in equal blocks, one generator each), all up front."""
-    if isinstance(generators, (list, tuple)):
-        per = N // len(generators)
-        return torch.cat([torch.rand(T, per, generator=g, dtype=torch.float64, device=device) for g in generators], 1)
-    return torch.rand(T, N, generator=generators, dtype=torch.float64, device=device)

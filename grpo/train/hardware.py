@@ -11,13 +11,14 @@ forward passes also run under bf16 autocast (`bf16`), the master weights staying
 each stays fp32, which is exact to the formula; every one is a flag away either way. Under
 --fsdp the sampling and LoRA-base copies are refused, so `auto` gives fp32 there.
 
-Memory (once the model is built: `resolve_memory`), from the memory the run may take (the GPU's
-free memory on CUDA, the system's available memory on a CPU). `micro_batch_tokens` auto: 1024
-tokens on a CPU, whose products are as fast on micro-batches that small (docs/performance.md:
-less memory and no slower); on a GPU 4096, halved (down to 1024) while the estimated update peak
-(train/memory.py) exceeds 80% of it, so its products stay large while the activations stay a
-fraction of the weights' memory. `gradient_checkpointing` auto: on only where the estimated peak without it
-does not fit (checkpointing costs a recomputed forward), off elsewhere.
+Memory (once the model is built: `resolve_memory`), from the memory the run may take
+(memory.available: the GPU's free memory on CUDA, the system's available memory on a CPU).
+`micro_batch_tokens` auto: 1024 tokens on a CPU, where small micro-batches keep the update's
+activations low (docs/performance.md has what they cost and save); on a GPU 4096, halved (down to
+1024) while the estimated update peak (train/memory.py) exceeds 80% of it, so its products stay
+large while the activations stay a fraction of the weights' memory. `gradient_checkpointing`
+auto: on only where the estimated peak without it does not fit (checkpointing costs a recomputed
+forward), off elsewhere.
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ def resolve_precision(cfg, device, n_params: int, sharded: bool = False, has_bf1
     if cfg.bf16 is None:
         cfg.bf16 = device.type == "cuda" and native
         chosen.append(f"bf16 autocast {'on' if cfg.bf16 else 'off'}")
+    bf16_sampling_by_auto = cfg.rollout_dtype == "auto" and native and not sharded
     for name, allowed in (("rollout_dtype", not sharded), ("reference_dtype", needs_reference(cfg)),
                           ("lora_base_dtype", bool(cfg.lora_rank) and not sharded)):
         if getattr(cfg, name) == "auto":
             setattr(cfg, name, "bf16" if native and allowed else "fp32")
             if allowed:
                 chosen.append(f"{name} {getattr(cfg, name)}")
-    if "rollout_dtype bf16" in chosen and cfg.rollout_correction == "none":
+    if bf16_sampling_by_auto and cfg.rollout_correction == "none":
         cfg.rollout_correction = "tis"
         chosen.append("rollout_correction tis")
     if not chosen:
@@ -78,21 +80,11 @@ def unresolved(cfg, key: str) -> bool:
     return key in AUTO and getattr(cfg, key) in (None, "auto")
 
 
-def available(device: torch.device) -> float | None:
-    """Bytes the run may still take on `device`: the GPU's free memory plus what this process holds
-    there, or the system's available memory plus this process's resident set."""
-    from .memory import available_bytes, resident_bytes
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device)
-    free = available_bytes()
-    return None if free is None else free + resident_bytes()
-
-
 def resolve_memory(cfg, device, estimate_with, log) -> list[str]:
     """Resolve `micro_batch_tokens` and `gradient_checkpointing` left at auto, in place.
     `estimate_with(**settings)` gives memory.Estimate of the run with those settings changed.
     Returns what was chosen (and logs it)."""
+    from .memory import available
     device = torch.device(device)
     room = available(device)
     chosen = []

@@ -32,7 +32,7 @@ from . import checkpoint, memory
 from .evaluate import evaluate, evaluate_episodes, headline
 from .levers import plug
 from .phases import autocast
-from .hardware import available, resolve_memory
+from .hardware import resolve_memory
 from .setup import build_models, checkpoint_activations, make_output_dir, save_final
 from .signals import Stopped, stop_on_signals
 from .state import RunState, new_run_state, whole_state
@@ -169,7 +169,7 @@ def _memory_plan(run: Run, log) -> None:
     resolve_memory(cfg, run.device, estimate_with, log)
     if cfg.gradient_checkpointing and not checkpointing:
         checkpoint_activations(run.actor)
-    memory.check(cfg, run.actor, ids.shape[1], run.world.size, in_memory, log, room=available(run.device))
+    memory.check(cfg, run.actor, ids.shape[1], run.world.size, in_memory, log, device=run.device)
 
 
 def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:

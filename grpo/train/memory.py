@@ -22,9 +22,11 @@ import math
 import os
 from dataclasses import dataclass
 
+import torch
+
 from ..models.loading import hf_model
 from ..models.lora import plain_lora_layers
-from .microbatch import CPU_MICRO_BATCH_TOKENS
+from .microbatch import token_budget
 
 LIBRARIES = 0.45 * 2 ** 30
 
@@ -62,7 +64,7 @@ def estimate(cfg, actor, prompt_width: int, world_size: int = 1, reference_in_me
     seqs = cfg.prompts_per_step // world_size * cfg.group_size // cfg.minibatches
     width = prompt_width + cfg.max_new_tokens
     rows = max(1, -(-seqs // cfg.grad_accum))
-    budget = CPU_MICRO_BATCH_TOKENS if cfg.micro_batch_tokens is None else cfg.micro_batch_tokens
+    budget = token_budget(cfg.micro_batch_tokens)
     if budget and rows * width > budget:
         rows = max(1, budget // width)
     tokens = rows * width
@@ -105,7 +107,7 @@ def resident_bytes() -> float:
 def advice(cfg) -> str:
     """The settings that lower the update's peak, in the order they help most."""
     tips = []
-    budget = CPU_MICRO_BATCH_TOKENS if cfg.micro_batch_tokens is None else cfg.micro_batch_tokens
+    budget = token_budget(cfg.micro_batch_tokens)
     if budget == 0 or budget > 1024:
         tips.append(f"--micro-batch-tokens {max(512, (budget or 8192) // 4)}")
     if not cfg.gradient_checkpointing:
@@ -123,17 +125,24 @@ def describe(est: Estimate, cfg) -> str:
             f"tokens per minibatch; sampling {est.sampling / gb:.1f} GB)")
 
 
+def available(device=None) -> float | None:
+    """Bytes a run may still take on `device`: a GPU's free memory plus what this process holds
+    there, or (a CPU, the default) the system's available memory plus this process's resident set."""
+    if device is not None and torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device)
+    free = available_bytes()
+    return None if free is None else free + resident_bytes()
+
+
 def check(cfg, actor, prompt_width: int, world_size: int, reference_in_memory: bool, log,
-          room: float | None = None) -> Estimate:
+          device=None) -> Estimate:
     """Log the estimate and the micro-batch plan; with `memory_check`, stop (ConfigError) when the
-    estimate exceeds `room`, the bytes the run may take on its device (default: what this
-    process holds plus what the system has available)."""
+    estimate exceeds what the run may take on `device` (`available`)."""
     from ..config import ConfigError
     est = estimate(cfg, actor, prompt_width, world_size, reference_in_memory)
     log(describe(est, cfg))
-    if room is None:
-        free = available_bytes()
-        room = resident_bytes() + free if free is not None else None
+    room = available(device)
     if cfg.memory_check and room is not None and est.peak > room:
         gb = 2 ** 30
         raise ConfigError(f"memory: the step needs about {est.peak / gb:.1f} GB, and this machine has "

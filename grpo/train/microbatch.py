@@ -12,10 +12,16 @@ gradients up to float rounding.
 
 from __future__ import annotations
 
-CPU_MICRO_BATCH_TOKENS = 1024          # micro_batch_tokens auto on a CPU (train/hardware.py)
-
 import torch
 from torch import Tensor
+
+CPU_MICRO_BATCH_TOKENS = 1024          # micro_batch_tokens auto on a CPU (train/hardware.py)
+
+
+def token_budget(micro_batch_tokens: int | None) -> int:
+    """The budget a `micro_batch_tokens` setting gives: left to auto and not resolved (outside a
+    run), the CPU's."""
+    return CPU_MICRO_BATCH_TOKENS if micro_batch_tokens is None else micro_batch_tokens
 
 from ..rollout import Rollout
 
@@ -24,11 +30,10 @@ def padded_tokens(rows: int, prompt_width: int, longest: int) -> int:
     return rows * (prompt_width + longest)
 
 
-def plan(seqs: Tensor, lengths: Tensor, prompt_width: int, budget: int, least: int = 1) -> list[Tensor]:
+def plan(seqs: Tensor, lengths: Tensor, prompt_width: int, budget: int | None, least: int = 1) -> list[Tensor]:
     """Micro-batches (index tensors into the rollout) of `seqs`; `lengths` (N,) the completion
     lengths of every sequence of the rollout; `budget` 0: no token budget."""
-    if budget is None:                     # left to auto and not resolved (outside a run): the CPU's
-        budget = CPU_MICRO_BATCH_TOKENS
+    budget = token_budget(budget)
     n = len(seqs)
     if n == 0:
         return []
