@@ -141,8 +141,8 @@ def cmd_train(args, argv: list[str]) -> int:
         if pick_device(cfg.device).type == "cpu":
             _process_memory_policy()
     _quiet_transformers()
-    from .train import train
-    summary = train(cfg)
+    from .api import fit
+    summary = fit(cfg)
     if os.environ.get("RANK", "0") != "0":
         return 0
     if "eval_after" in summary:

@@ -143,6 +143,9 @@ class TrainConfig:
     kl_estimator: Literal["k1", "k2", "k3", "full"] = _f(
         "k1", "Per-token KL to the reference: k1 log-ratio, k2 half squared log-ratio, k3 (DeepSeekMath), full vocabulary sum.")
     beta: float = _f(0.05, "KL weight (0 turns the KL term, and the reference forward unless ratio_vs=ref, off).", min=0.0)
+    kl_ratio_weight: bool = _f(False, "Weight each token's sampled KL estimate by its ratio pi / pi_old (the sequence's "
+                                      "for gspo), with its gradient: the importance-sampling correction of a KL "
+                                      "estimated on tokens drawn from pi_old (TRL's use_bias_correction_kl).")
     kl_clamp: Optional[float] = _f(None, "Clamp each token's sampled KL estimate (k1, k2, k3) to [-c, c]: one token "
                                          "far from the reference cannot dominate the term. Empty: no clamp.", gt=0.0)
     mask_truncated_completions: bool = _f(
@@ -182,6 +185,9 @@ class TrainConfig:
     adam_beta1: float = _f(0.9, "AdamW beta1.", min=0.0, lt=1.0)
     adam_beta2: float = _f(0.99, "AdamW beta2.", min=0.0, lt=1.0)
     warmup_steps: int = _f(0, "Linear learning-rate warm-up, in optimizer steps.", min=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = _f(
+        "constant", "The learning rate after the warm-up: `constant`, or decaying to 0 at the last optimizer step, "
+                    "`linear` or `cosine` (half a cosine wave).")
     max_grad_norm: float = _f(1.0, "Gradient clipping by global norm (0 = off).", min=0.0)
     updates_per_batch: int = _f(1, "mu: passes over each sampled batch.", min=1)
     minibatches: int = _f(1, "Optimizer steps per pass: the batch's groups are split into this many minibatches.", min=1)
@@ -190,7 +196,8 @@ class TrainConfig:
     micro_batch_tokens: Optional[int] = _f(
         None, "Token budget of one micro-batch of the update and reference passes: rows x (prompt width + longest "
               "completion), sequences of similar length packed together (0 = no budget, grad_accum alone). Empty "
-              "(auto): 1024 on a CPU; on a GPU 4096, halved down to 1024 while the estimated peak exceeds its free memory.", min=0)
+              "(auto): 4096, halved down to 1024 while the estimated update peak exceeds 80% of the memory available "
+              "(on a CPU, or 10% more than the 1024-token peak).", min=0)
     lora_rank: int = _f(0, "LoRA rank (0 = full fine-tuning). The reference is then the actor with the adapter disabled.", min=0)
     lora_alpha: Optional[float] = _f(None, "LoRA alpha. Empty: 2 x rank.", gt=0.0)
     lora_dropout: float = _f(0.0, "LoRA dropout.", min=0.0, lt=1.0)
@@ -274,7 +281,7 @@ class TrainConfig:
 # The parameters of the other policy losses and the settings most presets leave off, the same in every
 # preset unless it says otherwise (their sources' defaults).
 LOSS_PARAMETERS = dict(cispo_max=5.0, dual_clip_c=3.0, sapo_temperature_pos=1.0, sapo_temperature_neg=1.05,
-                       gmpo_epsilon=0.4, kl_clamp=None, mask_truncated_completions=False,
+                       gmpo_epsilon=0.4, kl_clamp=None, kl_ratio_weight=False, mask_truncated_completions=False,
                        rollout_correction="none", rollout_is_min=None, rollout_is_max=None, top_entropy_quantile=1.0,
                        entropy_coef=0.0, ref_sync_every=0, ref_sync_alpha=0.6, dynamic_sampling=False,
                        dynamic_sampling_max_draws=10)

@@ -36,6 +36,7 @@ LAYERS = [
     {"parallel", "demo"},
     {"fast"},
     {"train"},
+    {"api"},
     {"cli"},
     {"__main__", "__init__"},
 ]

@@ -345,7 +345,7 @@ def test_a_tiny_model_trains_in_fp32_whatever_the_cpu(tiny_config):
     lines = []
     train(cfg, log=lines.append)
     assert (cfg.rollout_dtype, cfg.reference_dtype, cfg.lora_base_dtype, cfg.bf16) == ("fp32", "fp32", "fp32", False)
-    assert cfg.micro_batch_tokens == 1024 and cfg.gradient_checkpointing is False
+    assert cfg.micro_batch_tokens == 4096 and cfg.gradient_checkpointing is False
     assert any(x.startswith("precision (auto;") for x in lines) and any(x.startswith("memory (auto):") for x in lines)
 
 
@@ -381,3 +381,27 @@ def test_bf16_sampling_copies_a_lora_actor_with_bf16_base_at_every_step(tiny_con
     train(cfg, log=lambda *a: None)
     rows = [json.loads(x) for x in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_auto_micro_batches_grow_on_a_cpu_only_where_they_cost_little_memory(tiny_config, monkeypatch):
+    """micro_batch_tokens auto: on a GPU the largest budget that fits; on a CPU the largest whose
+    update peak stays within 10% of the 1024-token one's (memory.estimate decides both)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from grpo.train import hardware, memory
+    monkeypatch.setattr(memory, "available", lambda device=None: 100e9)
+    gb = 2 ** 30
+
+    def estimate_with(acts_per_token):      # a fixed part plus activations proportional to the budget
+        def est(**s):
+            update = 2 * gb + acts_per_token * s["micro_batch_tokens"]
+            return SimpleNamespace(update=update, peak=update)
+        return est
+    for device, acts, expect in [("cpu", 10_000, 4096),          # 4096 tokens: +0.03 GB, within 10%
+                                 ("cpu", 300_000, 1024),         # 2048 tokens: +13%, too much
+                                 ("cpu", 120_000, 2048),         # 2048 within 10%, 4096 not
+                                 ("cuda", 300_000, 4096)]:       # a GPU takes the largest that fits
+        cfg = dataclasses.replace(tiny_config(), micro_batch_tokens=None, gradient_checkpointing=False)
+        hardware.resolve_memory(cfg, device, estimate_with(acts), lambda *a: None)
+        assert cfg.micro_batch_tokens == expect, (device, acts)

@@ -27,7 +27,7 @@ import os
 from typing import Any
 
 from ..config import ConfigError
-from .readers import Records, Where, at, kind_of, looks_like_path, short, read_records
+from .readers import Records, Where, at, kind_of, looks_like_path, object_records, short, read_records
 
 # Column names that would collide with the reward functions' positional arguments, or with the column
 # the trainer adds (the token count of each completion).
@@ -166,7 +166,30 @@ def split_rows(cfg) -> tuple[list[dict], list[dict], dict]:
             raise ConfigError(f"{ev_label}: no answer column {cfg.answer_column!r} (--answer-column), which the "
                               f"training rows of {label} have")
         info["heldout"] = f"{ev_label} ({len(held)} rows)"
-    elif n_eval:
+    return _held_out(cfg, label, train, held, info)
+
+
+def split_object_rows(cfg, data, eval_data=None) -> tuple[list[dict], list[dict], dict]:
+    """(training rows, held-out rows, info) for datasets handed in from Python (readers.object_records):
+    `eval_data` is the held-out split when given, else the last eval_size rows are held out."""
+    label = "train_dataset"
+    train = to_rows(label, object_records(data, label), cfg.prompt_column, cfg.answer_column)
+    info: dict[str, Any] = {"source": f"{label} ({len(train)} rows)"}
+    held: list[dict] = []
+    if eval_data is not None and cfg.eval_size:
+        held = to_rows("eval_dataset", object_records(eval_data, "eval_dataset"), cfg.prompt_column, cfg.answer_column)
+        if len(held) < cfg.eval_size:
+            raise ConfigError(f"eval_size is {cfg.eval_size} but eval_dataset has {len(held)} rows; lower eval_size "
+                              f"to {len(held)} or less")
+        info["heldout"] = f"eval_dataset ({len(held)} rows)"
+    return _held_out(cfg, label, train, held, info)
+
+
+def _held_out(cfg, label: str, train: list[dict], held: list[dict], info: dict) -> tuple[list[dict], list[dict], dict]:
+    """The last eval_size training rows held out when no held-out split was given, and training rows
+    whose prompt is among the held-out ones dropped."""
+    n_eval = cfg.eval_size
+    if not held and n_eval:
         if len(train) <= n_eval:
             raise ConfigError(f"{label} has {len(train)} rows, so holding out the last {n_eval} (eval_size) would "
                               "leave none to train on; lower --eval-size or give --eval-split")

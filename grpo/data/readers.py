@@ -182,6 +182,29 @@ def _dataset_records(ds) -> Records:
             yield ("row", n), dict(zip(keys, values))
 
 
+def object_records(data: Any, label: str) -> Records:
+    """Records of a dataset handed in from Python: a `datasets.Dataset`, a list of row mappings, a
+    mapping of column -> list (a DataFrame's `to_dict("list")`), or a pandas DataFrame."""
+    if hasattr(data, "iter") and hasattr(data, "column_names"):          # datasets.Dataset
+        return _dataset_records(data)
+    if hasattr(data, "keys") and all(hasattr(v, "column_names") for v in data.values()):   # DatasetDict
+        raise ConfigError(f"{label}: a DatasetDict with splits {', '.join(data)}; pass one split, e.g. "
+                          f"dataset[{next(iter(data), 'train')!r}]")
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):            # pandas.DataFrame
+        data = data.to_dict("records")
+    if isinstance(data, dict):
+        columns = {k: list(v) for k, v in data.items()}
+        sizes = {len(v) for v in columns.values()}
+        if len(sizes) > 1:
+            raise ConfigError(f"{label}: a mapping of columns whose lengths differ "
+                              f"({', '.join(f'{k}: {len(v)}' for k, v in columns.items())})")
+        data = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise ConfigError(f"{label}: expected a datasets.Dataset, a list of rows or a mapping of columns, got "
+                          f"{kind_of(data)}")
+    return ((("row", i), rec) for i, rec in enumerate(data, 1))
+
+
 def _is_saved_dataset(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
 

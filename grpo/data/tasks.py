@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config import ConfigError
-from .datasets import split_rows
+from .datasets import split_object_rows, split_rows
 from .verifiers import exact_match, extract_answer
 
 
@@ -265,14 +265,15 @@ def build_task(cfg) -> Task:
     return get_task(name)
 
 
-def dataset_task(cfg) -> Task:
-    """The Task of `cfg.dataset`: rows as read, held-out rows as grpo/data/datasets.py describes, and
+def dataset_task(cfg, data=None, eval_data=None) -> Task:
+    """The Task of `cfg.dataset` (or of `data`, a dataset handed in from Python, with `eval_data` its
+    held-out split): rows as read, held-out rows as grpo/data/datasets.py describes, and
     `exact_match` as the default reward when the data has an answer column (none otherwise)."""
-    train, held, info = split_rows(cfg)
+    train, held, info = split_rows(cfg) if data is None else split_object_rows(cfg, data, eval_data)
 
     def row(index: int, heldout: bool) -> dict:
         return dict((held if heldout else train)[index])
 
     rewards = {"exact_match": exact_match} if "answer" in train[0] else {}
-    return Task(name=cfg.dataset, train_size=len(train), heldout_size=len(held), row=row, rewards=rewards,
+    return Task(name=cfg.dataset or "train_dataset", train_size=len(train), heldout_size=len(held), row=row, rewards=rewards,
                 info=info)

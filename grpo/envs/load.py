@@ -20,6 +20,13 @@ def load_env(spec: str, task=None, cfg=None):
         raise ConfigError(f"env: unknown environment {spec!r}; built-in: {', '.join(BUILTIN)}; your own is "
                           "module:Class or path/to/file.py:Class")
     name, cls = load_attribute(spec, setting="env", kind="Class")
+    return check_env(name, cls, spec)
+
+
+def check_env(name: str, cls, spec=None):
+    """`cls` if it makes environments (a class with reset and step, its tools described, made
+    without arguments), else a ConfigError naming it."""
+    spec = spec or name
     if not inspect.isclass(cls):
         raise ConfigError(f"env: {spec!r} is not a class (it is {type(cls).__name__}); an environment is a class "
                           "with reset(row) and step(text) methods")

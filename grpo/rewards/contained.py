@@ -249,6 +249,7 @@ class Contained:
     def __init__(self, pool: WorkerPool, name: str, fn: Callable):
         self.pool, self.name, self.fn = pool, name, fn
         self.__doc__ = getattr(fn, "__doc__", None)
+        self.wants_completion_ids = getattr(fn, "wants_completion_ids", False)
 
     def __call__(self, prompts, completions, **columns) -> list:
         return self.pool.run([(self.name, list(prompts), list(completions), columns)], stop_at_failure=True)[self.name]

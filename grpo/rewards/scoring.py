@@ -24,7 +24,7 @@ from .builtins import (BUILTINS, exact_match, format_reward, math_verify, overlo
                        think_answer_format)
 from .checks import Failure, RewardError, call
 from .contained import Contained, WorkerPool, default_workers
-from .user import load_function, parse_spec
+from .user import load_function, parse_spec, target_of
 
 
 class RewardFns(dict):
@@ -55,12 +55,13 @@ def score(reward_fns: dict[str, tuple[Callable, float]], prompts: list[str], com
         if isinstance(fn, Contained):
             pools.setdefault(fn.pool, []).append(name)
         else:
-            results[name] = call(name, fn, prompts, completions, columns)
+            results[name] = call(name, fn, prompts, completions, columns_for(fn, columns))
             first = next((v for v in results[name] if isinstance(v, Failure)), None)
             if first is not None and stop:
                 raise RewardError(first.message(hint=True))
     for pool, names in pools.items():
-        results.update(pool.run([(name, prompts, completions, columns) for name in names], stop_at_failure=stop))
+        results.update(pool.run([(name, prompts, completions, columns_for(reward_fns[name][0], columns))
+                                 for name in names], stop_at_failure=stop))
     total = torch.zeros(n, dtype=torch.float32)
     per_fn, unscorable, failed = {}, {}, {}
     for name, (fn, weight) in reward_fns.items():
@@ -73,6 +74,25 @@ def score(reward_fns: dict[str, tuple[Callable, float]], prompts: list[str], com
         per_fn[name] = torch.tensor([v if isinstance(v, float) else 0.0 for v in values], dtype=torch.float32)
         total += weight * per_fn[name]
     return total, per_fn, unscorable, failed
+
+
+IDS = "completion_ids"     # a column given only to functions that ask for it (wants_completion_ids)
+
+
+def wants_ids(reward_fns: dict) -> bool:
+    """Whether a function of the run takes each completion's token ids (TRL-style functions do)."""
+    return any(getattr(fn, "wants_completion_ids", False) for fn, _ in reward_fns.values())
+
+
+def completion_ids(roll) -> list[list[int]]:
+    """Each completion's sampled token ids, its end-of-sequence token included (a rollout.Rollout)."""
+    return [row[:n].tolist() for row, n in zip(roll.completion_ids.cpu(), roll.lengths.tolist())]
+
+
+def columns_for(fn, columns: dict) -> dict:
+    if IDS in columns and not getattr(fn, "wants_completion_ids", False):
+        return {k: v for k, v in columns.items() if k != IDS}
+    return columns
 
 
 # ====================================================================== the run's reward functions
@@ -113,12 +133,15 @@ def _unknown(name: str, task) -> ConfigError:
                        "a function of your own is given as module:function or path/to/file.py:function")
 
 
-def build_reward_fns(cfg, task, device=None) -> RewardFns:
+def build_reward_fns(cfg, task, device=None, extra=()) -> RewardFns:
     """The run's weighted reward functions, in this order: the --reward specs (default: the task's own
-    rewards, weight 1), then --reward-model as "reward_model", then "overlong" when --overlong-penalty
-    is on and no `overlong` spec was given.  Raises ConfigError on any bad spec. The user's own
-    functions (module:function, file.py:function) run contained in `reward_workers` worker
-    processes unless that is 0; `close()` the result to stop them."""
+    rewards, weight 1, unless `extra` gives functions), then `extra`'s (name, function, weight) (functions
+    handed in from Python), then --reward-model as "reward_model", then "overlong" when
+    --overlong-penalty is on and no `overlong` spec was given.  Raises ConfigError on any bad spec.
+    The user's own functions (module:function, file.py:function) run contained in `reward_workers`
+    worker processes unless that is 0; functions handed in from Python run in this process unless
+    `reward_workers` is set above 0 (then they must be importable: user.target_of); `close()` the
+    result to stop the workers."""
     task_rewards = dict(getattr(task, "rewards", None) or {})
     names = tuple(BUILTINS) + tuple(task_rewards)
     fns = RewardFns()
@@ -144,9 +167,14 @@ def build_reward_fns(cfg, task, device=None) -> RewardFns:
             add(target, task_rewards[target], weight, spec)
         else:
             raise _unknown(target, task)
-    if not cfg.reward:
+    if not cfg.reward and not extra:
         for name, fn in task_rewards.items():
             add(name, fn, 1.0, "the task's rewards")
+    workers = getattr(cfg, "reward_workers", 0)
+    for name, fn, weight in extra:
+        add(name, fn, weight, f"the function {name!r}")
+        if workers:                      # asked for by number: contained, found again by its module and name
+            own[name] = target_of(name, fn)
 
     if cfg.reward_model:
         from .reward_model import RewardModel      # loads transformers' model classes: only when asked
@@ -163,7 +191,6 @@ def build_reward_fns(cfg, task, device=None) -> RewardFns:
     if not fns:
         raise ConfigError(f"reward: no reward function: task {getattr(task, 'name', '?')!r} has none of its own; "
                           "give --reward or --reward-model")
-    workers = getattr(cfg, "reward_workers", 0)
     if own and workers != 0:
         fns.pool = WorkerPool(own, workers or default_workers(), getattr(cfg, "reward_timeout", 60.0))
         for name in own:

@@ -117,11 +117,11 @@ def load_function(target: str) -> tuple[str, Callable]:
     if not callable(fn):
         kind = type(fn).__name__
         raise ConfigError(f"reward: {target!r} is not a function (it is {'an' if kind[0] in 'aeiou' else 'a'} {kind})")
-    _check_signature(target, attr, fn)
+    check_signature(target, attr, fn)
     return attr, fn
 
 
-def _check_signature(target: str, attr: str, fn: Callable) -> None:
+def check_signature(target: str, attr: str, fn: Callable) -> None:
     """A function that cannot be called as fn(prompts, completions) is refused when the run starts."""
     try:
         sig = inspect.signature(fn)
@@ -132,3 +132,28 @@ def _check_signature(target: str, attr: str, fn: Callable) -> None:
     except TypeError:
         raise ConfigError(f"reward: {target} takes {str(sig).split(' -> ')[0]}, but a reward function is called as "
                           f"{attr}(prompts, completions, **columns)") from None
+
+
+def target_of(name: str, fn: Callable) -> str:
+    """The `module:function` or `path/to/file.py:function` under which a reward worker finds `fn`
+    again (a worker is another process: it imports the function, it is not handed the object)."""
+    import inspect
+
+    from .trl_style import PREFIX, TRLStyle
+    if isinstance(fn, TRLStyle):
+        return PREFIX + target_of(name, fn.fn)
+    qual = getattr(fn, "__qualname__", "")
+    module = getattr(fn, "__module__", None)
+    if not inspect.isfunction(fn) or "<" in qual or "." in qual:
+        raise ConfigError(f"reward: {name!r} ({type(fn).__name__} {qual or fn!r}) cannot run in a reward worker: a "
+                          "worker imports its function by module and name, so it must be a function defined at the "
+                          "top level of a file; define it so, or run rewards in this process (reward_workers 0)")
+    from importlib.machinery import PathFinder
+    if module and module != "__main__" and PathFinder.find_spec(module.split(".")[0], sys.path) is not None:
+        return f"{module}:{qual}"                  # importable by name from the path the workers are given
+    source = inspect.getsourcefile(fn)
+    if not source or not os.path.isfile(source):
+        raise ConfigError(f"reward: {name!r} was not defined in a file (a notebook cell or the interactive prompt), so "
+                          "a reward worker cannot import it; run rewards in this process (reward_workers 0) or "
+                          "define it in a .py file")
+    return f"{source}:{qual}"

@@ -31,16 +31,25 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def _load(target: str):
+    """The function of `target`; `trl:TARGET`, a function written for TRL's trainer, wrapped (trl_style.py)."""
+    from .trl_style import PREFIX, TRLStyle
+    from .user import load_attribute, load_function
+    if target.startswith(PREFIX):
+        name, fn = load_attribute(target[len(PREFIX):])
+        return TRLStyle(fn, name)
+    return load_function(target)[1]
+
+
 def serve(conn: Connection) -> None:
     from ..config import ConfigError
     from .checks import BatchFailed, values_of
-    from .user import load_function
 
     _, targets, sys_path, cwd = conn.recv()
     os.chdir(cwd)
     sys.path[:] = sys_path
     try:
-        fns = {name: load_function(target)[1] for name, target in targets.items()}
+        fns = {name: _load(target) for name, target in targets.items()}
     except ConfigError as e:
         conn.send(("load_error", str(e)))
         return

@@ -19,6 +19,7 @@ import torch
 from ..config import ConfigError
 from ..data.prompts import encode_for_model
 from ..rewards import score
+from ..rewards.scoring import IDS, completion_ids, wants_ids
 from ..rollout import HFEngine, RolloutEngine, SamplingSettings, decode
 
 
@@ -55,6 +56,8 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
         prompts = [r["prompt"] for r in part for _ in range(k)]
         columns = {c: [r[c] for r in part for _ in range(k)] for c in part[0] if c != "prompt"}
         columns["completion_length"] = roll.lengths.tolist()
+        if wants_ids(checks):
+            columns[IDS] = completion_ids(roll)
         total, per_fn, _, _ = score(checks, prompts, texts, columns, failure=getattr(fns, "failure", None))
         totals.append(total)                  # the task verifier, when added, weighs 0
         for name in checks:

@@ -13,10 +13,12 @@ each stays fp32, which is exact to the formula; every one is a flag away either 
 
 Memory (once the model is built: `resolve_memory`), from the memory the run may take
 (memory.available: the GPU's free memory on CUDA, the system's available memory on a CPU).
-`micro_batch_tokens` auto: 1024 tokens on a CPU, where small micro-batches keep the update's
-activations low (docs/performance.md has what they cost and save); on a GPU 4096, halved (down to
-1024) while the estimated update peak (train/memory.py) exceeds 80% of it, so its products stay
-large while the activations stay a fraction of the weights' memory. `gradient_checkpointing`
+`micro_batch_tokens` auto: the first of 4096, 2048, 1024 tokens whose estimated update peak
+(train/memory.py) stays within 80% of that memory, so the update's products stay large; on a CPU
+also within 10% of the 1024-token peak, so a larger micro-batch is taken only where it costs
+little memory (a checkpointed full fine-tune: fewer, larger products ran faster; LoRA without
+checkpointing: larger micro-batches held a third more memory and ran no faster;
+docs/performance.md). `gradient_checkpointing`
 auto: on only where the estimated peak without it does not fit (checkpointing costs a recomputed
 forward), off elsewhere.
 """
@@ -27,11 +29,11 @@ import torch
 
 from ..common import cpu_has_bf16
 from ..config import needs_reference
-from .microbatch import CPU_MICRO_BATCH_TOKENS
 
 BF16_MIN_PARAMS = 50_000_000       # below this, sampling a CPU model is not bound by its weights' bytes
 AUTO = ("bf16", "rollout_dtype", "reference_dtype", "lora_base_dtype", "gradient_checkpointing", "micro_batch_tokens")
-GPU_MICRO_BATCH_TOKENS = (4096, 2048, 1024)        # auto tries these in turn on a GPU
+MICRO_BATCH_TOKENS = (4096, 2048, 1024)         # auto tries these in turn
+CPU_PEAK_ALLOWANCE = 1.1        # on a CPU, a larger micro-batch only where its peak is within 10% of the smallest's
 
 
 def native_bf16(device: torch.device, n_params: int, has_bf16=cpu_has_bf16) -> bool:
@@ -90,10 +92,11 @@ def resolve_memory(cfg, device, estimate_with, log) -> list[str]:
     chosen = []
     if cfg.micro_batch_tokens is None:
         gc = bool(cfg.gradient_checkpointing)
-        tries = GPU_MICRO_BATCH_TOKENS if device.type == "cuda" else (CPU_MICRO_BATCH_TOKENS,)
-        fits = [t for t in tries if room is None or
-                estimate_with(micro_batch_tokens=t, gradient_checkpointing=gc).update <= 0.8 * room]
-        cfg.micro_batch_tokens = (fits or tries[-1:])[0]
+        peaks = {t: estimate_with(micro_batch_tokens=t, gradient_checkpointing=gc).update for t in MICRO_BATCH_TOKENS}
+        least = peaks[MICRO_BATCH_TOKENS[-1]]
+        fits = [t for t in MICRO_BATCH_TOKENS if (room is None or peaks[t] <= 0.8 * room)
+                and (device.type == "cuda" or peaks[t] <= CPU_PEAK_ALLOWANCE * least)]
+        cfg.micro_batch_tokens = (fits or MICRO_BATCH_TOKENS[-1:])[0]
         chosen.append(f"micro_batch_tokens {cfg.micro_batch_tokens}")
     if cfg.gradient_checkpointing is None:
         without = estimate_with(gradient_checkpointing=False)

@@ -38,21 +38,24 @@ from .signals import Stopped, stop_on_signals
 from .state import RunState, new_run_state, whole_state
 from ..envs import episode_limits
 from ..envs.load import load_env
+from .inputs import Callbacks, Inputs
 from .step import Run, train_step
 from .update import trainable
 
 
-def train(cfg: TrainConfig, log=print, watch=None) -> dict:
+def train(cfg: TrainConfig, log=print, watch=None, inputs: Inputs | None = None) -> dict:
     """Train as `cfg` says; the run's summary (also written to summary.json). `watch(phase)`: a
-    context wrapped around each phase of each step (for measurements)."""
+    context wrapped around each phase of each step (for measurements). `inputs`: Python objects
+    that take the place of settings, and callbacks (train/inputs.py; grpo.fit builds them)."""
     world, device = init(cfg.device, bucket_bytes=int(cfg.grad_bucket_mb * 2 ** 20))
     try:
-        return _train(cfg, world, device, log if world.main else (lambda *a, **k: None), watch)
+        return _train(cfg, world, device, log if world.main else (lambda *a, **k: None), watch, inputs or Inputs())
     finally:
         close(world)
 
 
-def _train(cfg: TrainConfig, world: World, device, log, watch=None) -> dict:
+def _train(cfg: TrainConfig, world: World, device, log, watch=None, inputs: Inputs | None = None) -> dict:
+    inputs = inputs or Inputs()
     t_start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -67,7 +70,8 @@ def _train(cfg: TrainConfig, world: World, device, log, watch=None) -> dict:
         raise ConfigError(f"resume: {resume_from} is at step {at} and max_steps is {cfg.max_steps}: "
                           "nothing left to do; raise --max-steps to train further")
     out = _output_dir(cfg, world, resuming=resume_from is not None)
-    run, model_path = build_run(cfg, world, device, out, log)
+    run, model_path = build_run(cfg, world, device, out, log, inputs)
+    run.callbacks = Callbacks(inputs.callbacks if world.main else ())
     try:
         return _train_run(cfg, world, run, model_path, resume_from, out, log, watch, t_start)
     finally:
@@ -85,6 +89,8 @@ def _train_run(cfg: TrainConfig, world: World, run: Run, model_path, resume_from
         f"G={cfg.group_size}, {cfg.max_steps} steps -> {out}")
     summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
     sinks = _open_sinks(cfg, out, world, st.step, resume_from is not None, log)
+    run.callbacks.train_begin({"output_dir": str(out), "max_steps": cfg.max_steps, "step": st.step, "model": run.actor,
+                               "tokenizer": run.tokenizer})
     try:
         if cfg.eval_size and st.eval_before is None:
             st.eval_before = _evaluate(run, sinks, log, "before", 0)
@@ -98,6 +104,7 @@ def _train_run(cfg: TrainConfig, world: World, run: Run, model_path, resume_from
         summary.update(steps=cfg.max_steps, skipped_updates=st.skipped_total, seconds=round(time.time() - t_start, 1),
                        processes=world.size, sharded=run.shard)
         _write_results(run, out, summary, model_path)
+        run.callbacks.train_end(summary)
     except BaseException:
         with contextlib.suppress(Exception):       # the trackers mark the run as stopped, not finished
             sinks.close(None)
@@ -129,14 +136,17 @@ def _output_dir(cfg: TrainConfig, world: World, resuming: bool) -> Path:
     return Path(world.broadcast_object(str(out)))
 
 
-def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[Run, str]:
+def build_run(cfg: TrainConfig, world: World, device, out: Path, log, inputs: Inputs | None = None) -> tuple[Run, str]:
     """Task and rewards first (their errors come before the minutes a model load takes), then the
-    models, the same weights on every rank, sharded where asked."""
-    task = build_task(cfg)
-    env = load_env(cfg.env, task, cfg) if cfg.env else None
+    models, the same weights on every rank, sharded where asked. `inputs`: objects in place of
+    the settings that name them (train/inputs.py)."""
+    inputs = inputs or Inputs()
+    task = inputs.task if inputs.task is not None else build_task(cfg)
+    env = inputs.env if inputs.env is not None else load_env(cfg.env, task, cfg) if cfg.env else None
     # an episode's reward is its environment's; --reward / --reward-model add to it when given
-    reward_fns = build_reward_fns(cfg, task, device) if env is None or cfg.reward or cfg.reward_model else RewardFns()
-    if not cfg.model and world.active:         # the demo model is built once, by rank 0, if not cached
+    reward_fns = (build_reward_fns(cfg, task, device, extra=inputs.rewards)
+                  if env is None or cfg.reward or cfg.reward_model or inputs.rewards else RewardFns())
+    if not cfg.model and inputs.model is None and world.active:         # the demo model is built once, by rank 0, if not cached
         if world.main:
             ensure_demo_model(recipe_for(cfg), log=log)
         world.barrier()
@@ -146,7 +156,8 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log) -> tuple[R
     spill = plug(Levers.of(cfg), device).spill
     try:
         actor, ref, tokenizer, model_path = build_models(cfg, device, log, spill=spill(out) if spill and not shard
-                                                         else None, shard=shard)   # resolves the `auto` precisions
+                                                         else None, shard=shard,   # resolves the `auto` precisions
+                                                         model=inputs.model, tokenizer=inputs.tokenizer)
     except BaseException:
         reward_fns.close()
         raise
@@ -220,6 +231,7 @@ def _evaluate(run: Run, sinks: Sinks, log, when: str, step: int, before: dict | 
                                       reward_fns=run.reward_fns, system_prompt=cfg.system_prompt,
                                       chat_template=cfg.chat_template, engine=run.plugged.engine)
             sinks.log_eval(step, when, result)
+            run.callbacks.evaluate(step, when, result)
             since = "" if before is None else f" (before: {headline(before)})"
             log(f"held-out {when}: {headline(result)}{since}")
         world.barrier()
@@ -236,16 +248,22 @@ def _steps(run: Run, st: RunState, sinks: Sinks, out: Path, log) -> None:
         for step in tqdm(range(st.step + 1, cfg.max_steps + 1), desc="grpo", dynamic_ncols=True,
                          initial=st.step, total=cfg.max_steps, disable=not world.main):
             st.step = step
+            run.callbacks.step_begin(step)
             metrics, batch = train_step(run, st)
             if cfg.ref_sync_every and step % cfg.ref_sync_every == 0:
                 run.ref.refresh(run.actor, cfg.ref_sync_alpha)            # TR-DPO's soft update
                 metrics["reference/refreshed"] = 1
             sinks.log(metrics, _samples(cfg, batch) if sinks else [])
-            stopping = world.max(float(stop.signum or 0))
+            asked = run.callbacks.step_end(step, metrics)         # a callback asks to stop: as a signal would
+            stopping = world.max(float(stop.signum or (STOP_ASKED if asked else 0)))
             if cfg.eval_size and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 _evaluate(run, sinks, tqdm.write if world.main else log, "during", step, before=st.eval_before)
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or stopping):
                 _checkpoint(run, st, out)
+            if stopping == STOP_ASKED:
+                log(_stopped_line(cfg, step, out, by="a callback"))
+                cfg.max_steps = step                 # the run ends here, as if it had been asked for this many
+                return
             if stopping:
                 raise Stopped(_stopped_line(cfg, step, out), int(stopping))
 
@@ -273,8 +291,8 @@ def _checkpoint(run: Run, st: RunState, out: Path) -> None:
         state["reference"] = run.ref.weights()
     if run.world.main:
         try:
-            checkpoint.save(out, st.step, run.actor, run.tokenizer, state, run.cfg.keep_checkpoints, weights,
-                            config=to_dict(run.cfg))
+            path = checkpoint.save(out, st.step, run.actor, run.tokenizer, state, run.cfg.keep_checkpoints, weights,
+                                   config=to_dict(run.cfg))
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -283,11 +301,16 @@ def _checkpoint(run: Run, st: RunState, out: Path) -> None:
                 f"checkpoint: no space left on the device for step {st.step} in {out / 'checkpoints'} "
                 f"({e.strerror}); " + (f"the last complete checkpoint is {last.name}: free some space, then continue "
                                        f"with --resume latest" if last else "no checkpoint was completed")) from None
+        run.callbacks.save(st.step, path)
     run.world.barrier()
 
 
-def _stopped_line(cfg, step: int, out: Path) -> str:
+STOP_ASKED = 0.5        # `stopping` when a callback asked the run to stop (a signal's number wins over it)
+
+
+def _stopped_line(cfg, step: int, out: Path, by: str = "") -> str:
     latest = checkpoint.latest(out)
+    step = f"{step} (asked by {by})" if by else step
     if latest is None:
         return (f"stopped after step {step} of {cfg.max_steps}; no checkpoint (checkpointing is off: "
                 f"--save-every N); outputs so far in {out}")

@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CPU_MICRO_BATCH_TOKENS = 1024          # micro_batch_tokens auto on a CPU (train/hardware.py)
+AUTO_MICRO_BATCH_TOKENS = 4096         # the largest micro_batch_tokens auto takes (on a GPU: train/hardware.py)
 
 
 def token_budget(micro_batch_tokens: int | None) -> int:
     """The budget a `micro_batch_tokens` setting gives: left to auto and not resolved (outside a
-    run), the CPU's."""
-    return CPU_MICRO_BATCH_TOKENS if micro_batch_tokens is None else micro_batch_tokens
+    run), the largest auto takes."""
+    return AUTO_MICRO_BATCH_TOKENS if micro_batch_tokens is None else micro_batch_tokens
 
 from ..rollout import Rollout
 

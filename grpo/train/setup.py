@@ -35,19 +35,24 @@ def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> Path:
     return out
 
 
-def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = False):
+def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = False, model=None, tokenizer=None):
     """Actor, reference (a models.reference.Reference, or None), tokenizer and the model path, as
     the config asks. `spill`: how a full fine-tune's frozen reference keeps its weights out of
     memory (None: in memory). `shard`: the models will be sharded (weights read into memory, not
-    mapped: see load_model)."""
-    if cfg.model:
-        model_path = cfg.model
+    mapped: see load_model). `model` (and `tokenizer`): a model the caller loaded, trained in
+    place of --model."""
+    if model is not None:
+        actor, tokenizer = given_model(model, tokenizer, device, log)
+        model_path = cfg.model or getattr(model, "name_or_path", None) or type(model).__name__
     else:
-        recipe = recipe_for(cfg)
-        model_path = ensure_demo_model(recipe, log=log)
-        if recipe is RECIPE:
-            log(DEMO_NOTE.format(preset=cfg.preset))
-    actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
+        if cfg.model:
+            model_path = cfg.model
+        else:
+            recipe = recipe_for(cfg)
+            model_path = ensure_demo_model(recipe, log=log)
+            if recipe is RECIPE:
+                log(DEMO_NOTE.format(preset=cfg.preset))
+        actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
     chosen = resolve_precision(cfg, device, sum(p.numel() for p in actor.parameters()), sharded=cfg.fsdp)
     if chosen:
         log(chosen)
@@ -59,6 +64,32 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
     if cfg.gradient_checkpointing:
         checkpoint_activations(actor)
     return actor, ref, tokenizer, model_path
+
+
+def given_model(model, tokenizer, device, log=print):
+    """A model object handed in from Python, checked, in fp32 on `device` (the trainer keeps fp32
+    master weights), with its tokenizer (loaded from the model's name_or_path when not given)."""
+    if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "generate", None)) \
+            or getattr(model, "config", None) is None:
+        raise ConfigError(f"model: expected a transformers causal language model (AutoModelForCausalLM), a model "
+                          f"folder or a hub id, got {type(model).__name__}")
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+        source = getattr(model, "name_or_path", None)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError, TypeError) as e:
+            raise ConfigError(f"model: no tokenizer was given and none loads from the model's name_or_path "
+                              f"{source!r} ({e}); pass the tokenizer too") from None
+    if getattr(tokenizer, "eos_token_id", None) is None:
+        raise ConfigError("tokenizer: it has no end-of-sequence token (eos_token), so no completion could end")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        log(f"model: its weights are {next(p.dtype for p in model.parameters() if p.dtype != torch.float32)}; "
+            "converted to fp32 master weights (bf16 runs through autocast and the bf16 settings)")
+        model = model.float()
+    return model.to(device), tokenizer
 
 
 def checkpoint_activations(actor) -> None:

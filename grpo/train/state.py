@@ -4,6 +4,7 @@ checkpoints (checkpoint.py), in the same layout sharded or not."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import deque
@@ -62,13 +63,30 @@ class RunState:
         self.step, self.skipped_total, self.eval_before = d["step"], d["skipped_total"], d["eval_before"]
 
 
+def optimizer_steps(cfg: TrainConfig) -> int:
+    """Optimizer steps of the whole run: each step's passes times its minibatches."""
+    return cfg.max_steps * cfg.updates_per_batch * cfg.minibatches
+
+
+def lr_factor(cfg: TrainConfig, s: int) -> float:
+    """The learning rate's factor at optimizer step s (0-based): a linear warm-up over warmup_steps,
+    then constant, or a linear or cosine decay that reaches 0 after the run's last optimizer step."""
+    if s < cfg.warmup_steps:
+        return (s + 1) / (cfg.warmup_steps + 1)
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(1, optimizer_steps(cfg) - cfg.warmup_steps)
+    done = min(1.0, (s - cfg.warmup_steps) / span)
+    return 1.0 - done if cfg.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 def new_run_state(cfg: TrainConfig, actor, device, shard: bool = False) -> RunState:
     params = trainable(actor)
     # fused: one kernel per step, without the foreach path's parameter-sized temporaries
     opt = torch.optim.AdamW(fsdp.param_groups(params) if shard else params, lr=cfg.lr,
                             betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
                             fused=torch.device(device).type in ("cpu", "cuda"))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, cfg))
     return RunState(opt, sched, random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1), BetaController(cfg),
                     deque(maxlen=cfg.baseline_window - 1))
 

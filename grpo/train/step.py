@@ -29,6 +29,7 @@ from ..models.lora import lora_merged, sampling_copy
 from ..models.loading import hf_model
 from ..parallel.world import World, prompt_seed
 from ..rewards import score as score_rewards
+from ..rewards.scoring import IDS, completion_ids, wants_ids
 from ..rollout import Rollout, SamplingSettings, decode
 from ..rollout.base import concat
 from . import microbatch
@@ -55,6 +56,7 @@ class Run:
     watch: Any = None         # a phase name -> context, wrapped around each phase (phases.py)
     env: Any = None           # --env's class: each completion is an episode (grpo/envs)
     episode_stats: dict | None = None   # this step's episode figures, this rank's (turns, tool calls, ...)
+    callbacks: Any = None     # train/inputs.Callbacks: the caller's callbacks (rank 0's; none elsewhere)
 
     def phases(self) -> Phases:
         return Phases(self.cfg, self.device, self.plugged.memory, self.actor, self.ref, self.shard, self.watch)
@@ -185,6 +187,8 @@ def score(cfg, rows, texts, roll, reward_fns) -> tuple[torch.Tensor, dict, dict]
     prompts = [r["prompt"] for r in rows for _ in range(G)]
     columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
     columns["completion_length"] = roll.lengths.tolist()       # for length-aware rewards (overlong)
+    if wants_ids(reward_fns):
+        columns[IDS] = completion_ids(roll)
     total, per_fn, _, failed = score_rewards(reward_fns, prompts, texts, columns)
     return total.view(len(rows), G), per_fn, failed
 

@@ -68,11 +68,23 @@ def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old:
         kl = st.full_kl if full_kl else losses.kl_estimate(st.logp, ref_logp, cfg.kl_estimator)
         if cfg.kl_clamp is not None and not full_kl:
             kl = kl.clamp(-cfg.kl_clamp, cfg.kl_clamp)
+        if cfg.kl_ratio_weight:                     # the estimate's importance weight pi / pi_old, differentiable
+            kl = kl * torch.exp(_log_ratio(cfg, st.logp, train_old if train_old is not None else roll.logprobs,
+                                           roll.loss_tokens))
     per_token = policy + beta * kl if (kl is not None and beta > 0) else policy
     if cfg.entropy_coef > 0:                        # the bonus: its gradient raises each token's entropy
         per_token = per_token - cfg.entropy_coef * st.entropy
     return TokenTerms(batch.loss_mask[micro, :W], per_token, policy, kl, pol.ratio, pol.clipped_low,
                       pol.clipped_high, st.entropy.detach(), mismatch)
+
+
+def _log_ratio(cfg, logp: torch.Tensor, old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log pi / pi_old per token (n, W), or each sequence's mean over its tokens (n, 1) for gspo."""
+    lr = logp - old.detach()
+    if cfg.policy_loss == "gspo":
+        m = mask.to(lr.dtype)
+        return (lr * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)
+    return lr
 
 
 class Tally:
