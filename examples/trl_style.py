@@ -12,6 +12,7 @@ import re
 import time
 
 import reasoning_gym
+import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import TrainerCallback
@@ -74,6 +75,8 @@ config = GRPOConfig(
     logging_steps=1,
     save_strategy="no",
     report_to="none",
+    use_cpu=not torch.cuda.is_available(),
+    bf16=torch.cuda.is_available(),       # bf16 autocast on a GPU; fp32 on a CPU
 )
 trainer = GRPOTrainer(
     model=args.model,
