@@ -359,3 +359,20 @@ def test_a_reward_model_path_among_the_reward_funcs(tiny_model_dir, tmp_path):
     for r in _metrics(tmp_path / "api"):
         assert r["reward/mean"] == pytest.approx(r["reward/correct/mean"] + 0.5 * r["reward/reward_model/mean"],
                                                  abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_loaded_model_and_tokenizer_train_as_their_path_does(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    mod, _ = _module(tmp_path, "trl_rewards", TRL_REWARDS)
+    outs = []
+    for given in ("path", "objects"):
+        out = tmp_path / given
+        kw = (dict(model=str(tiny_model_dir)) if given == "path" else
+              dict(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                   processing_class=AutoTokenizer.from_pretrained(tiny_model_dir)))
+        grpo.GRPOTrainer(reward_funcs=[mod.correct, mod.near_length], args=_trl_args(out, max_steps=2),
+                         train_dataset=Dataset.from_list(ROWS), **kw).train()
+        outs.append(_metrics(out))
+    assert len(outs[0]) == 2 and outs[0] == outs[1]
