@@ -207,7 +207,8 @@ class TrainConfig:
                 "activations kept as they are. Pays where bf16 products are fast (GPUs, CPUs with AVX-512 BF16). "
                 "auto: bf16 where the hardware multiplies bf16 natively (train/hardware.py), else fp32. Not with "
                 "--fsdp (auto: fp32).")
-    lora_target_modules: str = _f("all-linear", "Comma-separated module names to adapt, or `all-linear`.")
+    lora_target_modules: str = _f("all-linear", "Comma-separated module names to adapt (in YAML also a list), or "
+                                                "`all-linear`.", joins=True)
     save_merged: bool = _f(False, "With LoRA, also save the merged model to <output_dir>/merged.")
     gradient_checkpointing: Optional[bool] = _f(
         None, "Recompute activations in backward to save memory. Empty (auto): on only where the estimated peak "
@@ -413,6 +414,13 @@ def coerce(name: str, value: Any, where: str = "") -> Any:
         if optional:
             return None
         raise ConfigError(f"{name}{src}: a value is required, got nothing")
+    if tp is str and isinstance(value, (list, tuple, dict)):
+        joins = FIELDS[name].metadata.get("joins")
+        if not (joins and isinstance(value, (list, tuple)) and value
+                and all(isinstance(v, str) and v.strip() for v in value)):
+            form = "a list" if isinstance(value, (list, tuple)) else "a mapping"
+            raise ConfigError(f"{name}{src}: expected text{' or a list of names' if joins else ''}, got {form}: "
+                              f"{value!r}")
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -431,6 +439,8 @@ def coerce(name: str, value: Any, where: str = "") -> Any:
             if isinstance(value, bool):
                 raise ValueError
             out = float(value)
+        elif isinstance(value, (list, tuple)):            # a YAML list for a comma-separated setting
+            out = ",".join(v.strip() for v in value)
         else:
             out = str(value)
     except (TypeError, ValueError):

@@ -61,6 +61,30 @@ def _jsonl(t: T, name: str, rows) -> Path:
     return t.write(name, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 
 
+_HELD = []            # folder locks this process holds while the cases run (output-dir-in-use)
+
+
+def _hold(folder: Path) -> None:
+    from grpo.train.setup import FolderLock
+    folder.mkdir(parents=True, exist_ok=True)
+    _HELD.append(FolderLock(folder))
+
+
+def _env_file(t: T, reset: str, reply: str) -> str:
+    t.write("env.py", f"""
+        from grpo.envs import Reply
+
+
+        class Env:
+            def reset(self, row):
+                {reset}
+
+            def step(self, text):
+                return {reply}
+        """)
+    return "env.py:Env"
+
+
 def _rows(n: int) -> list:
     return [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(n)]
 
@@ -269,6 +293,24 @@ CASES = [
      "output_dir: cannot create {tmp}/notes.txt/run"),
     ("output-dir-not-writable", lambda t: t.train("--output-dir", "/proc/grpo-run"), "output_dir: cannot create /proc/grpo-run"),
     ("output-dir-old-run", lambda t: t.train("--output-dir", t.copy_run()), "output_dir: {tmp}/run already holds a run (metrics.jsonl; continue it with --resume latest)"),
+    ("output-dir-in-use", lambda t: (_hold(t.tmp / "out"), t.train())[1],
+     f"output_dir: {{tmp}}/out is in use by another run (process {os.getpid()} on "),
+    # ---------------------------------------------------------------- environments
+    ("env-reset-returns-nothing", lambda t: t.train("--env", _env_file(t, "pass", "Reply(done=True, reward=1.0)")),
+     "environment Env.reset returned NoneType None (did reset forget its return?) on episode 0 (prompt "),
+    ("env-reset-returns-one-message", lambda t: t.train("--env", _env_file(t, "return {'role': 'user', 'content': 'hi'}",
+                                                                           "Reply(done=True, reward=1.0)")),
+     "environment Env.reset returned dict {{'role': 'user', 'content': 'hi'}} on episode 0 (prompt "),
+    ("env-reply-messages-text", lambda t: t.train("--env", _env_file(t, "return [{'role': 'user', 'content': 'hi'}]",
+                                                                     "Reply(messages='text')")),
+     "environment Env.step returned a Reply whose messages are str 'text'; expected a list of "),
+    ("env-reward-not-a-number", lambda t: t.train("--env", _env_file(t, "return [{'role': 'user', 'content': 'hi'}]",
+                                                                     "Reply(done=True, reward='high')")),
+     "environment Env.step returned a Reply whose reward is str 'high'; expected a finite number or None on "),
+    # ---------------------------------------------------------------- settings' types
+    ("yaml-list-for-text", lambda t: ["train", "--config", t.write("c.yaml", "system_prompt: [be brief, be right]\n"),
+                                      "--model", t.model, *FAST],
+     "system_prompt (in {tmp}/c.yaml): expected text, got a list: ['be brief', 'be right']"),
     # ---------------------------------------------------------------- distributed
     ("nproc-zero", lambda t: t.train("--nproc", "0"), "--nproc: must be >= 1, got 0"),
     ("nproc-uneven-prompts", lambda t: t.train("--nproc", "3"),
@@ -336,6 +378,14 @@ def test_a_bad_input_is_one_line(case, setup, message, tiny_model_dir, outcomes)
     assert lines and lines[-1].startswith(f"grpo train: error: {expected}"), \
         f"expected: grpo train: error: {expected}\ngot:\n" + "\n".join(lines[-5:])
     assert sum("error:" in line for line in lines) == 1, "\n".join(lines)      # once, not once per process
+
+
+def test_a_refused_resume_leaves_the_runs_settings_as_they_were(outcomes, finished_run):
+    """The resume with another model fails when the checkpoint's weights are loaded, after the
+    settings were resolved: config.yaml (what "continue with --config" names) is not rewritten."""
+    proc, tmp_path = outcomes["resume-another-model"]
+    assert proc.returncode == 2
+    assert (tmp_path / "run" / "config.yaml").read_text() == (finished_run / "config.yaml").read_text()
 
 
 def test_every_case_is_in_the_troubleshooting_table():

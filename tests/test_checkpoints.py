@@ -148,6 +148,38 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model_dir,
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def test_a_full_disk_during_the_final_save_is_one_line_and_keeps_the_checkpoint(tiny_model_dir, tmp_path):
+    """The trained model is written like a checkpoint: a full disk leaves no model/ folder without
+    weights, says so in one line, and the last checkpoint resumes."""
+    flags = [f for f in FLAGS if f != "--no-save-model"]
+    probe = tmp_path / "probe"
+    proc = _grpo("train", "--model", tiny_model_dir, *flags, "--max-steps", "1", "--output-dir", probe, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt, model = _pages(probe / "checkpoints" / "step-000001"), _pages(probe / "model")
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 64 * ckpt):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        used = disk / "filler"
+        free = shutil.disk_usage(disk).free
+        used.write_bytes(b"\0" * (free - ckpt - model // 2 - 128 * 1024))     # room for the checkpoint, not the model
+        run = disk / "run"
+        proc = _grpo("train", "--model", tiny_model_dir, *flags, "--max-steps", "1", "--output-dir", run, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"grpo train: error: save: no space left on the device for {run / 'model'}; nothing "
+                               f"of it was kept; the last checkpoint, {run / 'checkpoints' / 'step-000001'}, is "
+                               "intact"), last
+        assert not (run / "model").exists() and not list(run.glob(".tmp-*"))
+        used.unlink()
+        proc = _grpo("train", "--config", run / "config.yaml", "--output-dir", run, "--resume", "latest",
+                     "--max-steps", "2", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert _steps(run) == [1, 2] and (run / "model" / "model.safetensors").is_file()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def test_kill_9_at_random_moments_always_resumes(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "kill_loop.py"), "--kills", "4", "--steps", "120"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -181,3 +213,29 @@ def test_a_save_killed_part_way_leaves_no_hidden_folder_after_the_next(two_check
     assert time.time() - started < 300
     assert not list((run / "checkpoints").glob(".tmp-*"))
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000002", "step-000003"]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_the_first_goes_on(tiny_model_dir, tmp_path):
+    import time
+    out = tmp_path / "run"
+    flags = ["--model", tiny_model_dir, "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
+             "--eval-size", "0", "--device", "cpu", "--no-save-model", "--output-dir", out]
+    first = subprocess.Popen([sys.executable, "-m", "grpo", "train", *map(str, flags), "--max-steps", "600"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "GRPO_CACHE": str(tmp_path / "cache")})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists():          # the first run holds the folder and has begun
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        second = _grpo("train", *flags, "--max-steps", "5", cwd=tmp_path)
+        took = time.monotonic() - t0
+        assert first.poll() is None, "the first run ended before the second was refused; make it longer"
+        last = second.stderr.strip().splitlines()[-1]
+        assert second.returncode == 2 and took < 10, (took, second.stderr[-2000:])
+        assert last.startswith(f"grpo train: error: output_dir: {out} is in use by another run (process {first.pid} "), last
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert _steps(out) == list(range(1, 601))               # the first run's record, whole and in order

@@ -70,6 +70,52 @@ def render_between_turns(tokenizer, messages: list[dict], new: list[dict], *, ch
     return after
 
 
+def _is_message(m) -> bool:
+    return isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+
+
+def _what(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def checked_opening(name: str, value, where: str):
+    """What `reset` returned, if it is an opening: a list of {"role", "content"} messages (or one text,
+    the user's message); else an EnvironmentFailure naming the class, the method and the episode."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (list, tuple)) and value and all(_is_message(m) for m in value):
+        return list(value)
+    hint = " (did reset forget its return?)" if value is None else ""
+    raise EnvironmentFailure(f"environment {name}.reset returned {_what(value)}{hint} on {where}; expected a list "
+                             'of {"role": text, "content": text} messages')
+
+
+def checked_reply(name: str, reply, where: str) -> None:
+    """A Reply whose fields have their types (messages a list of messages, rewards finite numbers or
+    None, done a bool, the tool counts integers); else an EnvironmentFailure naming what is wrong."""
+    import math
+    import numbers
+
+    def fail(what: str):
+        raise EnvironmentFailure(f"environment {name}.step returned {what} on {where}")
+    if not isinstance(reply, Reply):
+        fail(f"{type(reply).__name__}, not a Reply")
+    if not isinstance(reply.messages, (list, tuple)) or not all(_is_message(m) for m in reply.messages):
+        fail(f'a Reply whose messages are {_what(reply.messages)}; expected a list of {{"role": text, '
+             '"content": text}} messages')
+    for field in ("reward", "turn_reward"):
+        v = getattr(reply, field)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v))):
+            fail(f"a Reply whose {field} is {_what(v)}; expected a finite number or None")
+    if not isinstance(reply.done, (bool, int)):
+        fail(f"a Reply whose done is {_what(reply.done)}; expected True or False")
+    for field in ("tool_calls", "tool_errors"):
+        v = getattr(reply, field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            fail(f"a Reply whose {field} is {_what(v)}; expected a count (0, 1, ...)")
+
+
 def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list[dict], sampling: SamplingSettings,
                  generators: list[torch.Generator] | None, limits: EpisodeLimits, *, system_prompt: str | None = None,
                  chat_template: bool = True, tools=None, device="cpu") -> tuple[Rollout, list[Episode], dict]:
@@ -93,7 +139,8 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
     t_env = time.perf_counter()
     opened = run_calls([partial(env.reset, row) for env, row in zip(envs, rows)], method="reset",
                        describe=lambda i: episode_label(i, str(rows[i].get("prompt", ""))), **contained)
-    openings = [as_messages(m, system_prompt) for m in opened]
+    openings = [as_messages(checked_opening(name, m, episode_label(i, str(rows[i].get("prompt", "")))), system_prompt)
+                for i, m in enumerate(opened)]
     env_seconds = time.perf_counter() - t_env
     if use_template:
         kw = {"tools": schemas} if schemas else {}
@@ -141,9 +188,7 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
         env_seconds += time.perf_counter() - t0
         for row, i in enumerate(active):
             e, toks, reply = eps[i], turn_toks[row], replies[row]
-            if not isinstance(reply, Reply):
-                raise EnvironmentFailure(f"environment {name}.step returned {type(reply).__name__}, not a Reply, on "
-                                         f"{episode_label(i, str(rows[i].get('prompt', '')), e.turns)}")
+            checked_reply(name, reply, episode_label(i, str(rows[i].get('prompt', '')), e.turns))
             ended_by_eos = bool(toks) and toks[-1] in eos
             e.tool_calls += reply.tool_calls
             e.tool_errors += reply.tool_errors

@@ -64,9 +64,9 @@ def save(out_dir: Path, step: int, actor, tokenizer, state: dict, keep: int, wei
             if config is not None:
                 manifest.update(config_hash=config_hash(config), config=config)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-            _sync(tmp)
+            sync(tmp)
         except Exception as e:
-            if _disk_full(e, tmp):          # torch.save says only "unexpected pos ..." when the disk fills
+            if disk_full(e, tmp):          # torch.save says only "unexpected pos ..." when the disk fills
                 raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from e
             raise
     pointer = root / ".latest.tmp"
@@ -80,7 +80,7 @@ def save(out_dir: Path, step: int, actor, tokenizer, state: dict, keep: int, wei
     return final
 
 
-def _disk_full(e: BaseException, where: Path) -> bool:
+def disk_full(e: BaseException, where: Path) -> bool:
     """Whether a failed write failed for want of space (asked before the half-written folder goes)."""
     chain = e
     while chain is not None:
@@ -121,7 +121,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sync(folder: Path) -> None:
+def sync(folder: Path) -> None:
     """Every file and folder under `folder` on disk before the rename that publishes it."""
     for p in sorted(Path(folder).rglob("*"), key=lambda p: -len(p.parts)):
         _fsync(p)

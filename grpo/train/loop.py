@@ -69,22 +69,26 @@ def _train(cfg: TrainConfig, world: World, device, log, watch=None, inputs: Inpu
     if at is not None and at >= cfg.max_steps:
         raise ConfigError(f"resume: {resume_from} is at step {at} and max_steps is {cfg.max_steps}: "
                           "nothing left to do; raise --max-steps to train further")
-    out = _output_dir(cfg, world, resuming=resume_from is not None)
-    run, model_path = build_run(cfg, world, device, out, log, inputs)
-    run.callbacks = Callbacks(inputs.callbacks if world.main else ())
+    out, lock = _output_dir(cfg, world, resuming=resume_from is not None)
     try:
-        return _train_run(cfg, world, run, model_path, resume_from, out, log, watch, t_start)
+        run, model_path = build_run(cfg, world, device, out, log, inputs)
+        run.callbacks = Callbacks(inputs.callbacks if world.main else ())
+        try:
+            return _train_run(cfg, world, run, model_path, resume_from, out, log, watch, t_start)
+        finally:
+            run.reward_fns.close()                  # the reward workers
     finally:
-        run.reward_fns.close()                  # the reward workers
+        if lock is not None:
+            lock.release()
 
 
 def _train_run(cfg: TrainConfig, world: World, run: Run, model_path, resume_from, out: Path, log, watch,
                t_start: float) -> dict:
     run.watch = watch
     _memory_plan(run, log)
+    st = _run_state(run, resume_from, out, log)
     if world.main:              # the settings as this run resolved them, once every check has passed
         save_yaml(cfg, out / "config.yaml")
-    st = _run_state(run, resume_from, out, log)
     log(f"grpo: preset {cfg.preset}, model {model_path}, task {run.task.name}, B={cfg.prompts_per_step} x "
         f"G={cfg.group_size}, {cfg.max_steps} steps -> {out}")
     summary: dict = {"output_dir": str(out), "preset": cfg.preset, "model": str(model_path)}
@@ -129,11 +133,12 @@ def _open_sinks(cfg: TrainConfig, out: Path, world: World, step: int, resuming: 
     return sinks
 
 
-def _output_dir(cfg: TrainConfig, world: World, resuming: bool) -> Path:
-    out = None
+def _output_dir(cfg: TrainConfig, world: World, resuming: bool):
+    """(the run folder, its lock on rank 0 or None elsewhere)."""
+    out, lock = None, None
     if world.main:
-        out = make_output_dir(cfg, resuming=resuming)
-    return Path(world.broadcast_object(str(out)))
+        out, lock = make_output_dir(cfg, resuming=resuming)
+    return Path(world.broadcast_object(str(out))), lock
 
 
 def build_run(cfg: TrainConfig, world: World, device, out: Path, log, inputs: Inputs | None = None) -> tuple[Run, str]:

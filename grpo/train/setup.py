@@ -3,6 +3,8 @@ tokenizer), and the trained model at the end."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 from datetime import datetime
 from pathlib import Path
 
@@ -17,22 +19,66 @@ from ..models.reference import Reference
 from .hardware import resolve_precision
 
 
-def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> Path:
+def make_output_dir(cfg: TrainConfig, resuming: bool = False) -> tuple[Path, "FolderLock"]:
+    """The run's folder, created, and its lock (held for the run's life: one run per folder)."""
     if cfg.output_dir:
         out = Path(cfg.output_dir)
     else:
         out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: {out} is a file, not a folder; choose a new --output-dir")
-    if (out / "metrics.jsonl").exists() and not resuming:
-        hint = ("continue it with --resume latest" if (out / "checkpoints" / "latest").exists() else
-                "it has no checkpoint to continue from")
-        raise ConfigError(f"output_dir: {out} already holds a run (metrics.jsonl; {hint}); choose a new --output-dir")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"output_dir: cannot create {out}: {e.strerror or e}") from None
-    return out
+    lock = FolderLock(out)
+    try:
+        if (out / "metrics.jsonl").exists() and not resuming:
+            hint = ("continue it with --resume latest" if (out / "checkpoints" / "latest").exists() else
+                    "it has no checkpoint to continue from")
+            raise ConfigError(f"output_dir: {out} already holds a run (metrics.jsonl; {hint}); choose a new "
+                              "--output-dir")
+    except BaseException:
+        lock.release()
+        raise
+    return out, lock
+
+
+class FolderLock:
+    """An exclusive lock on a run folder (flock on <out>/.grpo.lock, which also names the holder).
+    The kernel releases it however the holder ends, kill -9 included, so no stale lock outlives a
+    run; a second run on the folder is refused at once, naming the holder."""
+
+    NAME = ".grpo.lock"
+
+    def __init__(self, out: Path):
+        import fcntl
+        import os
+        import socket
+        self.path = out / self.NAME
+        try:
+            self.fh = open(self.path, "a+")
+        except OSError as e:
+            raise ConfigError(f"output_dir: cannot write in {out}: {e.strerror or e}; choose a writable "
+                              "--output-dir") from None
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise ConfigError(f"output_dir: {out} is in use by another run ({holder}); wait for it to end or "
+                              "choose another --output-dir") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"process {os.getpid()} on {socket.gethostname()}, since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        self.fh.flush()
+
+    def release(self) -> None:
+        if not self.fh.closed:
+            self.fh.seek(0)
+            self.fh.truncate()
+            self.fh.close()            # closing drops the lock
 
 
 def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = False, model=None, tokenizer=None):
@@ -103,8 +149,9 @@ def save_final(cfg, actor, tokenizer, out: Path, summary: dict, weights: dict | 
     """The trained model (with LoRA: the adapter, peft format) in <out>/model, and with
     `save_merged` the merged model in <out>/merged. `weights`: the whole state dict of a sharded
     actor."""
-    actor.save_pretrained(out / "model", state_dict=weights)
-    tokenizer.save_pretrained(out / "model")
+    with _final_folder(out / "model", out) as tmp:
+        actor.save_pretrained(tmp, state_dict=weights)
+        tokenizer.save_pretrained(tmp)
     summary["model_dir"] = str(out / "model")
     if cfg.lora_rank and cfg.save_merged:
         if weights is None:
@@ -113,6 +160,35 @@ def save_final(cfg, actor, tokenizer, out: Path, summary: dict, weights: dict | 
             from peft import PeftModel
             base, _ = load_model(model_path, torch.device("cpu"), cfg.gguf_file)
             merged = PeftModel.from_pretrained(base, out / "model").merge_and_unload()
-        merged.save_pretrained(out / "merged")
-        tokenizer.save_pretrained(out / "merged")
+        with _final_folder(out / "merged", out) as tmp:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         summary["merged_dir"] = str(out / "merged")
+
+
+@contextlib.contextmanager
+def _final_folder(final: Path, out: Path):
+    """A trained model's folder written as a checkpoint is: into a hidden folder, synced, then
+    renamed into place (an earlier `final` replaced), so a crash or a full disk never leaves a
+    folder with a config and no weights; a full disk is one line that says what was kept."""
+    from ..common import atomic_folder
+    from ..errors import CheckpointError
+    from . import checkpoint
+    try:
+        with atomic_folder(final, replace=True) as tmp:
+            yield tmp
+            checkpoint.sync(tmp)
+    except Exception as e:                  # safetensors reports a full disk as its own error
+        if checkpoint.disk_full(e, out):
+            raise CheckpointError(f"save: no space left on the device for {final}; nothing of it was kept; "
+                                  f"{_kept(out)}") from None
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise CheckpointError(f"save: cannot write {final} ({e.strerror}); {_kept(out)}") from None
+        raise
+
+
+def _kept(out: Path) -> str:
+    from . import checkpoint
+    last = checkpoint.latest(out)
+    return (f"the last checkpoint, {last}, is intact: free some space, then continue with --resume latest (or "
+            f"load its model/ folder)" if last else "the run had no checkpoint (--save-every N keeps some)")
