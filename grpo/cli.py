@@ -16,7 +16,7 @@ import traceback
 import warnings
 
 from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, field_type, load_yaml, resolve
-from .errors import ConfigError, EnvironmentFailure, RewardError, Stopped
+from .errors import ConfigError, EnvironmentFailure, NonFinite, RewardError, Stopped
 
 
 def flag(name: str) -> str:
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, argv)
         return {"explain": cmd_explain, "eval": cmd_eval, "sft": cmd_sft, "report": cmd_report}[args.command](args)
-    except (ConfigError, RewardError, EnvironmentFailure) as e:
+    except (ConfigError, RewardError, EnvironmentFailure, NonFinite) as e:
         if debug:
             traceback.print_exc()
         _error(args.command, str(e))

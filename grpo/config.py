@@ -189,6 +189,11 @@ class TrainConfig:
         "constant", "The learning rate after the warm-up: `constant`, or decaying to 0 at the last optimizer step, "
                     "`linear` or `cosine` (half a cosine wave).")
     max_grad_norm: float = _f(1.0, "Gradient clipping by global norm (0 = off).", min=0.0)
+    nonfinite: Literal["stop", "skip"] = _f(
+        "stop", "A non-finite loss or gradient norm in an update: `stop` the run after the step (the weights as "
+                "before that update; a checkpoint is written where checkpointing is on) with a line naming the "
+                "step and what to try, or `skip` that optimizer step, weights untouched, counted in "
+                "updates/skipped_nonfinite.")
     updates_per_batch: int = _f(1, "mu: passes over each sampled batch.", min=1)
     minibatches: int = _f(1, "Optimizer steps per pass: the batch's groups are split into this many minibatches.", min=1)
     grad_accum: int = _f(1, "Least number of micro-batches per minibatch whose gradients are summed before the "

@@ -23,6 +23,11 @@ class EnvironmentFailure(RuntimeError):
     """An environment's reset or step raised or ran past env_timeout (grpo/envs/contain.py)."""
 
 
+class NonFinite(RuntimeError):
+    """A non-finite loss or gradient in an update (with `nonfinite: stop`, the default): the run stops
+    after the step, its weights as they were before that update."""
+
+
 class CheckpointError(ConfigError):
     """A checkpoint to resume from is missing, incomplete, damaged or from an incompatible run."""
 

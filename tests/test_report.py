@@ -91,6 +91,17 @@ def test_bad_run_folders_name_the_file_and_line(tmp_path):
         read_run(tmp_path)
     proc = grpo("report", tmp_path / "nowhere", cwd=tmp_path)
     assert proc.returncode == 2 and "no such run folder" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1}\n{"step": 2, "note": "\xff\xfe"}\n')
+    with pytest.raises(ReportError, match=r"metrics.jsonl:2: not UTF-8 text \(byte 0xff\); the file is damaged"):
+        read_run(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "config.yaml").write_text("preset: dr_grpo\nlr: [1e-4\nseed: 3\n")         # edited by hand, badly
+    with pytest.raises(ReportError, match=r"config.yaml:3: not valid YAML"):
+        read_run(tmp_path)
+    proc = grpo("report", tmp_path, cwd=tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert last.startswith(f"grpo report: error: {tmp_path / 'config.yaml'}:3: not valid YAML"), last
 
 
 def test_completion_text_cannot_end_the_data_script(run_dir):

@@ -8,8 +8,10 @@ variance and every preset has a real policy gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 import zlib
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from grpo.algo import advantages as adv_registry
 from grpo.algo import losses
-from grpo.config import PRESETS, load_yaml, resolve
+from grpo.config import PRESETS, ConfigError, load_yaml, resolve
 from grpo.data import tasks as tasks_mod
 from grpo.models import loading
 from grpo.models.logprobs import token_stats
@@ -292,8 +294,34 @@ def test_non_finite_gradient_skips_the_update(tiny_config):
     assert all(torch.equal(p.detach(), initial[n]) for n, p in actor.named_parameters())
 
 
+def test_non_finite_loss_stops_the_run_and_the_last_checkpoint_resumes(tiny_config, monkeypatch):
+    from grpo.errors import NonFinite
+    cfg = tiny_config(preset="dr_grpo", task="dense", eval_size=0, save_model=False, max_steps=3, save_every=1)
+    calls = nan_on_call(monkeypatch, 2)                   # the loss of step 2
+    with pytest.raises(NonFinite) as e:
+        train(cfg, log=lambda *a: None)
+    assert str(e.value).startswith("update: a non-finite loss at step 2; that update was not applied and the run "
+                                   "stops here; the last checkpoint, step-000001, resumes with --resume latest")
+    assert [r["step"] for r in read_jsonl(cfg_out(cfg) / "metrics.jsonl")] == [1]
+    calls["n"] = -100                                     # healthy again
+    train(dataclasses.replace(cfg, resume="latest"), log=lambda *a: None)
+    assert [r["step"] for r in read_jsonl(cfg_out(cfg) / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_nan_weight_is_refused_when_the_model_loads(tiny_model_dir, tiny_config, tmp_path):
+    from safetensors.torch import load_file, save_file
+    bad = tmp_path / "bad-model"
+    shutil.copytree(tiny_model_dir, bad)
+    weights = load_file(bad / "model.safetensors")
+    weights["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=r"model: .*bad-model has non-finite values in weight "
+                                          r"model.layers.1.mlp.up_proj.weight \(1 of 2048: NaN or infinite\)"):
+        train(tiny_config(model=str(bad), eval_size=0), log=lambda *a: None)
+
+
 def test_non_finite_loss_is_counted_in_metrics(tiny_config, monkeypatch):
-    cfg = tiny_config(preset="dr_grpo", task="dense", eval_size=0, save_model=False)
+    cfg = tiny_config(preset="dr_grpo", task="dense", eval_size=0, save_model=False, nonfinite="skip")
     nan_on_call(monkeypatch, 1)
     summary = train(cfg, log=lambda *a: None)
     rows = read_jsonl(cfg_out(cfg) / "metrics.jsonl")

@@ -23,11 +23,21 @@ class RunFiles:
     summary: dict = field(default_factory=dict)              # summary.json (absent while a run is going)
 
 
+def _text(path: Path) -> str:
+    """The file's text, or a ReportError naming the first line that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ReportError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); the file is damaged") from None
+
+
 def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -49,11 +59,22 @@ def read_run(folder) -> RunFiles:
         raise ReportError(f"{folder}: no metrics.jsonl (not a run folder, or no step has finished yet)")
     run = RunFiles(folder, _jsonl(folder / "metrics.jsonl"), _jsonl(folder / "eval.jsonl"),
                    _jsonl(folder / "completions.jsonl"))
-    if (folder / "config.yaml").is_file():
-        run.config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    config = folder / "config.yaml"
+    if config.is_file():
+        try:
+            run.config = yaml.safe_load(_text(config)) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            what = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ReportError(f"{config}{where}: not valid YAML ({what})") from None
+        if not isinstance(run.config, dict):
+            raise ReportError(f"{config}: expected a mapping of setting: value, got {type(run.config).__name__}")
     if (folder / "summary.json").is_file():
         try:
-            run.summary = json.loads((folder / "summary.json").read_text())
+            run.summary = json.loads(_text(folder / "summary.json"))
         except json.JSONDecodeError as e:
-            raise ReportError(f"{folder / 'summary.json'}: not valid JSON ({e.msg})") from None
+            raise ReportError(f"{folder / 'summary.json'}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(run.summary, dict):
+            raise ReportError(f"{folder / 'summary.json'}: expected a JSON object, got {type(run.summary).__name__}")
     return run

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..common import json_line
 from ..config import ConfigError, Levers, TrainConfig, save_yaml, to_dict
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFinite
 from ..data.tasks import build_task
 from ..demo import ensure_demo_model, recipe_for
 from ..models.loading import hf_model
@@ -254,7 +254,15 @@ def _steps(run: Run, st: RunState, sinks: Sinks, out: Path, log) -> None:
                          initial=st.step, total=cfg.max_steps, disable=not world.main):
             st.step = step
             run.callbacks.step_begin(step)
-            metrics, batch = train_step(run, st)
+            try:
+                metrics, batch = train_step(run, st)
+            except NonFinite as e:
+                last = checkpoint.latest(out)
+                raise NonFinite(f"{e}; that update was not applied and the run stops here; "
+                                + (f"the last checkpoint, {last.name}, resumes with --resume latest; " if last else
+                                   "no checkpoint was written (--save-every N); ")
+                                + "try a lower --lr, --max-grad-norm 1.0, --rollout-dtype fp32, or --nonfinite skip "
+                                  "to skip such updates") from None
             if cfg.ref_sync_every and step % cfg.ref_sync_every == 0:
                 run.ref.refresh(run.actor, cfg.ref_sync_alpha)            # TR-DPO's soft update
                 metrics["reference/refreshed"] = 1

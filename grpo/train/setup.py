@@ -99,6 +99,7 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
             if recipe is RECIPE:
                 log(DEMO_NOTE.format(preset=cfg.preset))
         actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
+    check_finite(actor, model_path)
     chosen = resolve_precision(cfg, device, sum(p.numel() for p in actor.parameters()), sharded=cfg.fsdp)
     if chosen:
         log(chosen)
@@ -110,6 +111,16 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
     if cfg.gradient_checkpointing:
         checkpoint_activations(actor)
     return actor, ref, tokenizer, model_path
+
+
+def check_finite(model, source) -> None:
+    """A ConfigError naming the first weight that holds NaN or infinite values (a damaged file or a
+    diverged checkpoint would otherwise sample garbage token ids and fail far from the cause)."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
+            bad = int((~torch.isfinite(p)).sum())
+            raise ConfigError(f"model: {source} has non-finite values in weight {name} ({bad} of {p.numel()}: NaN or "
+                              "infinite); the file is damaged or the model diverged: load an earlier checkpoint")
 
 
 def given_model(model, tokenizer, device, log=print):
@@ -127,6 +138,7 @@ def given_model(model, tokenizer, device, log=print):
         except (OSError, ValueError, TypeError) as e:
             raise ConfigError(f"model: no tokenizer was given and none loads from the model's name_or_path "
                               f"{source!r} ({e}); pass the tokenizer too") from None
+    check_finite(model, getattr(model, "name_or_path", None) or "the model given")
     if getattr(tokenizer, "eos_token_id", None) is None:
         raise ConfigError("tokenizer: it has no end-of-sequence token (eos_token), so no completion could end")
     if tokenizer.pad_token_id is None:

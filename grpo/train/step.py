@@ -28,6 +28,7 @@ from ..models.logprobs import reference_logprobs, token_stats
 from ..models.lora import lora_merged, sampling_copy
 from ..models.loading import hf_model
 from ..parallel.world import World, prompt_seed
+from ..errors import NonFinite
 from ..rewards import score as score_rewards
 from ..rewards.scoring import IDS, completion_ids, wants_ids
 from ..rollout import Rollout, SamplingSettings, decode
@@ -407,6 +408,8 @@ def train_step(run: Run, st) -> tuple[dict, StepBatch]:
     with phases.run("policy"):
         acc = update_policy(run, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen)
     st.skipped_total += acc.skipped
+    if acc.nonfinite and run.cfg.nonfinite == "stop":
+        raise NonFinite(f"update: a non-finite {acc.nonfinite} at step {st.step}")
     times = {**phases.times, "step": time.time() - t0}
     metrics = step_metrics(run.cfg, st.step, batch, acc, st.beta_ctl.beta, st.sched.get_last_lr()[0], times,
                            st.skipped_total)

@@ -93,6 +93,8 @@ class Tally:
     SUMS = ("tokens", "pg", "kl", "ent", "ratio", "clip_low", "clip_high", "mm_tokens", "mm_kl", "mm_weight",
             "mm_masked", "mm_abs_diff")
 
+    nonfinite: str | None = None        # what was non-finite in a skipped update ("loss", "gradient norm")
+
     def __init__(self):
         self.loss, self.n_updates, self.skipped, self.grad_norm = 0.0, 0, 0, 0.0
         self.tokens = self.pg = self.kl = self.ent = self.ratio = self.clip_low = self.clip_high = 0.0
@@ -202,6 +204,7 @@ def _optimizer_step(run, opt, sched, params, loss: float, finite: bool, tally: T
     if not finite or not torch.isfinite(grad_norm):
         opt.zero_grad(set_to_none=True)     # weights untouched
         tally.skipped += 1
+        tally.nonfinite = tally.nonfinite or ("loss" if not finite else "gradient norm")
         return
     opt.step()
     sched.step()
