@@ -307,6 +307,13 @@ CASES = [
     ("env-reward-not-a-number", lambda t: t.train("--env", _env_file(t, "return [{'role': 'user', 'content': 'hi'}]",
                                                                      "Reply(done=True, reward='high')")),
      "environment Env.step returned a Reply whose reward is str 'high'; expected a finite number or None on "),
+    # ---------------------------------------------------------------- lengths
+    ("prompt-longer-than-context", lambda t: t.train("--dataset", _jsonl(t, "d.jsonl", _rows(9) + [
+        {"prompt": "1+" * 100 + "1=", "answer": "101"}])),
+     "prompts: 1 of the 10 training prompts are longer than the model's context (64 positions) less max_new_tokens "
+     "(6): the longest has "),
+    ("max-new-tokens-past-context", lambda t: t.train("--max-new-tokens", "64"),
+     "max_new_tokens: 64 leaves no room for a prompt in the model's context of 64 positions"),
     # ---------------------------------------------------------------- settings' types
     ("yaml-list-for-text", lambda t: ["train", "--config", t.write("c.yaml", "system_prompt: [be brief, be right]\n"),
                                       "--model", t.model, *FAST],

@@ -171,21 +171,62 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log, inputs: In
     return Run(cfg, actor, ref, tokenizer, task, reward_fns, device, world, plugged, shard, env=env), model_path
 
 
+LENGTH_CHECK_ALL = 20_000      # training sets up to this many rows have every prompt's length checked
+LENGTH_CHECK_SAMPLE = 256      # larger (or generated) ones, a sample of this many
+
+
+def _prompt_lengths(run: Run, log) -> int:
+    """The longest training prompt in tokens, after refusing prompts that leave the model's context
+    (max_position_embeddings) no room for max_new_tokens: a position past it is garbage or an error,
+    and a prompt that long is seldom what the run meant."""
+    cfg, task = run.cfg, run.task
+    context = getattr(hf_model(run.actor).config, "max_position_embeddings", None)
+    if context and cfg.max_new_tokens >= context:
+        raise ConfigError(f"max_new_tokens: {cfg.max_new_tokens} leaves no room for a prompt in the model's context "
+                          f"of {context} positions; lower --max-new-tokens")
+    if task.train_size <= LENGTH_CHECK_ALL and "source" in task.info:      # a dataset: every row
+        index = list(range(task.train_size))
+    else:
+        rng = random.Random(cfg.seed)
+        index = sorted({rng.randrange(task.train_size) for _ in range(LENGTH_CHECK_SAMPLE)})
+    from ..data.prompts import format_prompts, uses_chat_template
+    texts = format_prompts(run.tokenizer, [task.row(i, False)["prompt"] for i in index],
+                           system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
+    special = not uses_chat_template(run.tokenizer, cfg.chat_template)
+    lengths = [len(x) for x in run.tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    if context:
+        room = context - cfg.max_new_tokens
+        over = [(n, i) for n, i in zip(lengths, index) if n > room]
+        if over:
+            n, i = max(over)
+            checked = f"{len(index)} checked" if len(index) < task.train_size else f"{len(index)}"
+            raise ConfigError(f"prompts: {len(over)} of the {checked} training prompts are longer than the model's "
+                              f"context ({context} positions) less max_new_tokens ({cfg.max_new_tokens}): the longest "
+                              f"has {n} tokens (training row {i + 1}); shorten them, lower --max-new-tokens, or use a "
+                              "model with a longer context")
+        if cfg.env and cfg.env_max_tokens + max(lengths) > context:
+            log(f"env: an episode's prompt and env_max_tokens ({cfg.env_max_tokens}) can pass the model's context of "
+                f"{context} positions; lower --env-max-tokens to {max(8, context - max(lengths))} or less")
+    return max(lengths)
+
+
 def _memory_plan(run: Run, log) -> None:
-    """The step's estimated peak and micro-batch plan (memory.py), from a sample of the prompts."""
+    """The step's estimated peak and micro-batch plan (memory.py), for the longest training prompt."""
     cfg = run.cfg
+    longest = _prompt_lengths(run, log)
     rows = run.task.sample_train(random.Random(cfg.seed), min(8, cfg.prompts_per_step))
     ids, _ = encode_for_model(run.tokenizer, [r["prompt"] for r in rows], "cpu", system_prompt=cfg.system_prompt,
                               chat_template=cfg.chat_template)
+    width = max(ids.shape[1], longest)
     in_memory = run.ref is not None and not run.ref.shares_actor and run.ref.spilled is None and not run.shard
 
     def estimate_with(**settings):
-        return memory.estimate(dataclasses.replace(cfg, **settings), run.actor, ids.shape[1], run.world.size, in_memory)
+        return memory.estimate(dataclasses.replace(cfg, **settings), run.actor, width, run.world.size, in_memory)
     checkpointing = cfg.gradient_checkpointing
     resolve_memory(cfg, run.device, estimate_with, log)
     if cfg.gradient_checkpointing and not checkpointing:
         checkpoint_activations(run.actor)
-    memory.check(cfg, run.actor, ids.shape[1], run.world.size, in_memory, log, device=run.device)
+    memory.check(cfg, run.actor, width, run.world.size, in_memory, log, device=run.device)
 
 
 def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:
