@@ -204,6 +204,8 @@ def test_an_episode_shows_as_its_conversation(browser, tiny_model_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
     assert all(r["messages"] and r["messages"][0]["role"] == "assistant" for r in rows)
+    # the opening the environment's reset returned (the data row's prompt as the user's message)
+    assert all(r["opening"] and r["opening"][-1] == {"role": "user", "content": r["prompt"]} for r in rows)
     assert any(len(r["messages"]) > 1 for r in rows), "the test needs an episode of more than one turn"
     proc = grpo("report", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

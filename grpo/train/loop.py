@@ -336,6 +336,7 @@ def _samples(cfg, batch) -> list[dict]:
                         truncated=bool(batch.truncated[first + i])))
         if getattr(batch.texts[i], "messages", None) is not None:     # an episode: its turns, for the report
             out[-1]["messages"] = batch.texts[i].messages
+            out[-1]["opening"] = batch.texts[i].opening                # and what it opened with (reset)
     return out
 
 

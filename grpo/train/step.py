@@ -159,14 +159,17 @@ def sample_episodes(run: Run, rows: list[dict], step: int, first: int
 class Conversation(str):
     """An episode's turns after the opening as `role: content` lines (the completion text of
     completions.jsonl and the trackers), carrying the turns themselves in `messages` (the report's
-    conversation view)."""
+    conversation view) and the messages the episode opened with in `opening` (what the environment's
+    reset returned, after the system prompt)."""
     messages: list[dict]
+    opening: list[dict]
 
 
 def conversation_text(messages: list[dict]) -> Conversation:
     first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
     text = Conversation("\n".join(f"{m['role']}: {m['content']}" for m in messages[first:]))
     text.messages = [{"role": m["role"], "content": m["content"]} for m in messages[first:]]
+    text.opening = [{"role": m["role"], "content": m["content"]} for m in messages[:first]]
     return text
 
 
