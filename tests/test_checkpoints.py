@@ -6,6 +6,7 @@ kill loop at length (20+ kills)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -116,6 +117,21 @@ def _mount_tmpfs(where: Path, size: int) -> bool:
     return proc.returncode == 0
 
 
+@contextlib.contextmanager
+def _small_disk(tmp_path: Path, size: int, room: int):
+    """A tmpfs of 64 x `size` bytes at tmp_path/disk, filled (by the file it yields) so that about
+    `room` bytes stay free; unmounted afterwards. Skips the test where it cannot be mounted (not root)."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 64 * size):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(disk).free - room))
+        yield filler
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def _pages(folder: Path) -> int:
     return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
 
@@ -125,14 +141,8 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model_dir,
     proc = _grpo("train", "--model", tiny_model_dir, *FLAGS, "--max-steps", "1", "--output-dir", probe, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     size = _pages(probe / "checkpoints" / "step-000001")
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, 64 * size):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        used = disk / "filler"
-        free = shutil.disk_usage(disk).free
-        used.write_bytes(b"\0" * (free - int(1.5 * size) - 256 * 1024))      # room for one checkpoint and a half
-        run = disk / "run"
+    with _small_disk(tmp_path, size, int(1.5 * size) + 256 * 1024) as used:     # room for one checkpoint and a half
+        run = used.parent / "run"
         proc = _grpo("train", "--model", tiny_model_dir, *FLAGS, "--output-dir", run, cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         last = proc.stderr.strip().splitlines()[-1]
@@ -144,8 +154,6 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model_dir,
         proc = _grpo("train", "--config", run / "config.yaml", "--output-dir", run, "--resume", "latest", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert _steps(run) == [1, 2, 3]
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_a_full_disk_during_the_final_save_is_one_line_and_keeps_the_checkpoint(tiny_model_dir, tmp_path):
@@ -156,14 +164,8 @@ def test_a_full_disk_during_the_final_save_is_one_line_and_keeps_the_checkpoint(
     proc = _grpo("train", "--model", tiny_model_dir, *flags, "--max-steps", "1", "--output-dir", probe, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt, model = _pages(probe / "checkpoints" / "step-000001"), _pages(probe / "model")
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, 64 * ckpt):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        used = disk / "filler"
-        free = shutil.disk_usage(disk).free
-        used.write_bytes(b"\0" * (free - ckpt - model // 2 - 128 * 1024))     # room for the checkpoint, not the model
-        run = disk / "run"
+    with _small_disk(tmp_path, ckpt, ckpt + model // 2 + 128 * 1024) as used:   # room for the checkpoint, not the model
+        run = used.parent / "run"
         proc = _grpo("train", "--model", tiny_model_dir, *flags, "--max-steps", "1", "--output-dir", run, cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         last = proc.stderr.strip().splitlines()[-1]
@@ -176,8 +178,6 @@ def test_a_full_disk_during_the_final_save_is_one_line_and_keeps_the_checkpoint(
                      "--max-steps", "2", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert _steps(run) == [1, 2] and (run / "model" / "model.safetensors").is_file()
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_kill_9_at_random_moments_always_resumes(tmp_path):

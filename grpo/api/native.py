@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 from typing import Any, Callable
 
-from ..config import ConfigError, TrainConfig, coerce, load_yaml, resolve, validate
+from ..config import ConfigError, TrainConfig, check_known, coerce, load_yaml, resolve, validate
 from ..train.inputs import EVENTS, Inputs
 
 def fit(config: TrainConfig | dict | str | None = None, *, dataset=None, eval_dataset=None, rewards=None,
@@ -40,8 +40,7 @@ def resolve_config(config=None, demo: bool | None = None, **settings) -> TrainCo
             return config                           # resolved and validated already
         values = {}
         for k, v in settings.items():
-            if k not in TrainConfig.__dataclass_fields__:
-                resolve(overrides={k: v})           # the unknown-setting error, with its suggestion
+            check_known(k)
             values[k] = coerce(k, v, where="keyword")
         return validate(dataclasses.replace(config, **values))
     if isinstance(config, str):

@@ -21,7 +21,7 @@ import difflib
 import math
 from typing import Any
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, check_known
 
 # GRPOConfig's own fields in TRL 1.16 and their defaults, and the TrainingArguments defaults it changes.
 TRL_FIELDS: dict[str, Any] = dict(
@@ -175,10 +175,7 @@ class GRPOConfig:
         self.output_dir = output_dir if output_dir is not None else (defaults.get("output_dir") or "trainer_output")
         self.grpo_settings = dict(grpo_settings or {})
         for name in self.grpo_settings:
-            if name not in TrainConfig.__dataclass_fields__:
-                near = difflib.get_close_matches(name, list(TrainConfig.__dataclass_fields__), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ConfigError(f"GRPOConfig: grpo_settings: unknown setting {name!r}{hint}")
+            check_known(name, where="GRPOConfig: grpo_settings")
         self.check()
 
     def to_dict(self) -> dict:
@@ -295,8 +292,7 @@ def plan(args: GRPOConfig, train_rows: int, world: int = 1) -> Plan:
     return Plan(prompts, minibatches, per_step, steps)
 
 
-def to_settings(args: GRPOConfig, train_rows: int, eval_rows: int = 0, world: int = 1,
-                reward_names: list[str] = ()) -> tuple[dict[str, Any], Plan]:
+def to_settings(args: GRPOConfig, train_rows: int, eval_rows: int = 0, world: int = 1) -> tuple[dict[str, Any], Plan]:
     """grpo's settings for this GRPOConfig (then grpo_settings), and the step plan."""
     p = plan(args, train_rows, world)
     loss_aggregation, policy_loss = LOSS_TYPES[args.loss_type]
@@ -355,10 +351,6 @@ def to_settings(args: GRPOConfig, train_rows: int, eval_rows: int = 0, world: in
     reports = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
     s["report_to"] = _trackers([str(r) for r in reports if r is not None])
     s["log_completions"] = p.prompts_per_step if args.log_completions else 2
-    if args.reward_weights is not None:
-        if len(args.reward_weights) != len(reward_names):
-            raise ConfigError(f"GRPOConfig: reward_weights has {len(args.reward_weights)} weights for "
-                              f"{len(reward_names)} reward functions")
     s.update(args.grpo_settings)
     return s, p
 

@@ -88,21 +88,23 @@ class GRPOTrainer:
         self.lora = _lora_settings(peft_config, self.model)
         self.state, self.control = TrainerState(), TrainerControl()
         self.callbacks = [cb() if isinstance(cb, type) else cb for cb in (callbacks or [])]
-        self._metrics_window: list[dict] = []
         self._logged: dict[str, list[float]] = {}
         self.reward_funcs, self.reward_model = self._rewards(reward_funcs)
         self._call("on_init_end")
 
     # ------------------------------------------------------------------ set-up
     def _load(self, model, tokenizer):
-        from ..models.loading import load_model
-        from ..train.setup import given_model
+        """The model (loaded on the CPU when named) and its tokenizer; the weights' checks, fp32 and the
+        device come when training starts (train/setup.given_model)."""
         import torch
+
+        from ..models.loading import load_model
+        from ..train.setup import check_model_object, tokenizer_for
         if isinstance(model, str):
-            loaded, tok = load_model(model, torch.device("cpu"))
+            model, tok = load_model(model, torch.device("cpu"))
             tokenizer = tokenizer if tokenizer is not None else tok
-            model = loaded
-        model, tokenizer = given_model(model, tokenizer, torch.device("cpu"), log=lambda *a: None)
+        check_model_object(model)
+        tokenizer = tokenizer_for(model, tokenizer)
         if self.args.disable_dropout:
             for m in model.modules():
                 if isinstance(m, torch.nn.Dropout):
@@ -138,8 +140,7 @@ class GRPOTrainer:
     def settings(self) -> tuple[dict[str, Any], Plan]:
         """grpo's settings for this trainer, and the step plan (trl_config.to_settings)."""
         eval_rows = len(self.eval_dataset) if self.eval_dataset is not None else 0
-        s, p = to_settings(self.args, len(self.train_dataset), eval_rows, _world(),
-                           [n for n, _, _ in self.reward_funcs] + ([self.reward_model] if self.reward_model else []))
+        s, p = to_settings(self.args, len(self.train_dataset), eval_rows, _world())
         s.update(self.lora)
         if self.reward_model:
             s.update(reward_model=self.reward_model, reward_model_weight=self._reward_model_weight)

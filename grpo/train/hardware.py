@@ -29,10 +29,10 @@ import torch
 
 from ..common import cpu_has_bf16
 from ..config import needs_reference
+from .microbatch import AUTO_BUDGETS
 
 BF16_MIN_PARAMS = 50_000_000       # below this, sampling a CPU model is not bound by its weights' bytes
 AUTO = ("bf16", "rollout_dtype", "reference_dtype", "lora_base_dtype", "gradient_checkpointing", "micro_batch_tokens")
-MICRO_BATCH_TOKENS = (4096, 2048, 1024)         # auto tries these in turn
 CPU_PEAK_ALLOWANCE = 1.1        # on a CPU, a larger micro-batch only where its peak is within 10% of the smallest's
 
 
@@ -92,11 +92,11 @@ def resolve_memory(cfg, device, estimate_with, log) -> list[str]:
     chosen = []
     if cfg.micro_batch_tokens is None:
         gc = bool(cfg.gradient_checkpointing)
-        peaks = {t: estimate_with(micro_batch_tokens=t, gradient_checkpointing=gc).update for t in MICRO_BATCH_TOKENS}
-        least = peaks[MICRO_BATCH_TOKENS[-1]]
-        fits = [t for t in MICRO_BATCH_TOKENS if (room is None or peaks[t] <= 0.8 * room)
+        peaks = {t: estimate_with(micro_batch_tokens=t, gradient_checkpointing=gc).update for t in AUTO_BUDGETS}
+        least = peaks[AUTO_BUDGETS[-1]]
+        fits = [t for t in AUTO_BUDGETS if (room is None or peaks[t] <= 0.8 * room)
                 and (device.type == "cuda" or peaks[t] <= CPU_PEAK_ALLOWANCE * least)]
-        cfg.micro_batch_tokens = (fits or MICRO_BATCH_TOKENS[-1:])[0]
+        cfg.micro_batch_tokens = (fits or AUTO_BUDGETS[-1:])[0]
         chosen.append(f"micro_batch_tokens {cfg.micro_batch_tokens}")
     if cfg.gradient_checkpointing is None:
         without = estimate_with(gradient_checkpointing=False)

@@ -27,7 +27,6 @@ from ..parallel import fsdp
 from ..parallel.world import World, close, init
 from ..rewards import RewardFns, build_reward_fns
 from ..sinks import CompletionsSink, ConsoleSink, EvalSink, JsonlSink, Sinks, open_trackers
-from ..data.prompts import encode_for_model
 from . import checkpoint, memory
 from .evaluate import evaluate, evaluate_episodes, headline
 from .levers import plug
@@ -54,8 +53,7 @@ def train(cfg: TrainConfig, log=print, watch=None, inputs: Inputs | None = None)
         close(world)
 
 
-def _train(cfg: TrainConfig, world: World, device, log, watch=None, inputs: Inputs | None = None) -> dict:
-    inputs = inputs or Inputs()
+def _train(cfg: TrainConfig, world: World, device, log, watch, inputs: Inputs) -> dict:
     t_start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -213,11 +211,7 @@ def _prompt_lengths(run: Run, log) -> int:
 def _memory_plan(run: Run, log) -> None:
     """The step's estimated peak and micro-batch plan (memory.py), for the longest training prompt."""
     cfg = run.cfg
-    longest = _prompt_lengths(run, log)
-    rows = run.task.sample_train(random.Random(cfg.seed), min(8, cfg.prompts_per_step))
-    ids, _ = encode_for_model(run.tokenizer, [r["prompt"] for r in rows], "cpu", system_prompt=cfg.system_prompt,
-                              chat_template=cfg.chat_template)
-    width = max(ids.shape[1], longest)
+    width = _prompt_lengths(run, log)
     in_memory = run.ref is not None and not run.ref.shares_actor and run.ref.spilled is None and not run.shard
 
     def estimate_with(**settings):

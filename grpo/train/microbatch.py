@@ -15,15 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-AUTO_MICRO_BATCH_TOKENS = 4096         # the largest micro_batch_tokens auto takes (on a GPU: train/hardware.py)
+from ..rollout import Rollout
+
+AUTO_BUDGETS = (4096, 2048, 1024)      # what micro_batch_tokens auto tries, in turn (train/hardware.py)
 
 
 def token_budget(micro_batch_tokens: int | None) -> int:
     """The budget a `micro_batch_tokens` setting gives: left to auto and not resolved (outside a
     run), the largest auto takes."""
-    return AUTO_MICRO_BATCH_TOKENS if micro_batch_tokens is None else micro_batch_tokens
-
-from ..rollout import Rollout
+    return AUTO_BUDGETS[0] if micro_batch_tokens is None else micro_batch_tokens
 
 
 def padded_tokens(rows: int, prompt_width: int, longest: int) -> int:

@@ -123,13 +123,17 @@ def check_finite(model, source) -> None:
                               "infinite); the file is damaged or the model diverged: load an earlier checkpoint")
 
 
-def given_model(model, tokenizer, device, log=print):
-    """A model object handed in from Python, checked, in fp32 on `device` (the trainer keeps fp32
-    master weights), with its tokenizer (loaded from the model's name_or_path when not given)."""
+def check_model_object(model) -> None:
+    """A ConfigError unless `model` is a transformers model that generates (a causal LM)."""
     if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "generate", None)) \
             or getattr(model, "config", None) is None:
         raise ConfigError(f"model: expected a transformers causal language model (AutoModelForCausalLM), a model "
                           f"folder or a hub id, got {type(model).__name__}")
+
+
+def tokenizer_for(model, tokenizer=None):
+    """`tokenizer`, or the one loaded from the model's name_or_path, checked (an end-of-sequence
+    token) and given a padding token (the end-of-sequence one) where it has none."""
     if tokenizer is None:
         from transformers import AutoTokenizer
         source = getattr(model, "name_or_path", None)
@@ -138,11 +142,19 @@ def given_model(model, tokenizer, device, log=print):
         except (OSError, ValueError, TypeError) as e:
             raise ConfigError(f"model: no tokenizer was given and none loads from the model's name_or_path "
                               f"{source!r} ({e}); pass the tokenizer too") from None
-    check_finite(model, getattr(model, "name_or_path", None) or "the model given")
     if getattr(tokenizer, "eos_token_id", None) is None:
         raise ConfigError("tokenizer: it has no end-of-sequence token (eos_token), so no completion could end")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def given_model(model, tokenizer, device, log=print):
+    """A model object handed in from Python, checked, in fp32 on `device` (the trainer keeps fp32
+    master weights), with its tokenizer (loaded from the model's name_or_path when not given)."""
+    check_model_object(model)
+    tokenizer = tokenizer_for(model, tokenizer)
+    check_finite(model, getattr(model, "name_or_path", None) or "the model given")
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
         log(f"model: its weights are {next(p.dtype for p in model.parameters() if p.dtype != torch.float32)}; "
             "converted to fp32 master weights (bf16 runs through autocast and the bf16 settings)")
