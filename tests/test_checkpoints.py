@@ -198,6 +198,57 @@ def test_resume_refuses_a_checkpoint_of_another_lora_rank(two_checkpoints, tiny_
         train(cfg, log=lambda *a: None)
 
 
+def test_resume_refuses_a_checkpoint_whose_weights_are_not_finite(two_checkpoints, tiny_config, tmp_path):
+    """A checkpoint written faithfully (its manifest agrees) but holding a NaN weight is refused by
+    name before any step, instead of sampling garbage."""
+    from safetensors.torch import load_file, save_file
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    path = run / "checkpoints" / "step-000002"
+    weights = path / "model" / "model.safetensors"
+    state = load_file(weights)
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, weights, metadata={"format": "pt"})
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"] = checkpoint.describe(path)
+    del manifest["files"]["manifest.json"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert checkpoint.problem(path) is None
+    cfg = tiny_config(max_steps=3, eval_size=0, output_dir=str(run), resume="latest")
+    with pytest.raises(CheckpointError, match=f"resume: {path} has non-finite values in weight {name} \\(1 of "):
+        train(cfg, log=lambda *a: None)
+    assert _steps(run) == [1, 2]
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """`folder` made read-only by a bind mount over itself; unmounted afterwards. Skips the test
+    where it cannot be mounted (not root)."""
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True).returncode:
+            pytest.skip("cannot remount read-only here")
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_an_output_folder_on_a_read_only_mount_is_one_line(two_checkpoints, tiny_config, tmp_path):
+    from grpo.errors import ConfigError
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    (tmp_path / "empty").mkdir()
+    with _read_only(tmp_path):
+        for out, resume in ((run, "latest"), (tmp_path / "empty", None)):
+            cfg = tiny_config(max_steps=3, eval_size=0, output_dir=str(out), resume=resume)
+            with pytest.raises(ConfigError, match=f"output_dir: cannot write in {out}: Read-only file system; "
+                                                  "choose a writable --output-dir"):
+                train(cfg, log=lambda *a: None)
+    assert _steps(run) == [1, 2]
+
+
 def test_a_save_killed_part_way_leaves_no_hidden_folder_after_the_next(two_checkpoints, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(two_checkpoints, run)

@@ -333,3 +333,74 @@ def test_reward_functions_add_to_the_environments_reward(tiny_config, tmp_path):
     for r in rows:
         assert r["reward/mean"] == pytest.approx(r["reward/env/mean"] + 0.5 * r["reward/has_two/mean"], abs=1e-5)
     assert any(r["reward/has_two/mean"] > 0 for r in rows) and all("reward/env/mean" in r for r in rows)
+
+
+class Scripted:
+    """An engine that 'samples' `turn` (token ids) on every row of every call, cut at max_new_tokens."""
+
+    def __init__(self, turn):
+        self.turn = list(turn)
+
+    def generate(self, model, ids, mask, sampling, seeds=None):
+        from grpo.rollout.base import Rollout
+        toks = self.turn[:sampling.max_new_tokens]
+        comp = torch.tensor([toks] * ids.shape[0])
+        return Rollout(prompt_ids=ids, prompt_mask=mask, completion_ids=comp,
+                       completion_mask=torch.ones_like(comp, dtype=torch.bool), logprobs=torch.zeros(comp.shape),
+                       lengths=torch.full((ids.shape[0],), len(toks)),
+                       truncated=torch.tensor([toks[-1] not in sampling.eos_ids] * ids.shape[0]))
+
+
+class Echo:
+    """Records the text of each turn; answers with `answer` (or ends after `turns` turns)."""
+
+    def __init__(self, answer="+1=", turns=2):
+        self.seen, self.answer, self.turns = [], answer, turns
+
+    def reset(self, row):
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, text):
+        self.seen.append(text)
+        if len(self.seen) >= self.turns:
+            return Reply(done=True, reward=1.0)
+        return Reply(messages=[{"role": "user", "content": self.answer}])
+
+
+def test_step_gets_the_turn_with_its_special_tokens_less_the_closing_one(tiny_model_dir):
+    """A special token the model sampled inside its turn reaches step() as its text (it is trained
+    on); only the end-of-turn token that closed the turn is left out of the text."""
+    tok = demo_tokenizer(tiny_model_dir)
+    digits = tok("12", add_special_tokens=False)["input_ids"]
+    turn = digits + [tok.unk_token_id] + digits + [tok.eos_token_id]
+    env = Echo(turns=1)
+    sampling = SamplingSettings(max_new_tokens=10, eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
+    roll, eps, _ = run_episodes(Scripted(turn), None, tok, [env], [{"prompt": "1+2="}], sampling, None,
+                                EpisodeLimits(max_turns=2, max_tokens=40))
+    assert env.seen == [f"12{tok.unk_token}12"]
+    assert roll.completion_ids[0, :int(roll.lengths[0])].tolist() == turn        # every sampled token trained on
+    assert roll.loss_tokens[0, :len(turn)].all()
+
+
+def test_an_environment_message_cut_by_the_budget_is_marked_unseen(tiny_model_dir):
+    from grpo.train.step import conversation_text
+    tok = demo_tokenizer(tiny_model_dir)
+    turn = tok("12", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    env = Echo(answer="9" * 30, turns=3)
+    sampling = SamplingSettings(max_new_tokens=10, eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
+    roll, eps, _ = run_episodes(Scripted(turn), None, tok, [env], [{"prompt": "1+2="}], sampling, None,
+                                EpisodeLimits(max_turns=3, max_tokens=20))
+    e = eps[0]
+    assert e.done and e.truncated and e.turns == 1 and e.ids == turn               # the answer took no token
+    assert e.messages[-1] == {"role": "user", "content": "9" * 30, "unseen": True}
+    text = conversation_text(e.messages)
+    assert text.messages[-1]["unseen"] is True and text.endswith("user (unseen): " + "9" * 30)
+    # with room for it, the same answer is read and not marked
+    roll, eps, _ = run_episodes(Scripted(turn), None, tok, [Echo(answer="9" * 30, turns=2)], [{"prompt": "1+2="}],
+                                sampling, None, EpisodeLimits(max_turns=3, max_tokens=60))
+    assert "unseen" not in eps[0].messages[2] and eps[0].turns == 2
+
+
+def demo_tokenizer(path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)

@@ -220,4 +220,35 @@ def test_an_episode_shows_as_its_conversation(browser, tiny_model_dir, tmp_path)
     want = sorted([[m["role"], "turn " + ("model" if m["role"] == "assistant" else "env"), m["content"]]
                    for m in r["messages"]] for r in last)
     assert sorted(shown) == want
+    # each group shows the opening its episodes shared, in place of the data row's prompt
+    opened = pg.locator("section.group > .opening").evaluate_all(
+        "els => els.map(o => [...o.querySelectorAll('.turn')].map(t => [t.dataset.role, t.querySelector('pre').textContent]))")
+    groups = {(r["step"], r["group"]): [[m["role"], m["content"]] for m in r["opening"]] for r in rows}
+    assert sorted(opened) == sorted(v for (step, _), v in groups.items() if step == 2)
+    ctx.close()
+
+
+def test_openings_that_differ_and_unseen_messages_show_on_each_card(browser, tmp_path):
+    """Episodes of one group that opened differently show each its own opening on its card; an
+    environment message the token budget kept from the model is shown greyed and labelled."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.5}) + "\n")
+    rows = [dict(step=1, group=0, prompt="p", completion="x", reward=float(i), rewards={}, advantage=0.0, length=3,
+                 truncated=i == 1, opening=[{"role": "user", "content": f"open {i}"}],
+                 messages=[{"role": "assistant", "content": "a"}] +
+                          ([{"role": "user", "content": "too long", "unseen": True}] if i == 1 else []))
+            for i in range(2)]
+    (out / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = grpo("report", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.goto((out / "report.html").as_uri())
+    pg.wait_for_selector("body[data-ready='1']", timeout=20000)
+    assert pg.locator("section.group > .opening").count() == 0 and pg.locator("section.group > pre.prompt").count() == 1
+    cards = pg.locator(".card").evaluate_all(
+        "els => els.map(c => [c.querySelector('details.opening .turn pre').textContent, "
+        "[...c.querySelectorAll('.convo .turn.unseen')].map(t => t.textContent)])")
+    assert sorted(cards) == [["open 0", []], ["open 1", ["user · not seen by the model (token budget)too long"]]]
     ctx.close()

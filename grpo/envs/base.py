@@ -4,7 +4,8 @@ An environment plays the other side of a conversation. For each data row one env
 is made (the class called with no arguments), and
 
     env.reset(row)  -> the opening messages ([{"role", "content"}, ...]): the prompt
-    env.step(text)  -> Reply: the environment's answer to the model's turn `text`
+    env.step(text)  -> Reply: the environment's answer to the model's turn `text` (its sampled
+                       tokens decoded, special tokens included, less the end-of-turn token)
 
 A Reply carries messages for the model to read next (tool results, feedback; roles "user",
 "tool" or "system") or `done=True` to end the episode, and a `reward` (a number or None). The

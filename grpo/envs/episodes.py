@@ -70,6 +70,15 @@ def render_between_turns(tokenizer, messages: list[dict], new: list[dict], *, ch
     return after
 
 
+def turn_text(tokenizer, toks: list[int], eos: set[int]) -> str:
+    """The text `step()` receives for a model turn: its sampled tokens decoded as they are, special
+    tokens included, less the one end-of-turn token that closed it (the trained tokens are all of
+    `toks`, that one included)."""
+    if toks and toks[-1] in eos:
+        toks = toks[:-1]
+    return tokenizer.decode(toks, skip_special_tokens=False)
+
+
 def _is_message(m) -> bool:
     return isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
 
@@ -179,7 +188,7 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
             e.turns += 1
             e.turn_of += [e.turns] * n
             turn_toks.append(toks)
-            texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+            texts.append(turn_text(tokenizer, toks, eos))
             e.messages.append({"role": "assistant", "content": texts[-1]})
         t0 = time.perf_counter()
         replies = run_calls([partial(eps[i].env.step, text) for i, text in zip(active, texts)], method="step",
@@ -205,10 +214,12 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
             between = render_between_turns(tokenizer, e.messages[:-1], reply.messages, chat_template=chat_template,
                                            tools=schemas, eos_text=eos_text)
             env_ids = tokenizer(between, add_special_tokens=False)["input_ids"]
-            e.messages += list(reply.messages)
             if len(e.ids) + len(env_ids) >= limits.max_tokens:     # no room left for another turn
+                # the model never reads these: kept in the record, marked so
+                e.messages += [{**m, "unseen": True} for m in reply.messages]
                 e.done, e.truncated = True, True
                 continue
+            e.messages += list(reply.messages)
             e.ids += env_ids
             e.sampled += [False] * len(env_ids)
             e.logps += [0.0] * len(env_ids)

@@ -11,7 +11,7 @@ from .charts import chart_series
 from .run import RunFiles
 
 COMPLETION_FIELDS = ("step", "group", "prompt", "completion", "reward", "rewards", "advantage", "length", "truncated",
-                     "messages")
+                     "messages", "opening")
 
 
 def page_data(run: RunFiles) -> dict:

@@ -286,6 +286,7 @@ def load_weights(actor, path: Path) -> None:
             state.update(load_file(f))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"resume: {model_dir} cannot be read ({e})") from None
+    _check_finite(path, state)
     if peft:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         _same_shapes(path, state, get_peft_model_state_dict(actor))
@@ -302,6 +303,15 @@ def load_weights(actor, path: Path) -> None:
     if unexpected or set(missing) - tied:
         raise CheckpointError(f"resume: {path} holds weights of another model (missing "
                               f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
+def _check_finite(path: Path, state: dict) -> None:
+    """A CheckpointError naming the first saved weight that holds NaN or infinite values."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"resume: {path} has non-finite values in weight {name} ({bad} of {tensor.numel()}: "
+                                  "NaN or infinite); resume from an earlier checkpoint (--resume <its folder>)")
 
 
 def _same_shapes(path: Path, saved: dict, own: dict) -> None:

@@ -166,9 +166,13 @@ class Conversation(str):
 
 
 def conversation_text(messages: list[dict]) -> Conversation:
+    """A message the token budget kept from the model keeps its `unseen` mark (`role (unseen):`)."""
     first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
-    text = Conversation("\n".join(f"{m['role']}: {m['content']}" for m in messages[first:]))
-    text.messages = [{"role": m["role"], "content": m["content"]} for m in messages[first:]]
+    turns = [{"role": m["role"], "content": m["content"], **({"unseen": True} if m.get("unseen") else {})}
+             for m in messages[first:]]
+    text = Conversation("\n".join(f"{m['role']}{' (unseen)' if m.get('unseen') else ''}: {m['content']}"
+                                   for m in turns))
+    text.messages = turns
     text.opening = [{"role": m["role"], "content": m["content"]} for m in messages[:first]]
     return text
 
