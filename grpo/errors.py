@@ -24,8 +24,13 @@ class EnvironmentFailure(RuntimeError):
 
 
 class NonFinite(RuntimeError):
-    """A non-finite loss or gradient in an update (with `nonfinite: stop`, the default): the run stops
-    after the step, its weights as they were before that update."""
+    """A non-finite loss or gradient in an update (with `nonfinite: stop`, the default), or non-finite
+    log-probs when sampling (`phase` "sampling": the model itself is broken): the run stops after the
+    step, its weights as they were before that update."""
+
+    def __init__(self, message: str, phase: str = "update"):
+        super().__init__(message)
+        self.phase = phase
 
 
 class CheckpointError(ConfigError):

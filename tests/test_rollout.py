@@ -360,6 +360,21 @@ def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
         assert torch.all(w[2, draws[2]] > 0)
 
 
+def test_logits_holding_nan_draw_a_token_of_the_vocabulary_with_a_nan_log_prob():
+    """NaN logits (a broken model) never index past the vocabulary: the token is a valid index and
+    its log-prob NaN, which the step reports (grpo/train/step.py:check_sampled)."""
+    from grpo.rollout.base import SamplingSettings
+    from grpo.rollout.sampling import draw
+    logits = torch.randn(4, 17)
+    logits[1:3] = float("nan")
+    u = torch.rand(4, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    base = dict(max_new_tokens=4, eos_ids=(0,), pad_id=0)
+    for s in (SamplingSettings(**base), SamplingSettings(**base, top_k=5), SamplingSettings(**base, greedy=True)):
+        tok, logp = draw(logits, u, s, torch.tensor([0]))
+        assert ((tok >= 0) & (tok < 17)).all(), s
+        assert torch.isnan(logp[1:3]).all() and torch.isfinite(logp[[0, 3]]).all(), s
+
+
 @pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

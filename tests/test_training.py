@@ -320,6 +320,28 @@ def test_a_nan_weight_is_refused_when_the_model_loads(tiny_model_dir, tiny_confi
         train(tiny_config(model=str(bad), eval_size=0), log=lambda *a: None)
 
 
+def test_logits_gone_non_finite_stop_the_run_at_sampling(tiny_model_dir, tiny_config):
+    """Weights that turn NaN mid-run (here poisoned after step 1) stop the next step at sampling in
+    one line naming the phase, with the last checkpoint to resume from; no skip is offered."""
+    from grpo.errors import NonFinite
+    from grpo.train.inputs import Inputs
+    model, _ = loading.load_model(tiny_model_dir, torch.device("cpu"))
+
+    class Poison:
+        def on_step_end(self, step, metrics):
+            with torch.no_grad():
+                model.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
+
+    cfg = tiny_config(eval_size=0, save_model=False, max_steps=3, save_every=1, nonfinite="skip")
+    with pytest.raises(NonFinite) as e:
+        train(cfg, log=lambda *a: None, inputs=Inputs(model=model, callbacks=[Poison()]))
+    assert str(e.value).startswith("sampling: non-finite log-probs at step 2 (")
+    assert str(e.value).endswith("the model's logits hold NaN or infinite values); the run stops here; the last "
+                                 "checkpoint, step-000001, resumes with --resume latest; try a lower --lr, "
+                                 "--max-grad-norm 1.0, --rollout-dtype fp32")
+    assert [r["step"] for r in read_jsonl(cfg_out(cfg) / "metrics.jsonl")] == [1]
+
+
 def test_non_finite_loss_is_counted_in_metrics(tiny_config, monkeypatch):
     cfg = tiny_config(preset="dr_grpo", task="dense", eval_size=0, save_model=False, nonfinite="skip")
     nan_on_call(monkeypatch, 1)

@@ -63,7 +63,9 @@ def invert(weights: Tensor, u: Tensor, block: int = 512) -> Tensor:
     j = torch.searchsorted(inner.cumsum(-1, dtype=torch.float64), rest, right=True)
     # rounding may put `rest` at or past the block's own total: take its last positive entry
     last = block - 1 - (inner > 0).flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
-    return (b * block + torch.minimum(j, last)).squeeze(-1)
+    # weights holding NaN have no entry with mass: a valid index still (its log-prob is NaN, which
+    # the step then reports), never one past the vocabulary
+    return (b * block + torch.minimum(j, last)).squeeze(-1).clamp_(max=V - 1)
 
 
 def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:

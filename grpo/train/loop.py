@@ -293,11 +293,13 @@ def _steps(run: Run, st: RunState, sinks: Sinks, out: Path, log) -> None:
                 metrics, batch = train_step(run, st)
             except NonFinite as e:
                 last = checkpoint.latest(out)
-                raise NonFinite(f"{e}; that update was not applied and the run stops here; "
+                raise NonFinite(f"{e}; " + ("that update was not applied and " if e.phase == "update" else "")
+                                + "the run stops here; "
                                 + (f"the last checkpoint, {last.name}, resumes with --resume latest; " if last else
                                    "no checkpoint was written (--save-every N); ")
-                                + "try a lower --lr, --max-grad-norm 1.0, --rollout-dtype fp32, or --nonfinite skip "
-                                  "to skip such updates") from None
+                                + "try a lower --lr, --max-grad-norm 1.0, --rollout-dtype fp32"
+                                + (", or --nonfinite skip to skip such updates" if e.phase == "update" else ""),
+                                e.phase) from None
             if cfg.ref_sync_every and step % cfg.ref_sync_every == 0:
                 run.ref.refresh(run.actor, cfg.ref_sync_alpha)            # TR-DPO's soft update
                 metrics["reference/refreshed"] = 1

@@ -316,6 +316,7 @@ def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):
         with phases.run("generate"):
             roll, texts, rewards, finals = sample_episodes(run, rows, st.step, first + k * cfg.prompts_per_step)
         run.actor.train()
+        check_sampled(roll, st.step)
         if not run.reward_fns:
             return rows, roll, texts, rewards, {"env": rewards.flatten()}, {}
         with phases.run("score"):         # --reward / --reward-model also judge each episode's last turn
@@ -326,9 +327,20 @@ def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):
         # run without dynamic sampling
         roll, texts = sample(run, rows, sampling_seeds(cfg, st.step, first + k * cfg.prompts_per_step, b))
     run.actor.train()
+    check_sampled(roll, st.step)
     with phases.run("score"):
         rewards, per_fn, failed = score(cfg, rows, texts, roll, run.reward_fns)
     return rows, roll, texts, rewards, per_fn, failed
+
+
+def check_sampled(roll: Rollout, step: int) -> None:
+    """A NonFinite (phase "sampling") when a sampled token's log-prob is NaN or infinite: the
+    model's logits are, and no setting makes such a step worth training on."""
+    bad = roll.loss_tokens & ~torch.isfinite(roll.logprobs)
+    if bool(bad.any()):
+        raise NonFinite(f"sampling: non-finite log-probs at step {step} ({int(bad.sum())} of "
+                        f"{int(roll.loss_tokens.sum())} sampled tokens: the model's logits hold NaN or infinite "
+                        "values)", phase="sampling")
 
 
 def draw_groups(run: Run, st, phases: Phases, b: int, first: int):
