@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="Walk through one advantage and loss computation, every number shown.",
                        description="Without --rewards: the article's worked example (B=1, G=2, T=(3,4), r=(0.8,0.6)). "
-                       "With --all-losses, or any of --logp, --old-logp, --ref-logp, --advantages: the loss on every "
+                       "With --all-losses, or --logp or --advantages: the loss on every "
                        "token under every registered policy loss (without --logp, on built-in log-probs). A value "
                        "that starts with '-' is written --logp=-1.5,-0.8.")
     add_config_flags(e)
@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "pi_theta, the first update). The ratio's denominator with ratio_vs=old.")
     e.add_argument("--ref-logp", metavar="LOGPS", help="log pi_ref of each token, as --logp: the KL term's reference "
                    "(and the ratio's denominator with ratio_vs=ref). Without it, no KL term.")
+    e.add_argument("--sampler-logp", metavar="LOGPS", help="log pi_sampler of each token, as --logp: what the "
+                   "sampler recorded (default: pi_old's, nothing to correct). The rollout correction's weight is "
+                   "pi_old / pi_sampler.")
+    e.add_argument("--entropy", metavar="VALUES", help="Each token's entropy (>= 0), as --logp: read by "
+                   "top_entropy_quantile (the tokens kept) and entropy_coef (the bonus).")
     e.add_argument("--advantages", metavar="VALUES", help="One advantage per completion, in --rewards' groups or as "
                    "one flat list, on every token of that completion, in place of the estimator's.")
     e.add_argument("--component", action="append", metavar="NAME[:WEIGHT]=SCORES",
@@ -173,7 +178,8 @@ def cmd_explain(args) -> int:
     from .explain import main as explain_main
     # explain shows the algorithm's defaults (preset seed), never the demo's training sizes
     return explain_main(config_from_args(args, demo=False), args.rewards, args.lengths, args.json,
-                        logp=args.logp, old_logp=args.old_logp, ref_logp=args.ref_logp, advantages=args.advantages,
+                        logp=args.logp, old_logp=args.old_logp, ref_logp=args.ref_logp,
+                        sampler_logp=args.sampler_logp, entropy=args.entropy, advantages=args.advantages,
                         components=args.component, all_losses=args.all_losses)
 
 

@@ -461,8 +461,17 @@ def test_parameters_reach_the_figures(capsys):
         assert other["loss"] != base[name]["loss"], field
 
 
-def _direct(cfg, res, tokens):
-    """Every loss's aggregate computed here from the registry, as grpo/train/update.py does."""
+def _trainer(cfg, res, tokens, monkeypatch):
+    """Each registered loss as the trainer's update computes it (grpo/train/update.py token_terms,
+    the entropy selection by grpo/train/step.py entropy_mask) on a batch of explain's completions
+    whose forward pass returns the given log-probs and entropies: {loss: (per-token total, policy,
+    aggregate)}, the per-token values as explain's ragged rows."""
+    import dataclasses
+    from types import SimpleNamespace
+    from grpo.parallel.world import World
+    from grpo.rollout.base import Rollout
+    from grpo.train import step as step_mod
+    from grpo.train import update
     T = [len(r) for r in tokens["logp"]]
     N, L = len(T), max(T)
 
@@ -472,40 +481,96 @@ def _direct(cfg, res, tokens):
             out[i, :len(r)] = torch.tensor(r, dtype=torch.float64)
         return out
     mask = torch.arange(L)[None, :] < torch.tensor(T)[:, None]
-    logp, old = pad(tokens["logp"]), pad(tokens.get("old_logp") or tokens["logp"])
+    logp = pad(tokens["logp"])
+    old = pad(tokens["old_logp"]) if tokens.get("old_logp") else None
     ref = pad(tokens["ref_logp"]) if tokens.get("ref_logp") else None
-    base = ref if cfg.ratio_vs == "ref" else old
-    A = pad(res["normalized_token_advantages"])
+    sampler = pad(tokens["sampler_logp"]) if tokens.get("sampler_logp") else (old if old is not None else logp)
+    entropy = pad(tokens["entropy"]) if tokens.get("entropy") else torch.zeros(N, L, dtype=torch.float64)
     G = len(res["rewards"][0])
     keep = torch.tensor([b not in res["dropped_groups"] for b in range(len(res["rewards"])) for _ in range(G)])
     loss_mask = mask & keep[:, None]
-    kl = kl_estimate(logp, ref, "k1" if cfg.kl_estimator == "full" else cfg.kl_estimator) if ref is not None else None
+    roll = Rollout(prompt_ids=torch.zeros(N, 1, dtype=torch.long), prompt_mask=torch.ones(N, 1, dtype=torch.long),
+                   completion_ids=torch.zeros(N, L, dtype=torch.long), completion_mask=mask, logprobs=sampler,
+                   lengths=torch.tensor(T), truncated=torch.zeros(N, dtype=torch.bool))
+    selected = (step_mod.entropy_mask(entropy, loss_mask, cfg.top_entropy_quantile, World())
+                if cfg.top_entropy_quantile < 1.0 else None)
+    batch = SimpleNamespace(rollout=roll, adv=SimpleNamespace(normalized=pad(res["normalized_token_advantages"])),
+                            loss_mask=loss_mask, ref_logp=ref, old_logp=old, entropy_mask=selected)
+    full = (ref is not None and cfg.kl_estimator == "full")
+    # the forward pass: the given log-probs (the exact KL, which needs logits, as explain's k1 stand-in)
+    monkeypatch.setattr(update, "token_stats", lambda *a, **k: SimpleNamespace(
+        logp=logp.clone(), entropy=entropy, full_kl=(logp - ref) if full else None))
     out = {}
     for name in POLICY_LOSSES.names():
-        pol = policy_loss(name)(logp, base, A, mask, cfg).loss
-        total = pol + cfg.beta * kl if (kl is not None and cfg.beta > 0) else pol
-        out[name] = float(aggregate(total, loss_mask, cfg.loss_aggregation, max_new_tokens=L))
+        run = SimpleNamespace(cfg=dataclasses.replace(cfg, policy_loss=name), actor=None,
+                              ref=object() if ref is not None else None, plugged=SimpleNamespace(head=None))
+        m, terms = update.token_terms(run, batch, torch.arange(N), cfg.beta, reuse_logp_as_old=old is None)
+        rows = lambda x: [x[i, :t].tolist() for i, t in enumerate(T)]           # noqa: E731
+        agg = float(aggregate(terms.per_token, m, cfg.loss_aggregation, max_new_tokens=L))
+        out[name] = (rows(terms.per_token.detach()), rows(terms.policy.detach()), agg)
     return out
 
 
+def _agree(res, trainer):
+    for name, lo in res["all_losses"]["losses"].items():
+        total, policy, agg = trainer[name]
+        assert lo["total"] == [pytest.approx(r, rel=1e-12, abs=1e-15) for r in total], name
+        assert lo["policy"] == [pytest.approx(r, rel=1e-12, abs=1e-15) for r in policy], name
+        assert lo["loss"] == pytest.approx(agg, rel=1e-12, abs=1e-15), name
+
+
+# Ragged lengths, two groups (the second all-equal: dropped under dapo's filter), a sampler apart
+# from pi_old and entropies, so that every term of the trainer's loss has something to do.
+TOKENS = {"logp": [[-0.3, -1.2], [-2.0], [-0.7, -0.1, -1.4], [-0.9, -0.2]],
+          "old_logp": [[-0.4, -1.0], [-2.2], [-0.6, -0.3, -1.0], [-1.0, -0.2]],
+          "ref_logp": [[-0.5, -1.1], [-1.5], [-0.9, -0.1, -1.9], [-0.8, -0.5]],
+          "sampler_logp": [[-0.6, -0.9], [-2.1], [-0.6, -1.9, -1.0], [-1.1, -0.2]],
+          "entropy": [[0.9, 0.2], [1.4], [0.5, 1.1, 0.3], [0.8, 0.6]]}
+TOKEN_OPTIONS = {k: ";".join(",".join(str(x) for x in r) for r in v) for k, v in TOKENS.items()}
+EXTRA = [{}, {"rollout_correction": "tis"}, {"rollout_correction": "icepop", "rollout_is_min": 0.9},
+         {"rollout_correction": "seq_tis"}, {"rollout_correction": "mis", "rollout_is_max": 1.3},
+         {"top_entropy_quantile": 0.5, "entropy_coef": 0.01}, {"kl_ratio_weight": True, "beta": 0.1},
+         {"kl_estimator": "full", "kl_clamp": 0.05, "beta": 0.1}, {"kl_estimator": "k3", "kl_clamp": 0.05, "beta": 0.1}]
+
+
+@pytest.mark.parametrize("extra", EXTRA, ids=lambda e: ",".join(f"{k}={v}" for k, v in e.items()) or "as-preset")
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_loss_aggregate_agrees_with_the_registry(capsys, preset):
-    cfg = cfg_for(preset)
-    # ragged lengths, two groups, the second all-equal (dropped under dapo's filter)
-    tokens = {"logp": [[-0.3, -1.2], [-2.0], [-0.7, -0.1, -1.4], [-0.9, -0.2]],
-              "old_logp": [[-0.4, -1.0], [-2.2], [-0.6, -0.3, -1.0], [-1.0, -0.2]],
-              "ref_logp": [[-0.5, -1.1], [-1.5], [-0.9, -0.1, -1.9], [-0.8, -0.5]]}
-    text = {k: ";".join(",".join(str(x) for x in r) for r in v) for k, v in tokens.items()}
-    res = every_loss(capsys, cfg, "1,0;0.5,0.5", None, logp=text["logp"], old_logp=text["old_logp"],
-                     ref_logp=text["ref_logp"])
+def test_every_loss_is_the_trainers_on_every_token(capsys, monkeypatch, preset, extra):
+    """grpo explain --all-losses shows, for every preset, what the trainer's update computes on the
+    same inputs: every token's total and policy term, and the aggregate, under every policy loss."""
+    cfg = cfg_for(preset, **extra)
+    res = every_loss(capsys, cfg, "1,0;0.5,0.5", None, logp=TOKEN_OPTIONS["logp"], old_logp=TOKEN_OPTIONS["old_logp"],
+                     ref_logp=TOKEN_OPTIONS["ref_logp"], sampler_logp=TOKEN_OPTIONS["sampler_logp"],
+                     entropy=TOKEN_OPTIONS["entropy"])
     assert res["lengths"] == [[2, 1], [3, 2]]                       # taken from --logp
-    direct = _direct(cfg, res, tokens)
+    _agree(res, _trainer(cfg, res, TOKENS, monkeypatch))
     printed = render(cfg, res)
     width = max(len(n) for n in POLICY_LOSSES.names())
     for name, lo in res["all_losses"]["losses"].items():
-        assert lo["loss"] == pytest.approx(direct[name], rel=1e-12, abs=1e-15), name
         assert f"    {name.ljust(width)}  {fmt(lo['loss'])}" in printed, name       # the text's summary shows it
     assert res["all_losses"]["in_loss"] == ([True, True, False, False] if preset == "dapo" else [True] * 4)
+
+
+def test_the_builtin_inputs_are_the_trainers_too(capsys, monkeypatch):
+    """On the built-in inputs (pi_old = pi_theta when --old-logp is left out too), every term agrees."""
+    from grpo.explain import DEFAULT_ENTROPY, DEFAULT_SAMPLER_LOGP
+    tokens = {"logp": LOGP, "old_logp": parse_sequences(DEFAULT_OLD_LOGP, "x"),
+              "ref_logp": parse_sequences(DEFAULT_REF_LOGP, "x"),
+              "sampler_logp": parse_sequences(DEFAULT_SAMPLER_LOGP, "x"),
+              "entropy": parse_sequences(DEFAULT_ENTROPY, "x", entropies=True)}
+    cfg = cfg_for("seed", rollout_correction="icepop", top_entropy_quantile=0.5, entropy_coef=0.01)
+    res = every_loss(capsys, cfg)
+    assert any(flat(res["all_losses"]["rollout_masked"])) and not all(flat(res["all_losses"]["entropy_kept"]))
+    _agree(res, _trainer(cfg, res, tokens, monkeypatch))
+    cfg = cfg_for("seed", ratio_vs="old")
+    res = every_loss(capsys, cfg, "0.8,0.6", None, logp=DEFAULT_LOGP)              # no --old-logp: pi_old = pi_theta
+    _agree(res, _trainer(cfg, res, {"logp": LOGP}, monkeypatch))
+
+
+def test_entropy_settings_without_entropies_are_one_line(capsys):
+    with pytest.raises(ConfigError, match="--entropy: entropy_coef and top_entropy_quantile read each token's "
+                                          "entropy; give --entropy"):
+        main(cfg_for("seed", ratio_vs="old", entropy_coef=0.01), "1,0", None, True, logp="-1,-2;-0.5")
 
 
 def test_text_and_json_agree_with_every_loss(capsys):
@@ -520,9 +585,19 @@ def test_text_and_json_agree_with_every_loss(capsys):
 
 
 def test_default_output_is_unchanged_without_token_inputs(capsys):
-    # the article walk-through (Step 5 at one token) stays what docs/worked-example.md shows
-    res = run_main(capsys, cfg_for("seed"))
+    """Without token inputs Step 5 is the article's one token; steps 1-4 are the same text either
+    way, and that token's figures are the every-token step's at sequence 1, token 1."""
+    cfg = cfg_for("seed")
+    res = run_main(capsys, cfg)
     assert res["all_losses"] is None and res["loss"] is not None
+    every = every_loss(capsys, cfg)
+    one, text = res["loss"], render(cfg, res)
+    assert text.split("Step 5.")[0] == render(cfg, every).split("Step 5.")[0]
+    assert "Step 5. Loss at sequence 1, token 1 (log pi_theta = -1.5, log pi_ref = -1.6" in text
+    clip = every["all_losses"]["losses"]["clip"]
+    assert one["policy_loss"] == pytest.approx(clip["policy"][0][0], rel=1e-12)
+    assert one["total"] == pytest.approx(clip["total"][0][0], rel=1e-12)
+    assert one["kl"] == pytest.approx(every["all_losses"]["kl"][0][0], rel=1e-12)
 
 
 def test_advantages_override_and_no_reference(capsys):
@@ -571,15 +646,19 @@ def test_all_losses_json_keys(capsys):
                         "discount_sums", "credit_denominators", "token_advantages", "token_mean", "token_std",
                         "normalized_token_advantages", "estimator_steps", "loss", "all_losses"}
     assert set(res["all_losses"]) == {"builtin", "logp", "old_logp", "old_logp_given", "ref_logp", "ratio_vs",
-                                      "log_ratio", "advantages", "advantages_from", "sequence_log_ratio_means",
-                                      "sequence_advantage_means", "kl_estimator", "kl", "kl_in_loss", "beta",
-                                      "kl_clamp", "aggregation", "in_loss", "num_seqs", "num_tokens",
+                                      "sampler_logp", "sampler_logp_given", "log_ratio", "advantages",
+                                      "advantages_from", "sequence_log_ratio_means", "sequence_advantage_means",
+                                      "rollout_correction", "rollout_bounds", "rollout_log_ratio", "rollout_weights",
+                                      "rollout_masked", "entropy", "entropy_kept", "top_entropy_quantile",
+                                      "entropy_coef", "kl_estimator", "kl", "kl_in_loss", "kl_ratio_weight", "beta",
+                                      "kl_clamp", "total_differs", "aggregation", "in_loss", "num_seqs", "num_tokens",
                                       "max_new_tokens", "losses"}
     for lo in res["all_losses"]["losses"].values():
-        assert set(lo) == {"configured", "ratio", "clipped_low", "clipped_high", "policy", "total",
+        assert set(lo) == {"configured", "ratio", "clipped_low", "clipped_high", "policy", "kl", "total",
                            "policy_aggregate", "loss"}
     for k in ("cispo_max", "dual_clip_c", "sapo_temperature_pos", "sapo_temperature_neg", "gmpo_epsilon",
-              "advantage_estimator", "kl_clamp"):
+              "advantage_estimator", "kl_clamp", "rollout_correction", "top_entropy_quantile", "entropy_coef",
+              "kl_ratio_weight"):
         assert k in res["settings"], k
     # the same keys without token inputs, and under another estimator
     plain = run_main(capsys, cfg_for("seed"))
@@ -743,15 +822,16 @@ def test_parse_components():
 
 
 @pytest.mark.parametrize("name,step", [("reinforce_pp", 3), ("reinforce_pp_baseline", 3), ("gdpo", 4)])
-def test_every_estimator_with_every_loss(capsys, name, step):
+def test_every_estimator_with_every_loss(capsys, monkeypatch, name, step):
     cfg = cfg_for("seed", advantage_estimator=name)
     res = every_loss(capsys, cfg)
     assert res["all_losses"]["advantages"] == res["normalized_token_advantages"]
+    from grpo.explain import DEFAULT_ENTROPY, DEFAULT_SAMPLER_LOGP
     tokens = {"logp": LOGP, "old_logp": parse_sequences(DEFAULT_OLD_LOGP, "x"),
-              "ref_logp": parse_sequences(DEFAULT_REF_LOGP, "x")}
-    direct = _direct(cfg, res, tokens)
-    for loss, lo in res["all_losses"]["losses"].items():
-        assert lo["loss"] == pytest.approx(direct[loss], rel=1e-12), loss
+              "ref_logp": parse_sequences(DEFAULT_REF_LOGP, "x"),
+              "sampler_logp": parse_sequences(DEFAULT_SAMPLER_LOGP, "x"),
+              "entropy": parse_sequences(DEFAULT_ENTROPY, "x", entropies=True)}
+    _agree(res, _trainer(cfg, res, tokens, monkeypatch))
     assert f"Step {step}. The loss on every token" in render(cfg, res)
 
 

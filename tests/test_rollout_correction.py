@@ -106,7 +106,7 @@ def test_the_weight_multiplies_each_tokens_policy_loss(tiny_config):
     noise = torch.randn(batch.rollout.logprobs.shape, generator=torch.Generator().manual_seed(0)) * 0.3
     batch.rollout.logprobs = torch.where(mask, batch.rollout.logprobs + noise, 0.0)
     seqs = torch.arange(mask.shape[0])
-    terms = token_terms(run, batch, seqs, 0.0, reuse_logp_as_old=True)
+    _, terms = token_terms(run, batch, seqs, 0.0, reuse_logp_as_old=True)
     W = terms.policy.shape[1]
     # the plain clip term at pi_theta = pi_old is -A; the weight is exp(logp - sampler) capped at 1.2
     from grpo.models.logprobs import token_stats
@@ -162,7 +162,7 @@ def test_top_entropy_tokens_only(tiny_config):
     from grpo.models.logprobs import token_stats
     st = token_stats(run.actor, batch.rollout, temperature=cfg.temperature, chunk=cfg.logprob_chunk)
     assert torch.allclose(st.entropy[m], ent[m], atol=1e-4)
-    terms = token_terms(run, batch, torch.arange(m.shape[0]), 0.0, reuse_logp_as_old=True)
+    _, terms = token_terms(run, batch, torch.arange(m.shape[0]), 0.0, reuse_logp_as_old=True)
     W = terms.policy.shape[1]
     assert (terms.policy.detach()[~batch.entropy_mask[:, :W]] == 0).all()
 

@@ -135,8 +135,9 @@ def test_summary_and_completions(preset_run):
         group = [x for x in lines if x["step"] == step and x["group"] == 0]
         assert len(group) == cfg.group_size and len({x["prompt"] for x in group}) == 1
         assert 1 <= min(x["length"] for x in group) and max(x["length"] for x in group) <= cfg.max_new_tokens
-        for x in group:                       # the total is the weighted sum of the functions' scores
-            assert x["reward"] == pytest.approx(sum(x["rewards"].values()), abs=1e-6) or cfg.overlong_penalty
+        for x in group:      # the total is the sum of the functions' scores (each of weight 1 here), overlong's included
+            assert x["reward"] == pytest.approx(sum(x["rewards"].values()), abs=1e-6)
+            assert ("overlong" in x["rewards"]) == bool(cfg.overlong_penalty)
         if cfg.reward_scaling == "none":      # A_i = r_i - the group's mean reward
             mean = sum(x["reward"] for x in group) / len(group)
             for x in group:

@@ -1,4 +1,4 @@
-"""`grpo explain`'s walk-through: the computation's result (grpo/explain/__init__.py) as text, every
+"""`grpo explain`'s walk-through: the computation's result (grpo/explain/compute.py) as text, every
 number printed the way the article's worked example prints it. Reads only the result (and the
 config for the settings' names and parameters), so the text and `--json` always agree."""
 
@@ -7,28 +7,12 @@ from __future__ import annotations
 import math
 
 from ..config import TrainConfig
+from .numbers import fmt, p as _p, signed_sum as _sum
+from .render_losses import render_every_loss
 
 EPS_TEXT = "1e-8"
 # What the article prints for its example, to flag where the formulas give something else.
 ARTICLE_NORMALIZED = "0.1134, 0.1145, 0.1159 / -0.0846, -0.0856, -0.0863, -0.0873"
-
-
-def fmt(x: float) -> str:
-    """7 significant digits; float noise below 1e-10 (0.8 - 0.7 = 0.10000000000000009) is not shown."""
-    return f"{round(float(x), 10) + 0.0:.7g}"
-
-
-def _p(x: float) -> str:
-    """A factor in a product: negatives in parentheses, `0.99 * (-0.1)`."""
-    return f"({fmt(x)})" if fmt(x).startswith("-") else fmt(x)
-
-
-def _sum(values) -> str:
-    """`a + b - c`: a sum written with its signs."""
-    out = fmt(values[0])
-    for v in values[1:]:
-        out += f" - {fmt(-v)}" if fmt(v).startswith("-") else f" + {fmt(v)}"
-    return out
 
 
 def _is_article_example(cfg: TrainConfig, res: dict) -> bool:
@@ -52,7 +36,7 @@ def render(cfg: TrainConfig, result: dict) -> str:
     if result["all_losses"] is None:
         lines += _render_loss(cfg, result, n)
     else:
-        lines += _render_every_loss(cfg, result, n)
+        lines += render_every_loss(cfg, result, n)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -376,129 +360,3 @@ def _render_gdpo(cfg, res) -> list[list[str]]:
                   f"{EPS_TEXT}) = {fmt(a)}" for i, (s, a) in enumerate(zip(total, _flat(res["sequence_advantages"])))]
     step3.append(_zero_var_line(cfg, res))
     return [step1, step2, step3]
-
-
-# ------------------------------------------------------------------ every registered policy loss
-def _loss_formula(cfg, name: str) -> str:
-    lo, hi = fmt(1.0 - cfg.epsilon), fmt(1.0 + (cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high))
-    return {
-        "clip": f"-min(rho A^, clip(rho, {lo}, {hi}) A^)",
-        "reinforce": "-A^ log pi_theta (no ratio in the loss, nothing clipped; rho shown for reference)",
-        "gspo": f"one ratio per sequence, s_i = exp(mean_t l), against A_i = mean_t A^: -min(s_i A_i, clip(s_i, {lo}, "
-                f"{hi}) A_i) on each of its tokens (rho column: s_i)",
-        "gspo_token": f"the sequence ratio's value s_i against each token's A^: -min(s_i A^, clip(s_i, {lo}, {hi}) A^)"
-                      " (rho column: s_i)",
-        "cispo": f"-sg[min(rho, cispo_max={fmt(cfg.cispo_max)})] A^ log pi_theta (flagged: above the cap with A^ > 0)",
-        "dual_clip": f"clip's -min(rho A^, clip(rho, {lo}, {hi}) A^), and for A^ < 0 at most -c A^ "
-                     f"(dual_clip_c={fmt(cfg.dual_clip_c)}; low also marks where c binds)",
-        "sapo": f"-(4/tau) sigmoid(tau (rho - 1)) A^, tau = {fmt(cfg.sapo_temperature_pos)} (sapo_temperature_pos) "
-                f"for A^ > 0, else {fmt(cfg.sapo_temperature_neg)} (sapo_temperature_neg); nothing clipped",
-        "gmpo": f"-A_i exp(mean_t l'), l' = l clipped to [-{fmt(cfg.gmpo_epsilon)}, {fmt(cfg.gmpo_epsilon)}] "
-                "(gmpo_epsilon) on the pessimistic side, A_i = mean_t A^ (rho column: exp(mean_t l), unclipped)",
-    }.get(name, "")
-
-
-def _table(header: list[str], rows: list[list[str]], indent: str = "    ") -> list[str]:
-    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
-    fmt_row = lambda r: indent + "  ".join(c.rjust(w) for c, w in zip(r, widths))   # noqa: E731
-    return [fmt_row(header)] + [fmt_row(r) for r in rows]
-
-
-def _render_every_loss(cfg, res, n: int) -> list[str]:
-    ev = res["all_losses"]
-    X = "pi_ref" if ev["ratio_vs"] == "ref" else "pi_old"
-    lines = [f"Step {n}. The loss on every token, under every registered policy loss (grpo/algo/losses.py), "
-             f"aggregated by loss_aggregation={ev['aggregation']}"]
-    if ev["builtin"]:
-        lines.append("  Log-probs: the built-in illustrative values for the article's two completions (give your own "
-                     "with --logp, --old-logp, --ref-logp).")
-    else:
-        lines.append("  Log-probs: as given" + ("" if ev["old_logp_given"] else
-                                                 "; no --old-logp: pi_old = pi_theta (the first update)") + ".")
-    lines.append("  Advantages A^: " + ("as given by --advantages, on every token of each completion (the "
-                                        "estimator's above are not used)." if ev["advantages_from"] == "--advantages"
-                                        else "the estimator's, from the steps above."))
-    lines.append(f"  Ratio (ratio_vs={ev['ratio_vs']}): l = log pi_theta - log {X}, rho = e^l"
-                 + (" (log pi_old is not used)." if ev["ratio_vs"] == "ref" else "."))
-    kl_head = None
-    if ev["ref_logp"] is None:
-        lines.append("  KL: no --ref-logp, so no KL term (the trainer adds beta * KL against pi_ref when beta > 0).")
-    elif not ev["kl_in_loss"]:
-        lines.append("  KL: beta = 0, the KL term is off.")
-    else:
-        est = ev["kl_estimator"]
-        note = " (k1 in place of the full-vocabulary KL, which needs the logits)" if cfg.kl_estimator == "full" else ""
-        clamp = f", clamped to [-{fmt(ev['kl_clamp'])}, {fmt(ev['kl_clamp'])}] (kl_clamp)" if ev["kl_clamp"] else ""
-        lines.append(f"  KL (kl_estimator={est}{note}{clamp}) per token, against pi_ref; every loss's per-token total "
-                     f"adds beta * KL, beta = {fmt(ev['beta'])}.")
-        kl_head = f"KL ({est})"
-    header = ["seq", "t", "log pi_theta", "log pi_old"] + (["log pi_ref"] if ev["ref_logp"] is not None else []) \
-        + ["l", "A^"] + ([kl_head] if kl_head else [])
-    rows = []
-    for i, T_i in enumerate(len(r) for r in ev["logp"]):
-        for t in range(T_i):
-            row = [str(i + 1) + ("" if ev["in_loss"][i] else "*"), str(t + 1), fmt(ev["logp"][i][t]),
-                   fmt(ev["old_logp"][i][t])]
-            row += [fmt(ev["ref_logp"][i][t])] if ev["ref_logp"] is not None else []
-            row += [fmt(ev["log_ratio"][i][t]), fmt(ev["advantages"][i][t])]
-            row += [fmt(ev["kl"][i][t])] if kl_head else []
-            rows.append(row)
-    lines += _table(header, rows)
-    if not all(ev["in_loss"]):
-        lines.append("    * a sequence of a zero-variance group, dropped from the loss (filter_zero_variance_groups=on)")
-    lines.append("  Sequence means (gspo, gspo_token and gmpo read them):")
-    for i, row in enumerate(ev["log_ratio"]):
-        m_l, m_a = ev["sequence_log_ratio_means"][i], ev["sequence_advantage_means"][i]
-        lines.append(f"    sequence {i + 1}: mean l = ({_sum(row)}) / {len(row)} = {fmt(m_l)}, e^{_p(m_l)} = "
-                     f"{fmt(math.exp(m_l))}; mean A^ = ({_sum(ev['advantages'][i])}) / {len(row)} = {fmt(m_a)}")
-    lines.append("  " + _aggregation_text(ev))
-    for name, lo in ev["losses"].items():
-        lines.append("")
-        lines.append(f"  policy_loss={name}{' (the configured one)' if lo['configured'] else ''}: "
-                     f"{_loss_formula(cfg, name)}".rstrip(": "))
-        head = ["seq", "t", "rho", "clipped", "policy"] + (["total"] if ev["kl_in_loss"] else [])
-        rows = []
-        for i, T_i in enumerate(len(r) for r in lo["policy"]):
-            for t in range(T_i):
-                clip = "low" if lo["clipped_low"][i][t] else "high" if lo["clipped_high"][i][t] else "-"
-                row = [str(i + 1) + ("" if ev["in_loss"][i] else "*"), str(t + 1), fmt(lo["ratio"][i][t]), clip,
-                       fmt(lo["policy"][i][t])]
-                rows.append(row + ([fmt(lo["total"][i][t])] if ev["kl_in_loss"] else []))
-        lines += _table(head, rows)
-        lines += _aggregate_steps(ev, lo)
-    lines.append("")
-    lines.append(f"  Summary, the loss under loss_aggregation={ev['aggregation']}:")
-    width = max(len(k) for k in ev["losses"])
-    for name, lo in ev["losses"].items():
-        extra = f" (policy part {fmt(lo['policy_aggregate'])})" if ev["kl_in_loss"] else ""
-        lines.append(f"    {name.ljust(width)}  {fmt(lo['loss'])}{extra}{'  <- configured' if lo['configured'] else ''}")
-    return lines
-
-
-def _aggregation_text(ev) -> str:
-    mode, N, n, L = ev["aggregation"], ev["num_seqs"], ev["num_tokens"], ev["max_new_tokens"]
-    kept = "" if all(ev["in_loss"]) else " (the kept sequences only)"
-    if mode == "seq_mean_token_mean":
-        return f"Aggregation (loss_aggregation={mode}): (1/N_seq) sum_i (1/T_i) sum_t total, N_seq = {N}{kept}."
-    if mode == "token_mean":
-        return f"Aggregation (loss_aggregation={mode}): sum_{{i,t}} total / sum_i T_i, sum_i T_i = {n}{kept}."
-    return (f"Aggregation (loss_aggregation={mode}): sum_{{i,t}} total / (N_seq * L), N_seq = {N}{kept}, "
-            f"L = {L}, the longest given length (the configured max_new_tokens is not used here).")
-
-
-def _aggregate_steps(ev, lo) -> list[str]:
-    """The aggregate of one loss's per-token totals, its sums written out."""
-    mode, N, n, L = ev["aggregation"], ev["num_seqs"], ev["num_tokens"], ev["max_new_tokens"]
-    rows = [row for row, keep in zip(lo["total"], ev["in_loss"]) if keep]
-    if not rows:
-        return [f"    loss: no sequence is kept in the loss: {fmt(lo['loss'])}"]
-    what = "loss" + (f" (policy + beta * KL; the policy part alone: {fmt(lo['policy_aggregate'])})"
-                     if ev["kl_in_loss"] else "")
-    if mode == "seq_mean_token_mean":
-        means = [math.fsum(r) / len(r) for r in rows]
-        parts = "; ".join(f"({_sum(r)}) / {len(r)} = {fmt(m)}" for r, m in zip(rows, means))
-        return [f"    sequence means: {parts}",
-                f"    {what} = ({_sum(means)}) / {N} = {fmt(lo['loss'])}"]
-    flat = [v for r in rows for v in r]
-    denom = f"{n}" if mode == "token_mean" else f"({N} * {L})"
-    return [f"    {what} = ({_sum(flat)}) / {denom} = {fmt(lo['loss'])}"]

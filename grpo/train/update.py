@@ -1,18 +1,18 @@
 """The policy update of one step: `updates_per_batch` passes over the sampled batch, each split into
 `minibatches` optimizer steps over whole groups, each step summed over its micro-batches (at least
-`grad_accum`, each within `micro_batch_tokens`: microbatch.py) and over processes. The per-token loss is the registered policy loss of `policy_loss` plus
-beta * KL (grpo/algo/losses.py), aggregated with the minibatch's own counts, so micro-batches and
-processes add up to the loss of the whole minibatch.
+`grad_accum`, each within `micro_batch_tokens`: microbatch.py) and over processes. The per-token
+loss is grpo/algo/token_loss.py's (the one `grpo explain` prints), aggregated with the minibatch's
+own counts, so micro-batches and processes add up to the loss of the whole minibatch.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from ..algo import losses
+from ..algo.token_loss import TokenLoss, token_loss
 from ..config import rollout_is_bounds
 from ..models.logprobs import token_stats
 from ..parallel.fsdp import with_stand_ins
@@ -20,71 +20,27 @@ from ..parallel.world import World
 from . import microbatch
 
 
-@dataclass
-class TokenTerms:
-    """One micro-batch's per-token loss terms, all (n, W): W its longest completion."""
-    mask: torch.Tensor               # valid tokens of groups kept in the loss
-    per_token: torch.Tensor          # policy + beta * KL, differentiable
-    policy: torch.Tensor
-    kl: torch.Tensor | None
-    ratio: torch.Tensor
-    clipped_low: torch.Tensor
-    clipped_high: torch.Tensor
-    entropy: torch.Tensor
-    mismatch: losses.RolloutWeights | None = None    # sampler vs trainer, where the trainer's pi_old is known
-
-
-def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old: bool) -> TokenTerms:
-    """Forward the actor on sequences `micro` and build the per-token loss."""
+def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old: bool) -> tuple[torch.Tensor, TokenLoss]:
+    """Forward the actor on sequences `micro` and build their per-token loss (algo/token_loss.py):
+    (the mask of valid tokens of groups kept in the loss, the loss and its parts), all (n, W)."""
     cfg = run.cfg
     roll, W = microbatch.trim(batch.rollout.select(micro))
     full_kl = cfg.kl_estimator == "full" and run.ref is not None
     st = token_stats(run.actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
                      ref=run.ref if full_kl else None, head=run.plugged.head, entropy_grad=cfg.entropy_coef > 0)
-    ref_logp = batch.ref_logp[micro, :W] if batch.ref_logp is not None else None
     # the trainer's own log-probs under the weights that sampled (pi_old as the trainer computes it):
     # this pass's, detached, on the first and only update; else the old-policy pass's, where one ran
     if reuse_logp_as_old:
         train_old = st.logp.detach()
     else:
         train_old = batch.old_logp[micro, :W] if batch.old_logp is not None else None
-    if cfg.ratio_vs == "ref":
-        base = ref_logp
-    else:                           # pi_old: the trainer's where known, else the sampler's
-        base = train_old if train_old is not None else roll.logprobs
-    adv = batch.adv.normalized.to(st.logp.device)[micro, :W]                 # (n, W)
-    pol = losses.policy_loss(cfg.policy_loss)(st.logp, base, adv, roll.loss_tokens, cfg)
-    policy = pol.loss
-    mismatch = None
-    if train_old is not None:
-        mismatch = losses.rollout_weights(train_old, roll.logprobs, roll.loss_tokens, cfg.rollout_correction,
-                                          *rollout_is_bounds(cfg))
-        if cfg.rollout_correction != "none":
-            policy = policy * mismatch.weight.to(policy.dtype)
-    if batch.entropy_mask is not None:              # top-rho entropy tokens only
-        policy = policy * batch.entropy_mask[micro, :W].to(policy.dtype)
-    kl = None
-    if run.ref is not None:
-        kl = st.full_kl if full_kl else losses.kl_estimate(st.logp, ref_logp, cfg.kl_estimator)
-        if cfg.kl_clamp is not None and not full_kl:
-            kl = kl.clamp(-cfg.kl_clamp, cfg.kl_clamp)
-        if cfg.kl_ratio_weight:                     # the estimate's importance weight pi / pi_old, differentiable
-            kl = kl * torch.exp(_log_ratio(cfg, st.logp, train_old if train_old is not None else roll.logprobs,
-                                           roll.loss_tokens))
-    per_token = policy + beta * kl if (kl is not None and beta > 0) else policy
-    if cfg.entropy_coef > 0:                        # the bonus: its gradient raises each token's entropy
-        per_token = per_token - cfg.entropy_coef * st.entropy
-    return TokenTerms(batch.loss_mask[micro, :W], per_token, policy, kl, pol.ratio, pol.clipped_low,
-                      pol.clipped_high, st.entropy.detach(), mismatch)
-
-
-def _log_ratio(cfg, logp: torch.Tensor, old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log pi / pi_old per token (n, W), or each sequence's mean over its tokens (n, 1) for gspo."""
-    lr = logp - old.detach()
-    if cfg.policy_loss == "gspo":
-        m = mask.to(lr.dtype)
-        return (lr * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)
-    return lr
+    terms = token_loss(cfg, st.logp, batch.adv.normalized.to(st.logp.device)[micro, :W], roll.loss_tokens,
+                       sampler_logp=roll.logprobs, beta=beta, old_logp=train_old,
+                       ref_logp=batch.ref_logp[micro, :W] if batch.ref_logp is not None else None,
+                       full_kl=st.full_kl if full_kl else None, entropy=st.entropy,
+                       keep=batch.entropy_mask[micro, :W] if batch.entropy_mask is not None else None,
+                       bounds=rollout_is_bounds(cfg))
+    return batch.loss_mask[micro, :W], terms
 
 
 class Tally:
@@ -114,7 +70,7 @@ class Tally:
             self.ratio_min, self.ratio_max = world.min(self.ratio_min), world.max(self.ratio_max)
             self.mm_weight_max, self.mm_abs_diff_max = world.max(self.mm_weight_max), world.max(self.mm_abs_diff_max)
 
-    def add(self, t: TokenTerms, mask: torch.Tensor) -> None:
+    def add(self, t: TokenLoss, mask: torch.Tensor) -> None:
         if not mask.any():               # every group here was filtered out: nothing to count
             return
         m = mask.float()
@@ -177,8 +133,7 @@ def _accumulate(run, batch, seqs, counts, beta, reuse_logp_as_old, tally) -> tup
     # Dr. GRPO's constant: the longest a completion can be (an episode: its token budget)
     longest = cfg.env_max_tokens if cfg.env else cfg.max_new_tokens
     for micro, stand_in in with_stand_ins(parts, count, seqs.device):
-        terms = token_terms(run, batch, micro, beta, reuse_logp_as_old)
-        mask = terms.mask
+        mask, terms = token_terms(run, batch, micro, beta, reuse_logp_as_old)
         loss = losses.aggregate(terms.per_token, mask, cfg.loss_aggregation, longest, num_seqs, num_tokens)
         if stand_in:
             loss = loss * 0.0                                # zero gradients, same collectives
