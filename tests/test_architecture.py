@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1] / "grpo"
 # Lower layers first; a part may import parts of its own or lower layers only.
 LAYERS = [
     {"errors"},
-    {"common", "compat", "levers", "algo", "sinks", "report"},
+    {"common", "compat", "algo", "sinks", "report"},
     {"config"},
     {"data", "explain"},
     {"rewards", "rollout"},

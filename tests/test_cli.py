@@ -224,7 +224,8 @@ def test_setting_types_are_resolved_once(monkeypatch):
     them per field compiled every annotation again (tens of thousands of calls per run)."""
     import typing
     from grpo import config
-    config._hints.cache_clear()
+    from grpo.config import checks
+    checks._hints.cache_clear()
     calls = []
     real = typing.get_type_hints
     monkeypatch.setattr(typing, "get_type_hints", lambda *a, **k: calls.append(1) or real(*a, **k))

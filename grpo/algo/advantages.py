@@ -200,7 +200,7 @@ def compute_advantages(rewards: Tensor, lengths: Tensor, max_len: int, *, reward
 # `settings` is any object with the fields the estimator reads (a TrainConfig); `history` holds
 # earlier batches' scaled rewards (the window baseline); `components` is {reward function name:
 # (its scores (B, G), its weight)}, the parts of `rewards` (GDPO reads them). Adding one: a
-# function registered here, its name in the `advantage_estimator` literal of grpo/config.py, and
+# function registered here, its name in the `advantage_estimator` literal of grpo/config/fields.py, and
 # its tests.
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 register_estimator = ADVANTAGE_ESTIMATORS.register

@@ -103,7 +103,7 @@ class PolicyTerms(NamedTuple):
 # A policy loss: loss(logp, base_logp, adv, mask, settings) -> PolicyTerms, every tensor (n, L);
 # base_logp is pi_X of the ratio (reference or sampling policy), `settings` any object with the
 # fields the loss reads (a TrainConfig). Adding one: a function registered here, its name in the
-# `policy_loss` literal of grpo/config.py, and its tests.
+# `policy_loss` literal of grpo/config/fields.py, and its tests.
 POLICY_LOSSES = Registry("policy loss")
 register_policy_loss = POLICY_LOSSES.register
 

@@ -1,5 +1,5 @@
 """The speed and memory levers as one typed settings object (see `Levers`). Imports nothing of the
-package: config.py re-exports it, and every seam a lever serves reads it."""
+package: grpo.config re-exports it, and every seam a lever serves reads it."""
 
 from __future__ import annotations
 
