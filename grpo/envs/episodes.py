@@ -113,16 +113,16 @@ def checked_reply(name: str, reply, where: str) -> None:
     if not isinstance(reply.messages, (list, tuple)) or not all(_is_message(m) for m in reply.messages):
         fail(f'a Reply whose messages are {_what(reply.messages)}; expected a list of {{"role": text, '
              '"content": text}} messages')
-    for field in ("reward", "turn_reward"):
-        v = getattr(reply, field)
+    for attr in ("reward", "turn_reward"):
+        v = getattr(reply, attr)
         if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v))):
-            fail(f"a Reply whose {field} is {_what(v)}; expected a finite number or None")
+            fail(f"a Reply whose {attr} is {_what(v)}; expected a finite number or None")
     if not isinstance(reply.done, (bool, int)):
         fail(f"a Reply whose done is {_what(reply.done)}; expected True or False")
-    for field in ("tool_calls", "tool_errors"):
-        v = getattr(reply, field)
+    for attr in ("tool_calls", "tool_errors"):
+        v = getattr(reply, attr)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            fail(f"a Reply whose {field} is {_what(v)}; expected a count (0, 1, ...)")
+            fail(f"a Reply whose {attr} is {_what(v)}; expected a count (0, 1, ...)")
 
 
 def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list[dict], sampling: SamplingSettings,
@@ -134,99 +134,123 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
     marking the policy's tokens), the episodes, and timings."""
     if generators is not None and len(generators) != len(envs):
         raise ValueError(f"{len(generators)} generators for {len(envs)} episodes")
-    use_template = uses_chat_template(tokenizer, chat_template)
-    schemas = [tool_schema(f) for f in tools] if tools else None
-    if schemas and not use_template:
-        schemas = None            # no chat format to describe them in: the model knows its calls from its warm start
-    elif schemas and not template_offers_tools(tokenizer, schemas):
-        # the template does not write tools: they are described in the system message instead
-        fallback = tools_system_prompt(schemas)
-        system_prompt = f"{system_prompt}\n\n{fallback}" if system_prompt else fallback
-        schemas = None
-    name = type(envs[0]).__name__ if envs else "?"
-    contained = dict(workers=limits.workers, timeout=limits.timeout, name=name)
+    talk = _Talk(tokenizer, chat_template, tools, system_prompt, limits,
+                 type(envs[0]).__name__ if envs else "?", [str(r.get("prompt", "")) for r in rows])
     t_env = time.perf_counter()
-    opened = run_calls([partial(env.reset, row) for env, row in zip(envs, rows)], method="reset",
-                       describe=lambda i: episode_label(i, str(rows[i].get("prompt", ""))), **contained)
-    openings = [as_messages(checked_opening(name, m, episode_label(i, str(rows[i].get("prompt", "")))), system_prompt)
-                for i, m in enumerate(opened)]
-    env_seconds = time.perf_counter() - t_env
-    if use_template:
-        kw = {"tools": schemas} if schemas else {}
-        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False, **kw) for m in openings]
-    else:
-        texts = format_prompts(tokenizer, openings, chat_template=False)
-    prompts = [tokenizer(t, add_special_tokens=not use_template)["input_ids"] for t in texts]
-    eps = [Episode(env, list(m), p) for env, m, p in zip(envs, openings, prompts)]
-    eos = set(sampling.eos_ids)
-    pad = sampling.pad_id
-    gen_seconds = 0.0
-    while True:
-        active = [i for i, e in enumerate(eps) if not e.done]
-        if not active:
-            break
-        room = [limits.max_tokens - len(eps[i].ids) for i in active]
-        budget = min(sampling.max_new_tokens, max(room))
-        ids, mask = _left([eps[i].prompt + eps[i].ids for i in active], pad, device)
+    eps = talk.open(envs, rows)
+    times = dict(generate=0.0, environment=time.perf_counter() - t_env)
+    while active := [i for i, e in enumerate(eps) if not e.done]:
         t0 = time.perf_counter()
-        # each turn draws from a seed of its own, one draw of the episode's generator: how far a
-        # turn's decoding runs depends on the other rows of the call, so the episode's own generator
-        # must advance the same whatever shares the call
-        turn_seeds = None if generators is None else [
-            int(torch.randint(1 << 62, (1,), generator=generators[i], device=generators[i].device)) for i in active]
-        roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget), turn_seeds)
-        gen_seconds += time.perf_counter() - t0
-        turn_toks, texts = [], []
-        for row, i in enumerate(active):
-            e = eps[i]
-            n = min(int(roll.lengths[row]), room[row])
-            toks = roll.completion_ids[row, :n].tolist()
-            e.ids += toks
-            e.sampled += [True] * n
-            e.logps += roll.logprobs[row, :n].tolist()
-            e.entropy += roll.entropy[row, :n].tolist() if roll.entropy is not None else [0.0] * n
-            e.turns += 1
-            e.turn_of += [e.turns] * n
-            turn_toks.append(toks)
-            texts.append(turn_text(tokenizer, toks, eos))
-            e.messages.append({"role": "assistant", "content": texts[-1]})
+        toks, texts = _model_turn(engine, model, tokenizer, eps, active, sampling, generators, limits, device)
+        times["generate"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         replies = run_calls([partial(eps[i].env.step, text) for i, text in zip(active, texts)], method="step",
-                            describe=lambda r: episode_label(active[r], str(rows[active[r]].get("prompt", "")),
-                                                             eps[active[r]].turns), **contained)
-        env_seconds += time.perf_counter() - t0
+                            describe=lambda r: talk.label(active[r], eps[active[r]].turns), **talk.contained)
+        times["environment"] += time.perf_counter() - t0
         for row, i in enumerate(active):
-            e, toks, reply = eps[i], turn_toks[row], replies[row]
-            checked_reply(name, reply, episode_label(i, str(rows[i].get('prompt', '')), e.turns))
-            ended_by_eos = bool(toks) and toks[-1] in eos
-            e.tool_calls += reply.tool_calls
-            e.tool_errors += reply.tool_errors
-            e.turn_rewards.append(None if reply.turn_reward is None else float(reply.turn_reward))
-            if reply.reward is not None:
-                e.reward = float(reply.reward)
-            if reply.done:                       # a turn cut by max_new_tokens still counts as truncated
-                e.done, e.truncated = True, not ended_by_eos
-                continue
-            if not ended_by_eos or e.turns >= limits.max_turns:     # out of turns is not a cut
-                e.done, e.truncated = True, not ended_by_eos
-                continue
-            eos_text = tokenizer.decode([toks[-1]], skip_special_tokens=False)
-            between = render_between_turns(tokenizer, e.messages[:-1], reply.messages, chat_template=chat_template,
-                                           tools=schemas, eos_text=eos_text)
-            env_ids = tokenizer(between, add_special_tokens=False)["input_ids"]
-            if len(e.ids) + len(env_ids) >= limits.max_tokens:     # no room left for another turn
-                # the model never reads these: kept in the record, marked so
-                e.messages += [{**m, "unseen": True} for m in reply.messages]
-                e.done, e.truncated = True, True
-                continue
-            e.messages += list(reply.messages)
-            e.ids += env_ids
-            e.sampled += [False] * len(env_ids)
-            e.logps += [0.0] * len(env_ids)
-            e.entropy += [0.0] * len(env_ids)
-            e.turn_of += [0] * len(env_ids)
-    return trajectories(eps, pad, device, record_entropy=sampling.record_entropy), eps, \
-        dict(generate=gen_seconds, environment=env_seconds)
+            talk.answer(eps[i], toks[row], replies[row], set(sampling.eos_ids), talk.label(i, eps[i].turns))
+    return trajectories(eps, sampling.pad_id, device, record_entropy=sampling.record_entropy), eps, times
+
+
+class _Talk:
+    """How a run's episodes talk: the chat template (and the tools it offers), the system prompt,
+    the limits, and the labels that name an episode in an error."""
+
+    def __init__(self, tokenizer, chat_template: bool, tools, system_prompt: str | None, limits: EpisodeLimits,
+                 name: str, prompts: list[str]):
+        self.tokenizer, self.chat_template, self.limits, self.name, self.prompts = \
+            tokenizer, chat_template, limits, name, prompts
+        self.use_template = uses_chat_template(tokenizer, chat_template)
+        schemas = [tool_schema(f) for f in tools] if tools else None
+        if schemas and not self.use_template:
+            schemas = None        # no chat format to describe them in: the model knows its calls from its warm start
+        elif schemas and not template_offers_tools(tokenizer, schemas):
+            # the template does not write tools: they are described in the system message instead
+            fallback = tools_system_prompt(schemas)
+            system_prompt = f"{system_prompt}\n\n{fallback}" if system_prompt else fallback
+            schemas = None
+        self.schemas, self.system_prompt = schemas, system_prompt
+        self.contained = dict(workers=limits.workers, timeout=limits.timeout, name=name)
+
+    def label(self, i: int, turn: int | None = None) -> str:
+        return episode_label(i, self.prompts[i]) if turn is None else episode_label(i, self.prompts[i], turn)
+
+    def open(self, envs: list, rows: list[dict]) -> list[Episode]:
+        """Every episode's opening (what reset returned, checked) and its tokens."""
+        opened = run_calls([partial(env.reset, row) for env, row in zip(envs, rows)], method="reset",
+                           describe=self.label, **self.contained)
+        openings = [as_messages(checked_opening(self.name, m, self.label(i)), self.system_prompt)
+                    for i, m in enumerate(opened)]
+        tok = self.tokenizer
+        if self.use_template:
+            kw = {"tools": self.schemas} if self.schemas else {}
+            texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False, **kw) for m in openings]
+        else:
+            texts = format_prompts(tok, openings, chat_template=False)
+        prompts = [tok(t, add_special_tokens=not self.use_template)["input_ids"] for t in texts]
+        return [Episode(env, list(m), p) for env, m, p in zip(envs, openings, prompts)]
+
+    def answer(self, e: Episode, toks: list[int], reply, eos: set[int], where: str) -> None:
+        """The environment's reply to the model's turn `toks`: the episode ends, or its messages join
+        the trajectory as the template renders them between turns."""
+        checked_reply(self.name, reply, where)
+        ended_by_eos = bool(toks) and toks[-1] in eos
+        e.tool_calls += reply.tool_calls
+        e.tool_errors += reply.tool_errors
+        e.turn_rewards.append(None if reply.turn_reward is None else float(reply.turn_reward))
+        if reply.reward is not None:
+            e.reward = float(reply.reward)
+        # a turn cut by max_new_tokens still counts as truncated; out of turns is not a cut
+        if reply.done or not ended_by_eos or e.turns >= self.limits.max_turns:
+            e.done, e.truncated = True, not ended_by_eos
+            return
+        eos_text = self.tokenizer.decode([toks[-1]], skip_special_tokens=False)
+        between = render_between_turns(self.tokenizer, e.messages[:-1], reply.messages,
+                                       chat_template=self.chat_template, tools=self.schemas, eos_text=eos_text)
+        env_ids = self.tokenizer(between, add_special_tokens=False)["input_ids"]
+        if len(e.ids) + len(env_ids) >= self.limits.max_tokens:     # no room left for another turn
+            # the model never reads these: kept in the record, marked so
+            e.messages += [{**m, "unseen": True} for m in reply.messages]
+            e.done, e.truncated = True, True
+            return
+        e.messages += list(reply.messages)
+        n = len(env_ids)
+        e.ids += env_ids
+        e.sampled += [False] * n
+        e.logps += [0.0] * n
+        e.entropy += [0.0] * n
+        e.turn_of += [0] * n
+
+
+def _model_turn(engine, model, tokenizer, eps: list[Episode], active: list[int], sampling: SamplingSettings,
+                generators, limits: EpisodeLimits, device) -> tuple[list[list[int]], list[str]]:
+    """One model turn of every running episode, in one engine call: each episode's sampled tokens
+    (cut at its token budget) added to it, and the turn's tokens and text."""
+    room = [limits.max_tokens - len(eps[i].ids) for i in active]
+    budget = min(sampling.max_new_tokens, max(room))
+    ids, mask = _left([eps[i].prompt + eps[i].ids for i in active], sampling.pad_id, device)
+    # each turn draws from a seed of its own, one draw of the episode's generator: how far a
+    # turn's decoding runs depends on the other rows of the call, so the episode's own generator
+    # must advance the same whatever shares the call
+    turn_seeds = None if generators is None else [
+        int(torch.randint(1 << 62, (1,), generator=generators[i], device=generators[i].device)) for i in active]
+    roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget), turn_seeds)
+    eos = set(sampling.eos_ids)
+    turn_toks, texts = [], []
+    for row, i in enumerate(active):
+        e = eps[i]
+        n = min(int(roll.lengths[row]), room[row])
+        toks = roll.completion_ids[row, :n].tolist()
+        e.ids += toks
+        e.sampled += [True] * n
+        e.logps += roll.logprobs[row, :n].tolist()
+        e.entropy += roll.entropy[row, :n].tolist() if roll.entropy is not None else [0.0] * n
+        e.turns += 1
+        e.turn_of += [e.turns] * n
+        turn_toks.append(toks)
+        texts.append(turn_text(tokenizer, toks, eos))
+        e.messages.append({"role": "assistant", "content": texts[-1]})
+    return turn_toks, texts
 
 
 def trajectories(eps: list[Episode], pad: int, device, record_entropy: bool = False) -> Rollout:
