@@ -237,10 +237,12 @@ def test_every_part_imports_only_lower_layers():
     assert layer_violations(graph(ROOT)) == []
 
 
+@pytest.mark.slow
 def test_the_math_imports_torch_only():
     assert purity_violations(ROOT) == []
 
 
+@pytest.mark.slow
 def test_fast_is_imported_in_one_guarded_place():
     assert optional_violations(ROOT) == []
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow          # every test here runs `grpo` in processes of its own
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--max-steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
         "--eval-size", "0", "--device", "cpu", "--no-save-model"]

@@ -85,6 +85,7 @@ def test_latest_good_with_nothing_intact(two_checkpoints, tmp_path):
         checkpoint.find("latest-good", run)
 
 
+@pytest.mark.slow
 def test_resume_latest_good_runs_on_from_the_older_checkpoint(two_checkpoints, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(two_checkpoints, run)
@@ -136,6 +137,7 @@ def _pages(folder: Path) -> int:
     return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model_dir, tmp_path):
     probe = tmp_path / "probe"
     proc = _grpo("train", "--model", tiny_model_dir, *FLAGS, "--max-steps", "1", "--output-dir", probe, cwd=tmp_path)
@@ -156,6 +158,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model_dir,
         assert _steps(run) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_the_final_save_is_one_line_and_keeps_the_checkpoint(tiny_model_dir, tmp_path):
     """The trained model is written like a checkpoint: a full disk leaves no model/ folder without
     weights, says so in one line, and the last checkpoint resumes."""
@@ -180,6 +183,7 @@ def test_a_full_disk_during_the_final_save_is_one_line_and_keeps_the_checkpoint(
         assert _steps(run) == [1, 2] and (run / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_always_resumes(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "kill_loop.py"), "--kills", "4", "--steps", "120"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -266,6 +270,7 @@ def test_a_save_killed_part_way_leaves_no_hidden_folder_after_the_next(two_check
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000002", "step-000003"]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused_and_the_first_goes_on(tiny_model_dir, tmp_path):
     import time
     out = tmp_path / "run"

@@ -40,6 +40,7 @@ def test_train_help_lists_the_settings(grpo):
     assert "seed, deepseekmath, dr_grpo, dapo, gspo, trl" in out or "{seed,deepseekmath,dr_grpo,dapo,gspo,trl}" in out
 
 
+@pytest.mark.slow
 def test_train_writes_every_output(grpo, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     proc = ok(grpo("train", "--model", tiny_model_dir, *TINY_FLAGS, "--output-dir", out))
@@ -54,6 +55,7 @@ def test_train_writes_every_output(grpo, tiny_model_dir, tmp_path):
     assert saved["model"] == str(tiny_model_dir) and saved["preset"] == "seed" and saved["group_size"] == 4
 
 
+@pytest.mark.slow
 def test_flags_override_the_config_file(grpo, tiny_model_dir, tmp_path):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "preset": "deepseekmath", "beta": 0.3,
@@ -98,17 +100,20 @@ def _one_line_error(proc, message):
     pytest.param("cuda:7", "device: 'cuda:7'",
                  marks=pytest.mark.skipif(__import__("torch").cuda.device_count() > 7, reason="8 or more GPUs")),
 ])
+@pytest.mark.slow
 def test_a_device_this_machine_lacks_is_one_line(grpo, tiny_model_dir, tmp_path, device, message):
     _one_line_error(grpo("train", "--model", tiny_model_dir, *TINY_FLAGS[:-2], "--device", device,
                          "--output-dir", tmp_path / "run"), message)
 
 
+@pytest.mark.slow
 def test_an_output_dir_that_is_a_file_is_one_line(grpo, tiny_model_dir, tmp_path):
     (tmp_path / "taken").write_text("not a folder")
     _one_line_error(grpo("train", "--model", tiny_model_dir, *TINY_FLAGS, "--output-dir", tmp_path / "taken"),
                     f"output_dir: {tmp_path / 'taken'} is a file, not a folder")
 
 
+@pytest.mark.slow
 def test_a_truncated_weights_file_is_one_line_naming_it(grpo, tiny_model_dir, tmp_path):
     import shutil
     broken = tmp_path / "broken-model"
@@ -124,6 +129,7 @@ def test_unknown_flag_exits_2(grpo):
     assert proc.returncode == 2 and "--group-szie" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_explain_json_is_one_object(grpo):
     proc = ok(grpo("explain", "--json"))
     lines = proc.stdout.strip().splitlines()
@@ -138,6 +144,7 @@ def test_explain_json_is_one_object(grpo):
         assert key in res["loss"], key
 
 
+@pytest.mark.slow
 def test_eval_json(grpo, tiny_model_dir):
     proc = ok(grpo("eval", "--model", tiny_model_dir, "--eval-size", "8", "--device", "cpu", "--json"))
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -145,6 +152,7 @@ def test_eval_json(grpo, tiny_model_dir):
     assert 0.0 <= res["accuracy"] <= 1.0 and "mean_reward" in res
 
 
+@pytest.mark.slow
 def test_eval_of_an_environment(grpo, tiny_model_dir):
     """grpo eval --env: held-out episodes, greedy, then sampled with pass@k."""
     proc = ok(grpo("eval", "--model", tiny_model_dir, "--env", "retry", "--env-max-turns", "2", "--eval-size", "6",
@@ -175,6 +183,7 @@ def test_demo_end_to_end_with_a_fresh_cache(grpo, tmp_path):
     assert "done: held-out accuracy" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_custom_reward_dataset_reports_that_reward_and_evaluates_during_training(grpo, tiny_model_dir, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"question": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(40)))

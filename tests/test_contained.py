@@ -113,6 +113,7 @@ def test_scores_equal_the_in_process_ones(user_file, pools):
     assert a[2]["parity"].tolist() == [c.endswith("9") for c in COMPLETIONS] and not a[3]["parity"].any()
 
 
+@pytest.mark.slow
 def test_a_hang_stops_within_the_timeout_and_names_the_sample(user_file, pools):
     fns = pools("hang", timeout=1.5)
     t0 = time.monotonic()
@@ -127,6 +128,7 @@ def test_a_hang_stops_within_the_timeout_and_names_the_sample(user_file, pools):
     assert "--reward-failure unscorable" in msg
 
 
+@pytest.mark.slow
 def test_a_hang_scored_unscorable_and_the_pool_goes_on(user_file, pools):
     fns = pools("hang", timeout=1.0, failure="unscorable")
     total, _, _, failed = score(fns, PROMPTS, COMPLETIONS, COLUMNS)
@@ -162,6 +164,7 @@ def test_exits_unscorable_counts_only_the_culprits(user_file, pools):
     assert per_fn["exits"].tolist() == [0.0 if c else 0.5 for c in culprits]
 
 
+@pytest.mark.slow
 def test_a_timeout_kills_what_the_function_started(user_file, pools, tmp_path, monkeypatch):
     pid_file = tmp_path / "spawned.pid"
     monkeypatch.setenv("SPAWN_PID_FILE", str(pid_file))
@@ -197,6 +200,7 @@ def test_workers_live_in_their_own_session(user_file, pools):
     assert int(total.item()) == fns.pool.workers[0].proc.pid
 
 
+@pytest.mark.slow
 def test_workers_die_with_the_process_that_started_them(user_file, tmp_path):
     code = textwrap.dedent('''
         import os, sys, types
@@ -222,6 +226,7 @@ def test_close_stops_every_worker(user_file, pools):
     assert all(p.poll() is not None for p in procs)
 
 
+@pytest.mark.slow
 def test_the_worker_count_setting(user_file, pools):
     assert pools("length", workers=3).pool.size == 3
     assert 1 <= default_workers() <= 8

@@ -24,6 +24,8 @@ import rows as rows_mod
 from grpo.config import resolve
 from grpo.train import train
 
+pytestmark = pytest.mark.slow          # every test here runs `grpo` in processes of its own
+
 HERE = Path(__file__).parent
 REWARD = f"{HERE / 'dist_worker.py'}:dense_reward"
 BASE = dict(max_steps=3, prompts_per_step=4, group_size=4, max_new_tokens=6, eval_size=0, lr=1e-3, device="cpu",

@@ -295,6 +295,7 @@ def _slow_run(tiny_model_dir, limits, **kind):
                                                                         range(8)], limits)
 
 
+@pytest.mark.slow
 def test_environment_steps_of_a_turn_run_at_once(tiny_model_dir):
     """Eight episodes whose steps take 0.2 s each: with 8 workers a turn's environment time is about
     one step's, with 1 worker about eight; the episodes are the same either way."""
@@ -304,6 +305,7 @@ def test_environment_steps_of_a_turn_run_at_once(tiny_model_dir):
     assert times1["environment"] >= 8 * 0.2 and times8["environment"] < 4 * 0.2
 
 
+@pytest.mark.slow
 def test_an_environment_that_hangs_or_raises_stops_with_one_line(tiny_model_dir):
     import time
     from grpo.errors import EnvironmentFailure

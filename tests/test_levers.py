@@ -113,6 +113,7 @@ def test_few_row_products_leave_a_model_off_the_cpu_as_it_is():
         assert own_forward(cpu[0]) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", list(RUNS))
 def test_the_static_engine_gives_the_same_run(tiny_config, all_on, run):
     cfg = tiny_config(**RUNS[run], engine="static")
@@ -151,6 +152,7 @@ print("trained without grpo.fast")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", list(RUNS))
 def test_training_without_grpo_fast(tiny_config, all_on, run):
     cfg = tiny_config(**RUNS[run])

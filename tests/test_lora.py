@@ -38,6 +38,7 @@ def rows(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_adapter_disabled_reference_is_the_base_model(tiny_model_dir, tiny_config):
     base, tok = load_model(tiny_model_dir, torch.device("cpu"))
     actor, _ = load_model(tiny_model_dir, torch.device("cpu"))
@@ -94,6 +95,7 @@ def test_lora_trains_only_the_adapter_and_saves_it(tiny_config, tmp_path, monkey
     assert all(r["kl"] is not None for r in rows(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_lora_resume_is_exact(tiny_config, tmp_path):
     common = dict(preset="deepseekmath", task="dense", lora_rank=4, lr=5e-2, max_steps=4, save_every=2, eval_size=0)
     train(tiny_config(**common, output_dir=str(tmp_path / "whole")), log=lambda *a: None)
@@ -114,6 +116,7 @@ def test_memory_switches_train(tiny_config, tmp_path, switches):
         assert r["loss"] is not None and r["grad_norm"] is not None
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tmp_path):
     out = {}
     for gc in (False, True):

@@ -147,6 +147,7 @@ print(mapped, reused)
 """
 
 
+@pytest.mark.slow
 @linux_only
 def test_reuse_freed_memory_serves_repeated_large_blocks_without_page_faults():
     # in a fresh process: the allocator's state is process-wide, and other tests leave theirs
@@ -185,6 +186,7 @@ print(holes(None), holes(0.05))
 """
 
 
+@pytest.mark.slow
 @linux_only
 def test_reuse_with_trim_every_hands_free_heap_pages_back_while_inside():
     out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True,

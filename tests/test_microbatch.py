@@ -74,7 +74,7 @@ def test_token_budgets_give_the_same_update_and_reference(tiny_config, aggregati
         run, batch = setup_batch(tiny_config(**base, micro_batch_tokens=budget))
         parts = micro_plan(run, batch, torch.arange(16))
         acc = run_update(run, batch)
-        out[budget] = dict(parts=len(parts), weights=state(run.actor), grads=acc.last_grads, loss=acc["loss"],
+        out[budget] = dict(parts=len(parts), weights=state(run.actor), grads=acc.last_grads, loss=acc.loss,
                            ref=batch.ref_logp, lengths=batch.rollout.lengths)
     assert out[0]["parts"] == 1 < out[40]["parts"] < out[16]["parts"]
     assert len(set(out[0]["lengths"].tolist())) > 1, "the sample should hold completions of several lengths"

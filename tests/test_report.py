@@ -52,6 +52,7 @@ def report(run_dir):
     return run_dir / "report.html", proc
 
 
+@pytest.mark.slow
 def test_report_writes_one_page_and_a_png_per_chart(report, run_dir):
     page, proc = report
     assert page.is_file() and "report:" in proc.stdout
@@ -83,6 +84,7 @@ def test_charts_group_the_metrics_and_keep_unknown_ones():
     assert "kl" not in charts                                       # no data, no chart
 
 
+@pytest.mark.slow
 def test_bad_run_folders_name_the_file_and_line(tmp_path):
     with pytest.raises(ReportError, match="no metrics.jsonl"):
         read_run(tmp_path)
@@ -104,6 +106,7 @@ def test_bad_run_folders_name_the_file_and_line(tmp_path):
     assert last.startswith(f"grpo report: error: {tmp_path / 'config.yaml'}:3: not valid YAML"), last
 
 
+@pytest.mark.slow
 def test_completion_text_cannot_end_the_data_script(run_dir):
     html = render(read_run(run_dir))
     assert TRICKY not in html and "<\\/script><b>bold?<\\/b>" in html
@@ -137,6 +140,7 @@ def page(browser, report):
     ctx.close()
 
 
+@pytest.mark.slow
 def test_page_draws_every_chart_without_errors_and_fetches_nothing(page, run_dir, tmp_path):
     charts = chart_series(read_run(run_dir))
     assert page.locator("figure.chart").count() == len(charts) >= 10
@@ -153,6 +157,7 @@ def test_page_draws_every_chart_without_errors_and_fetches_nothing(page, run_dir
     assert [u for u in page.requests if not u.startswith("file://")] == []
 
 
+@pytest.mark.slow
 def test_completions_browser_by_step_by_prompt_and_sorted(page, run_dir):
     rows = [json.loads(x) for x in (run_dir / "completions.jsonl").read_text().splitlines()]
     last = max(r["step"] for r in rows)
@@ -179,6 +184,7 @@ def test_completions_browser_by_step_by_prompt_and_sorted(page, run_dir):
     assert page.problems == []
 
 
+@pytest.mark.slow
 def test_hovering_a_chart_shows_the_values_at_that_step(page):
     fig = page.locator("figure.chart[data-chart='reward']")
     box = fig.locator("svg").bounding_box()
@@ -187,6 +193,7 @@ def test_hovering_a_chart_shows_the_values_at_that_step(page):
     assert tip.is_visible() and "step 3" in tip.inner_text() and "reward/mean" in tip.inner_text()
 
 
+@pytest.mark.slow
 def test_png_without_matplotlib_names_the_extra(monkeypatch, run_dir, tmp_path):
     from grpo.report.png import write_pngs
     monkeypatch.setitem(sys.modules, "matplotlib", None)          # `import matplotlib` now fails
@@ -194,6 +201,7 @@ def test_png_without_matplotlib_names_the_extra(monkeypatch, run_dir, tmp_path):
         write_pngs(read_run(run_dir), tmp_path / "png")
 
 
+@pytest.mark.slow
 def test_an_episode_shows_as_its_conversation(browser, tiny_model_dir, tmp_path):
     """An environment run's completions are conversations: each turn its own block, the model's
     turns told from the environment's, in the order they came."""
@@ -228,6 +236,7 @@ def test_an_episode_shows_as_its_conversation(browser, tiny_model_dir, tmp_path)
     ctx.close()
 
 
+@pytest.mark.slow
 def test_openings_that_differ_and_unseen_messages_show_on_each_card(browser, tmp_path):
     """Episodes of one group that opened differently show each its own opening on its card; an
     environment message the token budget kept from the model is shown greyed and labelled."""

@@ -43,6 +43,7 @@ def rows(out) -> list[dict]:
     dict(preset="deepseekmath", env=f"{os.path.dirname(__file__)}/dist_worker.py:TwoTurns", env_max_turns=2,
          env_max_tokens=16),
 ])
+@pytest.mark.slow
 def test_crash_then_resume_equals_uninterrupted(tiny_config, monkeypatch, tmp_path, extra):
     common = dict(task="dense", max_steps=6, save_every=2, lr=1e-2, eval_size=4, **extra)
     whole = tiny_config(**common, output_dir=str(tmp_path / "whole"))

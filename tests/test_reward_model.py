@@ -71,6 +71,7 @@ def llama_dir(tmp_path_factory):
     return save_model(tmp_path_factory.mktemp("rm-llama"), "llama", pad=True, chat=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["gpt2_dir", "llama_dir"])
 def test_deterministic_and_batched_equals_one_by_one(which, request):
     path = request.getfixturevalue(which)

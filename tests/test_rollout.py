@@ -243,6 +243,7 @@ def test_shared_prefill_equals_one_prefill_per_sample(tiny_model_dir, engine):
     assert torch.allclose(shared.logprobs, plain.logprobs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_inverse_cdf_sampler_draws_each_index_with_its_probability():
     from grpo.rollout.sampling import sample
     w = torch.tensor([[0.0, 1.0, 3.0, 0.0, 6.0], [5.0, 0.0, 0.0, 0.0, 5.0]])
@@ -303,6 +304,7 @@ def test_shared_prompt_forward_equals_plain_path_on_any_row_selection(tiny_model
         torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointed", [False, True])
 @pytest.mark.parametrize("backward", [False, True])
 def test_shared_prompt_forward_is_freed_with_or_without_a_backward(tiny_model_dir, backward, checkpointed,
@@ -341,6 +343,7 @@ def test_shared_prompt_forward_is_freed_with_or_without_a_backward(tiny_model_di
     assert alive == 0, f"{alive} of the prompt forward's {len(seen)} tensors still alive"
 
 
+@pytest.mark.slow
 def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
     """Vocabulary not a multiple of the block, mass in a single late entry, whole blocks of zeros:
     the draw lands only on positive entries, with the right frequencies."""

@@ -48,6 +48,7 @@ def _evals(out):
     return [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_every_step_eval_config_and_summary(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out, _, proc = tracked_run
@@ -67,6 +68,7 @@ def test_tensorboard_event_files_hold_every_step_eval_config_and_summary(tracked
     assert f"tensorboard --logdir {out / 'tensorboard'}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_mlflow_local_store_holds_params_metrics_and_summary(tracked_run):
     from mlflow.tracking import MlflowClient
     out, _, _ = tracked_run
@@ -84,6 +86,7 @@ def test_mlflow_local_store_holds_params_metrics_and_summary(tracked_run):
     assert json.loads(open(local).read())["steps"] == STEPS
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_read_back_with_wandb_itself(tracked_run):
     out, _, _ = tracked_run
     run_id = json.loads((out / "trackers.json").read_text())["wandb"]
@@ -108,6 +111,7 @@ def test_wandb_offline_run_read_back_with_wandb_itself(tracked_run):
     assert state["summary"]["completions"]["nrows"] == 8           # the logged group's completions, as a table
 
 
+@pytest.mark.slow
 def test_trackio_store_holds_every_step(tracked_run):
     out, trackio_dir, _ = tracked_run
     code = ("import json, trackio.sqlite_storage as s; "
@@ -125,6 +129,7 @@ def test_trackio_store_holds_every_step(tracked_run):
     assert "summary/eval_after/mean_reward" in by_step[STEPS]
 
 
+@pytest.mark.slow
 def test_the_run_folder_files_are_written_beside_the_trackers(tracked_run):
     out, _, _ = tracked_run
     assert [r["step"] for r in _metrics(out)] == [1, 2, 3]
@@ -167,6 +172,7 @@ def test_unknown_tracker_and_missing_package_are_config_errors(monkeypatch):
     assert resolve(overrides={"report_to": ["none"]}).report_to == ["none"]
 
 
+@pytest.mark.slow
 def test_a_resumed_mlflow_sink_continues_the_same_run(tmp_path):
     from mlflow.tracking import MlflowClient
     from grpo.sinks.trackers import MlflowSink

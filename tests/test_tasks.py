@@ -71,6 +71,7 @@ def rg_task(request):
     return reasoning_gym_task(request.param, heldout_size=20, train_size=40)
 
 
+@pytest.mark.slow
 def test_reasoning_gym_splits_never_overlap(rg_task):
     held = prompts(rg_task.heldout(rg_task.heldout_size))
     train = prompts(rg_task.row(i, False) for i in range(rg_task.train_size))

@@ -14,6 +14,7 @@ import math
 import shutil
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -210,9 +211,8 @@ def run_update(run, batch, lr=0.1):
         return real_step(*a, **k)
 
     opt.step = step_and_record
-    acc = update_policy(run, opt, sched, batch, run.cfg.beta, torch.Generator().manual_seed(1))
-    acc.last_grads = grads
-    return acc
+    stats = update_policy(run, opt, sched, batch, run.cfg.beta, torch.Generator().manual_seed(1))
+    return SimpleNamespace(**{f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}, last_grads=grads)
 
 
 @pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
@@ -228,8 +228,8 @@ def test_grad_accum_and_minibatches_are_invariant(tiny_config, preset, aggregati
             run, batch = setup_batch(cfg)
             initial = state(run.actor)
             acc = run_update(run, batch)
-            assert acc["n_updates"] == minibatches and acc["skipped"] == 0
-            results.append((state(run.actor), acc.last_grads, acc["loss"]))
+            assert acc.updates == minibatches and acc.skipped == 0
+            results.append((state(run.actor), acc.last_grads, acc.loss))
         w0, g0, loss0 = results[0]
         assert all(not torch.equal(w0[n], initial[n]) for n in w0), "the update should move every weight"
         for grad_accum, (w, g, loss) in zip(accums[1:], results[1:]):
@@ -250,7 +250,7 @@ def test_micro_batch_loss_sum_equals_plain_full_batch_loss(tiny_config):
         kl = losses.kl_estimate(st.logp, batch.ref_logp, "k3")
         expected = losses.aggregate(pg + cfg.beta * kl, batch.loss_mask, cfg.loss_aggregation, cfg.max_new_tokens)
     acc = run_update(run, batch)
-    assert acc["loss"] == pytest.approx(expected.item(), abs=1e-6)
+    assert acc.loss == pytest.approx(expected.item(), abs=1e-6)
 
 
 # ---------------------------------------------------------------------- non-finite losses
@@ -277,7 +277,7 @@ def test_non_finite_loss_skips_the_update(tiny_config, monkeypatch, which):
     opt = torch.optim.AdamW(actor.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     acc = update_policy(run, opt, sched, batch, cfg.beta, torch.Generator())
-    assert acc["skipped"] == 1 and acc["n_updates"] == 0
+    assert acc.skipped == 1 and acc.updates == 0
     for n, p in actor.named_parameters():
         assert torch.equal(p.detach(), initial[n]), n
         assert p.grad is None, n                              # no half-accumulated gradient left over
@@ -291,7 +291,7 @@ def test_non_finite_gradient_skips_the_update(tiny_config):
     initial = state(actor)
     actor.model.norm.weight.register_hook(lambda g: g * float("inf"))
     acc = run_update(run, batch)
-    assert acc["skipped"] == 1 and acc["n_updates"] == 0
+    assert acc.skipped == 1 and acc.updates == 0
     assert all(torch.equal(p.detach(), initial[n]) for n, p in actor.named_parameters())
 
 

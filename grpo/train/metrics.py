@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 from ..algo import advantages as adv_mod
-from ..config import needs_reference
 
 
-def step_metrics(cfg, step: int, batch, acc, beta: float, lr: float, times: dict, skipped_total: int) -> dict:
-    """The metrics of step `step` from its batch (step.StepBatch) and update tally (update.Tally)."""
-    n_up, tok = max(acc.n_updates, 1), max(acc.tokens, 1.0)
+def step_metrics(cfg, step: int, batch, u, beta: float, lr: float, times: dict, skipped_total: int) -> dict:
+    """The metrics of step `step` from its batch (step.StepBatch) and update (update.UpdateStats)."""
     r, lengths = batch.rewards.flatten(), batch.lengths.float()
     m = {
         "step": step,
-        "loss": acc.loss / n_up if acc.n_updates else None,
-        "policy_loss": acc.pg / tok,
-        "kl": acc.kl / tok if needs_reference(cfg) else None,
+        "loss": u.loss,
+        "policy_loss": u.policy_loss,
+        "kl": u.kl,
         "beta": beta,
         "reward/mean": r.mean().item(),
         "reward/std": r.std(unbiased=False).item(),
@@ -28,28 +26,25 @@ def step_metrics(cfg, step: int, batch, acc, beta: float, lr: float, times: dict
             m[f"reward/{name}/failed"] = int(batch.failed[name].sum().item())
     m.update({
         "groups/zero_variance_frac": adv_mod.zero_variance_groups(batch.rewards).float().mean().item(),
-        "clip/low_frac": acc.clip_low / tok,
-        "clip/high_frac": acc.clip_high / tok,
-        "ratio/mean": acc.ratio / tok,
-        "ratio/min": acc.ratio_min if math.isfinite(acc.ratio_min) else None,
-        "ratio/max": acc.ratio_max if math.isfinite(acc.ratio_max) else None,
-        "entropy": acc.ent / tok,
+        "clip/low_frac": u.clip_low_frac,
+        "clip/high_frac": u.clip_high_frac,
+        "ratio/mean": u.ratio_mean,
+        "ratio/min": u.ratio_min,
+        "ratio/max": u.ratio_max,
+        "entropy": u.entropy,
         "length/mean": lengths.mean().item(),
         "length/min": int(lengths.min().item()),
         "length/max": int(lengths.max().item()),
         "length/truncated_frac": batch.truncated.float().mean().item(),
-        "grad_norm": acc.grad_norm / n_up if acc.n_updates else None,
+        "grad_norm": u.grad_norm,
         "lr": lr,
         "updates/skipped_nonfinite": skipped_total,
     })
     if cfg.dynamic_sampling:
         m["dynamic/draws"] = batch.draws
         m["dynamic/short_groups"] = batch.short
-    if acc.mm_tokens:                    # sampler vs trainer (where the trainer's pi_old is known)
-        mm = acc.mm_tokens
-        m.update({"mismatch/kl": acc.mm_kl / mm, "mismatch/logp_diff_mean": acc.mm_abs_diff / mm,
-                  "mismatch/logp_diff_max": acc.mm_abs_diff_max, "mismatch/weight_mean": acc.mm_weight / mm,
-                  "mismatch/weight_max": acc.mm_weight_max, "mismatch/masked_frac": acc.mm_masked / mm})
+    if u.mismatch is not None:           # sampler vs trainer (where the trainer's pi_old is known)
+        m.update({f"mismatch/{k}": v for k, v in dataclasses.asdict(u.mismatch).items()})
     if batch.episodes:                  # --env: summed over ranks
         e = batch.episodes
         n = max(1.0, e["episodes"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -56,18 +56,33 @@ class Run:
     shard: bool = False
     watch: Any = None         # a phase name -> context, wrapped around each phase (phases.py)
     env: Any = None           # --env's class: each completion is an episode (grpo/envs)
-    episode_stats: dict | None = None   # this step's episode figures, this rank's (turns, tool calls, ...)
     callbacks: Any = None     # train/inputs.Callbacks: the caller's callbacks (rank 0's; none elsewhere)
 
     def phases(self) -> Phases:
         return Phases(self.cfg, self.device, self.plugged.memory, self.actor, self.ref, self.shard, self.watch)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Drawn:
+    """This rank's groups of one step, sampled and scored (one draw of prompts, or with dynamic
+    sampling the groups kept from several). Shapes: b prompts of G completions, N = b * G."""
+    rows: list[dict]
+    rollout: Rollout                 # (N, L)
+    texts: list[str]                 # N completions (an episode: its conversation)
+    rewards: torch.Tensor            # (b, G) final rewards
+    per_fn: dict                     # name -> (N,) each reward function's scores
+    failed: dict                     # name -> (N,) bool: completions the function could not score
+    episodes: dict | None = None     # --env: this rank's episode figures (turns, tool calls, ...)
+    draws: int = 1                   # dynamic sampling: draws of prompts_per_step prompts
+    short: int = 0                   # dynamic sampling: equal-reward groups that filled the batch, all ranks
+
+
+@dataclass(frozen=True)
 class StepBatch:
-    """One step's batch. Under data parallelism `rows`, `rollout`, `texts`, `adv`, `loss_mask` and
-    `ref_logp` are this rank's share (prompts first_prompt .. first_prompt + b - 1 of the global
-    batch); `rewards`, `per_fn`, `lengths` and `truncated` are gathered from all ranks."""
+    """One step's batch, advantages in hand. Under data parallelism `rows`, `rollout`, `texts`,
+    `adv`, `loss_mask` and `ref_logp` are this rank's share (prompts first_prompt .. first_prompt +
+    b - 1 of the global batch); `rewards`, `per_fn`, `lengths` and `truncated` are gathered from all
+    ranks. The reference phase fills `ref_logp` and `old_logp` (a new record)."""
     rows: list[dict]
     rollout: Rollout
     texts: list[str]
@@ -116,7 +131,7 @@ def engine_model(run: Run):
         yield hf_model(model)
 
 
-def sample(run: Run, rows: list[dict], seeds: list[int]) -> tuple[Rollout, list[str]]:
+def sample_completions(run: Run, rows: list[dict], seeds: list[int]) -> tuple[Rollout, list[str]]:
     """B prompts -> B*G completions, sequence index b*G + g, through the run's engine (one seed
     per prompt)."""
     cfg, tok = run.cfg, run.tokenizer
@@ -128,10 +143,10 @@ def sample(run: Run, rows: list[dict], seeds: list[int]) -> tuple[Rollout, list[
 
 
 def sample_episodes(run: Run, rows: list[dict], step: int, first: int
-                    ) -> tuple[Rollout, list[str], torch.Tensor, list[str]]:
+                    ) -> tuple[Rollout, list[str], torch.Tensor, list[str], dict]:
     """B rows -> B*G episodes in the run's environment (index b*G + g), each with its own
     generator seeded by (seed, step, prompt index, g). (trajectories, conversation texts,
-    episode rewards (B, G), each episode's last model turn)."""
+    episode rewards (B, G), each episode's last model turn, the episodes' figures)."""
     cfg, tok, G = run.cfg, run.tokenizer, run.cfg.group_size
     envs = [run.env() for _ in rows for _ in range(G)]
     ep_rows = [r for r in rows for _ in range(G)]
@@ -143,17 +158,14 @@ def sample_episodes(run: Run, rows: list[dict], step: int, first: int
                                         episode_limits(cfg),
                                         system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
                                         tools=getattr(run.env, "tools", None) or None, device=run.device)
-    stats = run.episode_stats if run.episode_stats is not None else {}
-    for key, value in (("episodes", len(eps)), ("turns", sum(e.turns for e in eps)),
-                       ("tool_calls", sum(e.tool_calls for e in eps)), ("tool_errors", sum(e.tool_errors for e in eps)),
-                       ("env_tokens", int((roll.completion_mask & ~roll.loss_tokens).sum())),
-                       ("ended_by_env", sum(not e.truncated for e in eps)), ("env_seconds", times["environment"])):
-        stats[key] = stats.get(key, 0) + value
-    run.episode_stats = stats
+    stats = dict(episodes=len(eps), turns=sum(e.turns for e in eps), tool_calls=sum(e.tool_calls for e in eps),
+                 tool_errors=sum(e.tool_errors for e in eps),
+                 env_tokens=int((roll.completion_mask & ~roll.loss_tokens).sum()),
+                 ended_by_env=sum(not e.truncated for e in eps), env_seconds=times["environment"])
     texts = [conversation_text(e.messages) for e in eps]
     rewards = torch.tensor([0.0 if e.reward is None else e.reward for e in eps]).view(len(rows), G)
     finals = [next((m["content"] for m in reversed(e.messages) if m["role"] == "assistant"), "") for e in eps]
-    return roll, texts, rewards, finals
+    return roll, texts, rewards, finals, stats
 
 
 class Conversation(str):
@@ -232,11 +244,10 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     adv = full.rows(first, b, G, L) if roll.sampled is None else spread(full.rows(first, b, G, width), tokens)
     if cfg.env_credit == "turn" and roll.turns is not None:
         adv = with_turn_credit(adv, roll, G, cfg.env_turn_weight)
-    batch = StepBatch(rows, roll, texts, rewards, per_fn, failed, adv, loss_mask, None, lengths,
-                      truncated, first, full.scaled_rewards)
-    if cfg.top_entropy_quantile < 1.0:
-        batch.entropy_mask = entropy_mask(roll.entropy, loss_mask, cfg.top_entropy_quantile, world)
-    return batch
+    kept = (entropy_mask(roll.entropy, loss_mask, cfg.top_entropy_quantile, world)
+            if cfg.top_entropy_quantile < 1.0 else None)
+    return StepBatch(rows, roll, texts, rewards, per_fn, failed, adv, loss_mask, None, lengths, truncated, first,
+                     full.scaled_rewards, entropy_mask=kept)
 
 
 def spread(adv: adv_mod.Advantages, tokens: torch.Tensor) -> adv_mod.Advantages:
@@ -272,31 +283,47 @@ def entropy_mask(entropy: torch.Tensor, loss_mask: torch.Tensor, rho: float, wor
 
 
 def collect_batch(run: Run, st, phases: Phases) -> StepBatch:
-    """Steps 1-4: this rank's prompts sampled, scored, turned into advantages, and (where needed)
-    scored by the reference and the old policy. Advances the data order and the baseline window in `st`."""
+    """Steps 1-4 in one call (sample and score, advantages, reference): this rank's batch as the
+    update takes it. Advances the data order and the baseline window in `st`."""
+    return reference(run, advantages(run, st, sample_groups(run, st, phases)), phases)
+
+
+def sample_groups(run: Run, st, phases: Phases) -> Drawn:
+    """Steps 1-2: this rank's share of the step's prompts, sampled and scored (draw_groups)."""
+    b = run.cfg.prompts_per_step // run.world.size
+    return draw_groups(run, st, phases, b, run.world.rank * b)
+
+
+def advantages(run: Run, st, drawn: Drawn) -> StepBatch:
+    """Step 3: the advantages of the global batch (build_batch), this rank's rows kept, and the
+    episodes' figures summed over ranks. Adds the step's scaled rewards to the baseline window."""
     cfg, world = run.cfg, run.world
-    b = cfg.prompts_per_step // world.size
-    first = world.rank * b
-    run.episode_stats = None
-    rows, roll, texts, rewards, per_fn, failed, draws, short = draw_groups(run, st, phases, b, first)
     weights = {name: weight for name, (_, weight) in run.reward_fns.items()}
     if run.env is not None:
         weights = {"env": 1.0, **weights}
-    batch = build_batch(cfg, rows, roll, texts, rewards, per_fn, world, first, st.history, failed, weights)
-    batch.draws, batch.short = draws, short
-    if run.episode_stats:
-        keys = sorted(k for k in run.episode_stats if k != "env_seconds")
-        sums = world.sum(torch.tensor([float(run.episode_stats[k]) for k in keys], dtype=torch.float64,
+    batch = build_batch(cfg, drawn.rows, drawn.rollout, drawn.texts, drawn.rewards, drawn.per_fn, world,
+                        world.rank * len(drawn.rows), st.history, drawn.failed, weights)
+    episodes = None
+    if drawn.episodes:
+        keys = sorted(k for k in drawn.episodes if k != "env_seconds")
+        sums = world.sum(torch.tensor([float(drawn.episodes[k]) for k in keys], dtype=torch.float64,
                                       device=world.device)).tolist()
-        batch.episodes = {**dict(zip(keys, sums)), "env_seconds": world.max(run.episode_stats["env_seconds"])}
+        episodes = {**dict(zip(keys, sums)), "env_seconds": world.max(drawn.episodes["env_seconds"])}
     st.history.append(batch.scaled_rewards)         # the window baseline averages scaled rewards
+    return replace(batch, draws=drawn.draws, short=drawn.short, episodes=episodes)
+
+
+def reference(run: Run, batch: StepBatch, phases: Phases) -> StepBatch:
+    """Step 4: log pi_ref of the sampled tokens where the KL term or ratio_vs=ref needs them, and
+    the trainer's log pi_old where the rollout correction needs it before the update."""
+    cfg, ref_logp, old_logp = run.cfg, None, None
     with phases.run("reference"):
         if run.ref is not None and (cfg.ratio_vs == "ref" or cfg.kl_estimator != "full"):
-            batch.ref_logp = reference_pass(run, roll)
+            ref_logp = reference_pass(run, batch.rollout)
     if needs_old_pass(cfg):
         with phases.run("old_policy"):
-            batch.old_logp = logprob_pass(run, roll, old_policy=True)
-    return batch
+            old_logp = logprob_pass(run, batch.rollout, old_policy=True)
+    return replace(batch, ref_logp=ref_logp, old_logp=old_logp)
 
 
 def needs_old_pass(cfg) -> bool:
@@ -305,7 +332,7 @@ def needs_old_pass(cfg) -> bool:
     return cfg.rollout_correction != "none" and not single_update(cfg)
 
 
-def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):
+def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int) -> Drawn:
     """Draw k of the step: the next prompts_per_step prompts (the same on every rank), this
     rank's b of them sampled and scored."""
     cfg = run.cfg
@@ -314,23 +341,24 @@ def _draw(run: Run, st, phases: Phases, b: int, first: int, k: int):
     run.actor.eval()
     if run.env is not None:
         with phases.run("generate"):
-            roll, texts, rewards, finals = sample_episodes(run, rows, st.step, first + k * cfg.prompts_per_step)
+            roll, texts, rewards, finals, stats = sample_episodes(run, rows, st.step,
+                                                                  first + k * cfg.prompts_per_step)
         run.actor.train()
         check_sampled(roll, st.step)
         if not run.reward_fns:
-            return rows, roll, texts, rewards, {"env": rewards.flatten()}, {}
+            return Drawn(rows, roll, texts, rewards, {"env": rewards.flatten()}, {}, stats)
         with phases.run("score"):         # --reward / --reward-model also judge each episode's last turn
             extra, per_fn, failed = score(cfg, rows, finals, roll, run.reward_fns)
-        return rows, roll, texts, rewards + extra, {"env": rewards.flatten(), **per_fn}, failed
+        return Drawn(rows, roll, texts, rewards + extra, {"env": rewards.flatten(), **per_fn}, failed, stats)
     with phases.run("generate"):
         # generators seeded by the prompt's index among the step's draws: draw 0 is the batch of a
         # run without dynamic sampling
-        roll, texts = sample(run, rows, sampling_seeds(cfg, st.step, first + k * cfg.prompts_per_step, b))
+        roll, texts = sample_completions(run, rows, sampling_seeds(cfg, st.step, first + k * cfg.prompts_per_step, b))
     run.actor.train()
     check_sampled(roll, st.step)
     with phases.run("score"):
         rewards, per_fn, failed = score(cfg, rows, texts, roll, run.reward_fns)
-    return rows, roll, texts, rewards, per_fn, failed
+    return Drawn(rows, roll, texts, rewards, per_fn, failed)
 
 
 def check_sampled(roll: Rollout, step: int) -> None:
@@ -343,23 +371,21 @@ def check_sampled(roll: Rollout, step: int) -> None:
                         "values)", phase="sampling")
 
 
-def draw_groups(run: Run, st, phases: Phases, b: int, first: int):
+def draw_groups(run: Run, st, phases: Phases, b: int, first: int) -> Drawn:
     """This rank's b groups: one draw, or with dynamic_sampling (DAPO) draws until b groups whose
     rewards differ are in hand, at most dynamic_sampling_max_draws. Every rank draws as long as
     any still needs groups (the data order stays the same on all); each fills its own share from
-    its slice of each draw. A share still short takes the latest equal-reward groups.
-    (rows, rollout, texts, rewards (b, G), per_fn, failed, draws, short groups over all ranks)."""
+    its slice of each draw. A share still short takes the latest equal-reward groups."""
     cfg, world = run.cfg, run.world
     drawn = [_draw(run, st, phases, b, first, 0)]
     if not cfg.dynamic_sampling:
-        return (*drawn[0], 1, 0)
-    G = cfg.group_size
+        return drawn[0]
     kept: list[tuple[int, int]] = []          # (draw, group) with differing rewards, in order
     spare: list[tuple[int, int]] = []         # equal-reward groups, in order
     while True:
         k = len(drawn) - 1
         if drawn[k] is not None:
-            same = adv_mod.zero_variance_groups(drawn[k][3])
+            same = adv_mod.zero_variance_groups(drawn[k].rewards)
             for g in range(b):
                 (spare if same[g] else kept).append((k, g))
         if not world.any(len(kept) < b) or len(drawn) >= cfg.dynamic_sampling_max_draws:
@@ -371,23 +397,30 @@ def draw_groups(run: Run, st, phases: Phases, b: int, first: int):
             drawn.append(None)
     short = max(0, b - len(kept))
     chosen = sorted(kept[:b] + spare[::-1][:short])      # in draw order
-    rows, texts, rolls, rewards, failed = [], [], [], [], {}
-    per_fn: dict = {}
+    short_all = int(world.sum(torch.tensor([float(short)], dtype=torch.float64, device=world.device)).item())
+    return _combine(drawn, chosen, cfg.group_size, run.tokenizer.pad_token_id, short_all)
+
+
+def _combine(drawn: list[Drawn | None], chosen: list[tuple[int, int]], G: int, pad: int, short: int) -> Drawn:
+    """The groups `chosen` ((draw, group) pairs) of the draws, as one Drawn; the episodes' figures
+    are those of every draw."""
+    rows, texts, rolls, rewards, failed, per_fn = [], [], [], [], {}, {}
     for k, g in chosen:
-        d_rows, d_roll, d_texts, d_rewards, d_per_fn, d_failed = drawn[k]
-        idx = torch.arange(g * G, (g + 1) * G)
-        rows.append(d_rows[g])
-        texts.extend(d_texts[g * G:(g + 1) * G])
-        rolls.append(d_roll.select(idx.to(d_roll.lengths.device)))
-        rewards.append(d_rewards[g])
-        for name, v in d_per_fn.items():
+        d = drawn[k]
+        rows.append(d.rows[g])
+        texts.extend(d.texts[g * G:(g + 1) * G])
+        rolls.append(d.rollout.select(torch.arange(g * G, (g + 1) * G).to(d.rollout.lengths.device)))
+        rewards.append(d.rewards[g])
+        for name, v in d.per_fn.items():
             per_fn.setdefault(name, []).append(v[g * G:(g + 1) * G])
-        for name, v in d_failed.items():
+        for name, v in d.failed.items():
             failed.setdefault(name, []).append(v[g * G:(g + 1) * G])
-    roll = concat(rolls, run.tokenizer.pad_token_id)
-    return (rows, roll, texts, torch.stack(rewards), {k: torch.cat(v) for k, v in per_fn.items()},
-            {k: torch.cat(v) for k, v in failed.items()}, len(drawn),
-            int(world.sum(torch.tensor([float(short)], dtype=torch.float64, device=world.device)).item()))
+    episodes = None
+    for d in drawn:
+        if d is not None and d.episodes:
+            episodes = {k: (episodes or {}).get(k, 0) + v for k, v in d.episodes.items()}
+    return Drawn(rows, concat(rolls, pad), texts, torch.stack(rewards), {k: torch.cat(v) for k, v in per_fn.items()},
+                 {k: torch.cat(v) for k, v in failed.items()}, episodes, draws=len(drawn), short=short)
 
 
 def reference_pass(run: Run, roll: Rollout) -> torch.Tensor:
@@ -420,17 +453,19 @@ def logprob_pass(run: Run, roll: Rollout, old_policy: bool) -> torch.Tensor:
 
 
 def train_step(run: Run, st) -> tuple[dict, StepBatch]:
-    """One GRPO step; returns its metrics (for the whole batch, on every rank)."""
+    """One GRPO step, its stages in order; returns its metrics (for the whole batch, on every rank)."""
     t0 = time.time()
     phases = run.phases()
-    batch = collect_batch(run, st, phases)
-    with phases.run("policy"):
-        acc = update_policy(run, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen)
-    st.skipped_total += acc.skipped
-    if acc.nonfinite and run.cfg.nonfinite == "stop":
-        raise NonFinite(f"update: a non-finite {acc.nonfinite} at step {st.step}")
+    drawn = sample_groups(run, st, phases)                  # 1-2. sample G completions per prompt, score them
+    batch = advantages(run, st, drawn)                      # 3. group-relative advantages, the loss mask
+    batch = reference(run, batch, phases)                   # 4. log pi_ref (and pi_old) where needed
+    with phases.run("policy"):                              # 5. the policy update
+        stats = update_policy(run, st.opt, st.sched, batch, st.beta_ctl.beta, st.shuffle_gen)
+    st.skipped_total += stats.skipped
+    if stats.nonfinite and run.cfg.nonfinite == "stop":
+        raise NonFinite(f"update: a non-finite {stats.nonfinite} at step {st.step}")
     times = {**phases.times, "step": time.time() - t0}
-    metrics = step_metrics(run.cfg, st.step, batch, acc, st.beta_ctl.beta, st.sched.get_last_lr()[0], times,
-                           st.skipped_total)
-    st.beta_ctl.update(metrics["kl"])
+    metrics = step_metrics(run.cfg, st.step, batch, stats, st.beta_ctl.beta, st.sched.get_last_lr()[0], times,
+                           st.skipped_total)                # 6. the step's record
+    st.beta_ctl.update(stats.kl)
     return metrics, batch

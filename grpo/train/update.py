@@ -8,6 +8,7 @@ own counts, so micro-batches and processes add up to the loss of the whole minib
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -26,34 +27,66 @@ def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old:
     cfg = run.cfg
     roll, W = microbatch.trim(batch.rollout.select(micro))
     full_kl = cfg.kl_estimator == "full" and run.ref is not None
-    st = token_stats(run.actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
+    fwd = token_stats(run.actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
                      ref=run.ref if full_kl else None, head=run.plugged.head, entropy_grad=cfg.entropy_coef > 0)
     # the trainer's own log-probs under the weights that sampled (pi_old as the trainer computes it):
     # this pass's, detached, on the first and only update; else the old-policy pass's, where one ran
     if reuse_logp_as_old:
-        train_old = st.logp.detach()
+        train_old = fwd.logp.detach()
     else:
         train_old = batch.old_logp[micro, :W] if batch.old_logp is not None else None
-    terms = token_loss(cfg, st.logp, batch.adv.normalized.to(st.logp.device)[micro, :W], roll.loss_tokens,
+    terms = token_loss(cfg, fwd.logp, batch.adv.normalized.to(fwd.logp.device)[micro, :W], roll.loss_tokens,
                        sampler_logp=roll.logprobs, beta=beta, old_logp=train_old,
                        ref_logp=batch.ref_logp[micro, :W] if batch.ref_logp is not None else None,
-                       full_kl=st.full_kl if full_kl else None, entropy=st.entropy,
+                       full_kl=fwd.full_kl if full_kl else None, entropy=fwd.entropy,
                        keep=batch.entropy_mask[micro, :W] if batch.entropy_mask is not None else None,
                        bounds=rollout_is_bounds(cfg))
     return batch.loss_mask[micro, :W], terms
 
 
-class Tally:
-    """Token-weighted sums of the health figures over every micro-batch of a step."""
+@dataclass(frozen=True)
+class MismatchStats:
+    """Sampler against trainer over the first pass's tokens (where the trainer's pi_old is known),
+    named as the `mismatch/*` metrics they feed."""
+    kl: float                    # mean k3 estimate of KL(pi_sampler || pi_train)
+    logp_diff_mean: float        # mean |log pi_train_old - log pi_sampler|
+    logp_diff_max: float
+    weight_mean: float           # the rollout correction's weight
+    weight_max: float
+    masked_frac: float           # tokens the correction masked
 
-    SUMS = ("tokens", "pg", "kl", "ent", "ratio", "clip_low", "clip_high", "mm_tokens", "mm_kl", "mm_weight",
-            "mm_masked", "mm_abs_diff")
 
-    nonfinite: str | None = None        # what was non-finite in a skipped update ("loss", "gradient norm")
+@dataclass(frozen=True)
+class UpdateStats:
+    """One step's update over all ranks, each field named as the metric it feeds (token means over
+    the loss tokens of every micro-batch and pass)."""
+    loss: float | None           # mean loss of the optimizer steps applied (None: none was)
+    policy_loss: float
+    kl: float | None             # the KL term (None: the run has no reference); the beta controller reads it
+    entropy: float
+    ratio_mean: float
+    ratio_min: float | None
+    ratio_max: float | None
+    clip_low_frac: float
+    clip_high_frac: float
+    grad_norm: float | None      # mean over the optimizer steps applied
+    updates: int                 # optimizer steps applied
+    skipped: int                 # optimizer steps skipped as non-finite
+    nonfinite: str | None        # what was non-finite in a skipped one ("loss", "gradient norm")
+    mismatch: MismatchStats | None
+
+
+class _Sums:
+    """Token-weighted sums of the health figures over every micro-batch of a step, as they are made
+    (UpdateStats is their summary)."""
+
+    SUMS = ("tokens", "policy", "kl", "entropy", "ratio", "clip_low", "clip_high", "mm_tokens", "mm_kl",
+            "mm_weight", "mm_masked", "mm_abs_diff")
 
     def __init__(self):
-        self.loss, self.n_updates, self.skipped, self.grad_norm = 0.0, 0, 0, 0.0
-        self.tokens = self.pg = self.kl = self.ent = self.ratio = self.clip_low = self.clip_high = 0.0
+        self.loss, self.updates, self.skipped, self.grad_norm = 0.0, 0, 0, 0.0
+        self.nonfinite: str | None = None
+        self.tokens = self.policy = self.kl = self.entropy = self.ratio = self.clip_low = self.clip_high = 0.0
         self.ratio_min, self.ratio_max = math.inf, -math.inf
         # sampler vs trainer, counted on the first pass only (each token once)
         self.mm_tokens = self.mm_kl = self.mm_weight = self.mm_masked = self.mm_abs_diff = 0.0
@@ -75,8 +108,8 @@ class Tally:
             return
         m = mask.float()
         self.tokens += m.sum().item()
-        self.pg += (t.policy.detach() * m).sum().item()
-        self.ent += (t.entropy * m).sum().item()
+        self.policy += (t.policy.detach() * m).sum().item()
+        self.entropy += (t.entropy * m).sum().item()
         self.ratio += (t.ratio * m).sum().item()
         self.clip_low += (t.clipped_low & mask).sum().item()
         self.clip_high += (t.clipped_high & mask).sum().item()
@@ -95,8 +128,21 @@ class Tally:
             self.mm_weight_max = max(self.mm_weight_max, w.max().item())
             self.mm_abs_diff_max = max(self.mm_abs_diff_max, d.abs().max().item())
 
-    def __getitem__(self, key):          # dict-style access for callers and tests
-        return getattr(self, key)
+    def stats(self, has_reference: bool) -> UpdateStats:
+        n_up, tok = max(self.updates, 1), max(self.tokens, 1.0)
+        mm = None
+        if self.mm_tokens:
+            n = self.mm_tokens
+            mm = MismatchStats(self.mm_kl / n, self.mm_abs_diff / n, self.mm_abs_diff_max, self.mm_weight / n,
+                               self.mm_weight_max, self.mm_masked / n)
+        return UpdateStats(
+            loss=self.loss / n_up if self.updates else None, policy_loss=self.policy / tok,
+            kl=self.kl / tok if has_reference else None, entropy=self.entropy / tok, ratio_mean=self.ratio / tok,
+            ratio_min=self.ratio_min if math.isfinite(self.ratio_min) else None,
+            ratio_max=self.ratio_max if math.isfinite(self.ratio_max) else None,
+            clip_low_frac=self.clip_low / tok, clip_high_frac=self.clip_high / tok,
+            grad_norm=self.grad_norm / n_up if self.updates else None, updates=self.updates, skipped=self.skipped,
+            nonfinite=self.nonfinite, mismatch=mm)
 
 
 def single_update(cfg) -> bool:
@@ -123,7 +169,7 @@ def micro_plan(run, batch, seqs: torch.Tensor) -> list[torch.Tensor]:
                            run.cfg.micro_batch_tokens, run.cfg.grad_accum)
 
 
-def _accumulate(run, batch, seqs, counts, beta, reuse_logp_as_old, tally) -> tuple[float, bool]:
+def _accumulate(run, batch, seqs, counts, beta, reuse_logp_as_old, sums: _Sums) -> tuple[float, bool]:
     """Forward and backward every micro-batch of one minibatch; (its summed loss, all finite)."""
     cfg = run.cfg
     num_seqs, num_tokens = counts
@@ -144,11 +190,11 @@ def _accumulate(run, batch, seqs, counts, beta, reuse_logp_as_old, tally) -> tup
         loss.backward()
         if not stand_in:
             total += loss.item()
-            tally.add(terms, mask)
+            sums.add(terms, mask)
     return total, finite
 
 
-def _optimizer_step(run, opt, sched, params, loss: float, finite: bool, tally: Tally) -> None:
+def _optimizer_step(run, opt, sched, params, loss: float, finite: bool, sums: _Sums) -> None:
     """Sum the gradients over processes, clip, and step, or skip a non-finite update untouched."""
     world = run.world
     finite = world.all(finite)
@@ -158,26 +204,26 @@ def _optimizer_step(run, opt, sched, params, loss: float, finite: bool, tally: T
     grad_norm = world.clip_grad_norm(params, run.cfg.max_grad_norm, run.shard)
     if not finite or not torch.isfinite(grad_norm):
         opt.zero_grad(set_to_none=True)     # weights untouched
-        tally.skipped += 1
-        tally.nonfinite = tally.nonfinite or ("loss" if not finite else "gradient norm")
+        sums.skipped += 1
+        sums.nonfinite = sums.nonfinite or ("loss" if not finite else "gradient norm")
         return
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)         # free the gradients before the next rollout
-    tally.loss += loss
-    tally.grad_norm += grad_norm.item()
-    tally.n_updates += 1
+    sums.loss += loss
+    sums.grad_norm += grad_norm.item()
+    sums.updates += 1
 
 
-def update_policy(run, opt, sched, batch, beta: float, shuffle: torch.Generator) -> Tally:
+def update_policy(run, opt, sched, batch, beta: float, shuffle: torch.Generator) -> UpdateStats:
     """Every optimizer step of one sampled batch; the step's health figures (over all ranks)."""
     cfg, world = run.cfg, run.world
     B, G = batch.rewards.shape                                         # the global batch
     reuse_logp_as_old = single_update(cfg)
     params = trainable(run.actor)
-    tally = Tally()
+    sums = _Sums()
     for n_pass in range(cfg.updates_per_batch):
-        tally.count_mismatch = n_pass == 0
+        sums.count_mismatch = n_pass == 0
         order = torch.randperm(B, generator=shuffle) if cfg.minibatches > 1 else torch.arange(B)
         for groups in torch.tensor_split(order, cfg.minibatches):
             seqs = _minibatch_seqs(batch, groups, G)
@@ -189,7 +235,7 @@ def update_policy(run, opt, sched, batch, beta: float, shuffle: torch.Generator)
             if num_tokens == 0:
                 continue
             opt.zero_grad(set_to_none=True)
-            loss, finite = _accumulate(run, batch, seqs, (num_seqs, num_tokens), beta, reuse_logp_as_old, tally)
-            _optimizer_step(run, opt, sched, params, loss, finite, tally)
-    tally.reduce(world)
-    return tally
+            loss, finite = _accumulate(run, batch, seqs, (num_seqs, num_tokens), beta, reuse_logp_as_old, sums)
+            _optimizer_step(run, opt, sched, params, loss, finite, sums)
+    sums.reduce(world)
+    return sums.stats(has_reference=run.ref is not None)
