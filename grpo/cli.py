@@ -136,13 +136,13 @@ def cmd_train(args, argv: list[str]) -> int:
                               f"{args.nproc} processes (each process takes whole groups); "
                               f"use a multiple of {args.nproc}")
         if cfg.device not in ("auto", "cpu"):
-            from .common import pick_device
+            from .device import pick_device
             pick_device(cfg.device)              # a device this machine lacks: one line, before N processes
         from .parallel.launch import launch
         return launch(args.nproc, _without_nproc(argv))
     cfg = config_from_args(args)                 # a bad setting: one line, before torch loads
     if cfg.heap_reuse:
-        from .common import pick_device
+        from .device import pick_device
         if pick_device(cfg.device).type == "cpu":
             _process_memory_policy()
     _quiet_transformers()
@@ -184,13 +184,13 @@ def cmd_explain(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .common import pick_device
+    from .device import pick_device
     from .config import Levers
     from .data.tasks import build_task
     from .models.loading import load_model
     from .rewards import build_reward_fns
     from .train.evaluate import evaluate
-    from .train.levers import plug
+    from .train.plug import plug
     cfg = config_from_args(args)
     _quiet_transformers()
     if args.samples < 1:

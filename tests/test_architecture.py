@@ -7,7 +7,7 @@ dependency; it only hides a cycle from the interpreter). The rules:
   * each part imports only parts of lower layers (or itself), as `LAYERS` declares;
   * grpo/algo is pure tensor math: it imports torch and the standard library, nothing else of the
     package or outside it;
-  * grpo/fast is optional: only grpo/train/levers.py (and cli.py, for the command's allocation
+  * grpo/fast is optional: only grpo/train/plug.py (and cli.py, for the command's allocation
     policy) import it, inside `try: ... except ImportError`, and the package trains without it
     (tests/test_levers.py).
 The checks are functions of a source tree, so the tests below also run them on small planted
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1] / "grpo"
 # Lower layers first; a part may import parts of its own or lower layers only.
 LAYERS = [
     {"errors"},
-    {"common", "compat", "algo", "sinks", "report"},
+    {"device", "files", "compat", "algo", "sinks", "report"},
     {"config"},
     {"data", "explain"},
     {"rewards", "rollout"},
@@ -41,7 +41,7 @@ LAYERS = [
     {"__main__", "__init__"},
 ]
 PURE = {"algo": {"torch"}}                  # part -> the only outside packages it may import
-OPTIONAL = {"fast": {"train.levers", "cli"}}   # part -> the only modules that may import it (guarded)
+OPTIONAL = {"fast": {"train.plug", "cli"}}   # part -> the only modules that may import it (guarded)
 
 
 # --------------------------------------------------------------------------------- the graph
@@ -251,7 +251,7 @@ def test_the_graph_sees_function_level_and_relative_imports():
     edges = graph(ROOT)
     assert "rewards.reward_model" in edges["rewards.scoring"]           # imported inside a function
     assert "algo.losses" in edges["train.update"] and "models.logprobs" in edges["train.update"]
-    assert "fast.lean_decode" in edges["train.levers"]
+    assert "fast.lean_decode" in edges["train.plug"]
 
 
 # --------------------------------------------------------------------------------- planted trees

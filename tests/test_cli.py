@@ -221,8 +221,8 @@ def test_the_heap_policy_is_set_for_train_on_a_cpu_only(tiny_model_dir, tmp_path
     assert cli.main(["explain", "--json"]) == 0
     assert calls == [1]
     import torch
-    from grpo import common, train
-    monkeypatch.setattr(common, "pick_device", lambda name: torch.device("cuda"))   # a run on a GPU ...
+    from grpo import device, train
+    monkeypatch.setattr(device, "pick_device", lambda name: torch.device("cuda"))   # a run on a GPU ...
     monkeypatch.setattr(train, "train", lambda cfg, **_: {"output_dir": str(tmp_path / "c")})   # ... not started here
     assert cli.main(run + ["--device", "cuda", "--output-dir", str(tmp_path / "c")]) == 0
     assert calls == [1]

@@ -1,4 +1,4 @@
-"""The speed and memory levers (grpo.config.Levers, plugged in by grpo/train/levers.py): each one
+"""The speed and memory levers (grpo.config.Levers, plugged in by grpo/train/plug.py): each one
 off, all of them off, and grpo/fast missing altogether, a run trains and logs what the run with
 every lever on logs, within float tolerance."""
 
@@ -22,7 +22,7 @@ from grpo.config import FIELDS, LEVER_FIELDS, Levers, resolve
 from grpo.data import tasks as tasks_mod
 from grpo.rollout import HFEngine, StaticEngine
 from grpo.train import train
-from grpo.train.levers import plug
+from grpo.train.plug import plug
 
 HERE = Path(__file__).parent
 COMPARED = ("loss", "policy_loss", "kl", "entropy", "reward/mean", "length/mean", "grad_norm", "ratio/mean")
@@ -95,7 +95,7 @@ def test_on_a_gpu_the_cpu_levers_stay_off():
     plugged = plug(Levers(), torch.device("cuda"))
     assert type(plugged.engine) is StaticEngine and plugged.head is not None
     assert plugged.spill is None and plugged.merged_product is torch.nn.functional.linear
-    assert type(plugged.memory("generate")) is contextlib.nullcontext
+    assert type(plugged.heap_policy("generate")) is contextlib.nullcontext
     assert type(plug(Levers(), "cuda", engine="hf").engine) is HFEngine
     assert type(plug(Levers(), "cpu", engine="static").engine) is StaticEngine
     assert type(plug(Levers(), "cpu").engine).__name__ == "LeanEngine"
@@ -141,7 +141,7 @@ sys.path.insert(0, {tests!r})
 from grpo.data import tasks
 from grpo.config import resolve, Levers
 from grpo.train import train
-from grpo.train.levers import plug
+from grpo.train.plug import plug
 import test_levers
 tasks.TASKS["dense"] = test_levers.dense_task
 plugged = plug(Levers())

@@ -290,7 +290,7 @@ def test_bf16_base_gradients_follow_the_fp32_ones_through_the_whole_model(tiny_m
 def test_memory_estimate_counts_the_bf16_base_copies(tiny_model_dir, tiny_config):
     """The estimate's weights grow by 2 bytes per base weight of each plain LoRA layer."""
     from grpo.models.lora import plain_lora_layers
-    from grpo.train.memory import estimate
+    from grpo.train.peak_estimate import estimate
     actor, _ = load_model(tiny_model_dir, torch.device("cpu"))
     actor = add_lora(actor, tiny_config(lora_rank=4))
     fp32, bf16 = (estimate(tiny_config(lora_rank=4, lora_base_dtype=d), actor, prompt_width=8) for d in ("fp32", "bf16"))
@@ -300,7 +300,7 @@ def test_memory_estimate_counts_the_bf16_base_copies(tiny_model_dir, tiny_config
 
 
 def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
-    from grpo.common import cpu_has_bf16
+    from grpo.device import cpu_has_bf16
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
     assert cpu_has_bf16(info)
@@ -388,12 +388,12 @@ def test_bf16_sampling_copies_a_lora_actor_with_bf16_base_at_every_step(tiny_con
 
 def test_auto_micro_batches_grow_on_a_cpu_only_where_they_cost_little_memory(tiny_config, monkeypatch):
     """micro_batch_tokens auto: on a GPU the largest budget that fits; on a CPU the largest whose
-    update peak stays within 10% of the 1024-token one's (memory.estimate decides both)."""
+    update peak stays within 10% of the 1024-token one's (peak_estimate.estimate decides both)."""
     import dataclasses
     from types import SimpleNamespace
 
-    from grpo.train import hardware, memory
-    monkeypatch.setattr(memory, "available", lambda device=None: 100e9)
+    from grpo.train import hardware, peak_estimate
+    monkeypatch.setattr(peak_estimate, "available", lambda device=None: 100e9)
     gb = 2 ** 30
 
     def estimate_with(acts_per_token):      # a fixed part plus activations proportional to the budget

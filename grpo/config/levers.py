@@ -10,7 +10,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Levers:
     """The speed and memory levers, as the seams they serve read them (grpo/fast plugs them in;
-    grpo/train/levers.py wires them). Each is also a `TrainConfig` field of the same name (a flag
+    grpo/train/plug.py wires them). Each is also a `TrainConfig` field of the same name (a flag
     and a YAML key). With every lever off, or without grpo/fast, the plain paths run and a run
     gives the same results within float tolerance (tests/test_levers.py)."""
     lean_decode: bool = True

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..common import atomic_folder, cache_root
+from ..files import atomic_folder, cache_root
 from ..config import CALCULATOR_DEMO_ENVS as CALCULATOR_ENVS       # the environments of CALCULATOR_RECIPE
 from ..data.tasks import get_task
 from . import sft

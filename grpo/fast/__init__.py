@@ -1,5 +1,5 @@
 """The CPU speed and memory levers, in one optional place. Each plugs into a seam of the plain
-code and is switched by one field of `grpo.config.Levers` (wired in grpo/train/levers.py);
+code and is switched by one field of `grpo.config.Levers` (wired in grpo/train/plug.py);
 without this package, or with a lever off, the plain path runs with the same results within
 float tolerance.
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..common import atomic_folder, cache_root
+from ..files import atomic_folder, cache_root
 
 MIN_ROWS, MAX_ROWS = 6, 32   # outside these MKL's product is as fast or faster (bench/decode_matmul.py)
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from ..common import atomic_folder, cache_root
+from ..files import atomic_folder, cache_root
 from ..compat import drop_quantizer
 from ..config import ConfigError
 

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from ..common import pick_device
+from ..device import pick_device
 from .fsdp import clip_grad_norm, is_sharded
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..common import pick_device
+from ..device import pick_device
 from ..config import ConfigError
 from .builtins import (BUILTINS, exact_match, format_reward, math_verify, overlong_reward,  # noqa: F401
                        think_answer_format)

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from ..common import atomic_folder
+from ..files import atomic_folder
 from ..errors import CheckpointError
 from .hardware import unresolved
 

@@ -12,9 +12,9 @@ each stays fp32, which is exact to the formula; every one is a flag away either 
 --fsdp the sampling and LoRA-base copies are refused, so `auto` gives fp32 there.
 
 Memory (once the model is built: `resolve_memory`), from the memory the run may take
-(memory.available: the GPU's free memory on CUDA, the system's available memory on a CPU).
+(peak_estimate.available: the GPU's free memory on CUDA, the system's available memory on a CPU).
 `micro_batch_tokens` auto: the first of 4096, 2048, 1024 tokens whose estimated update peak
-(train/memory.py) stays within 80% of that memory, so the update's products stay large; on a CPU
+(train/peak_estimate.py) stays within 80% of that memory, so the update's products stay large; on a CPU
 also within 10% of the 1024-token peak, so a larger micro-batch is taken only where it costs
 little memory (a checkpointed full fine-tune: fewer, larger products ran faster; LoRA without
 checkpointing: larger micro-batches held a third more memory and ran no faster;
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import cpu_has_bf16
+from ..device import cpu_has_bf16
 from ..config import needs_reference
 from .microbatch import AUTO_BUDGETS
 
@@ -86,7 +86,7 @@ def resolve_memory(cfg, device, estimate_with, log) -> list[str]:
     """Resolve `micro_batch_tokens` and `gradient_checkpointing` left at auto, in place.
     `estimate_with(**settings)` gives memory.Estimate of the run with those settings changed.
     Returns what was chosen (and logs it)."""
-    from .memory import available
+    from .peak_estimate import available
     device = torch.device(device)
     room = available(device)
     chosen = []

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..common import json_line
+from ..files import json_line
 from ..config import ConfigError, Levers, TrainConfig, save_yaml, to_dict
 from ..errors import CheckpointError, NonFinite
 from ..data.tasks import build_task
@@ -27,9 +27,9 @@ from ..parallel import fsdp
 from ..parallel.world import World, close, init
 from ..rewards import RewardFns, build_reward_fns
 from ..sinks import CompletionsSink, ConsoleSink, EvalSink, JsonlSink, Sinks, open_trackers
-from . import checkpoint, memory
+from . import checkpoint, peak_estimate
 from .evaluate import evaluate, evaluate_episodes, headline
-from .levers import plug
+from .plug import plug
 from .phases import autocast
 from .hardware import resolve_memory
 from .setup import build_models, checkpoint_activations, make_output_dir, save_final
@@ -209,18 +209,18 @@ def _prompt_lengths(run: Run, log) -> int:
 
 
 def _memory_plan(run: Run, log) -> None:
-    """The step's estimated peak and micro-batch plan (memory.py), for the longest training prompt."""
+    """The step's estimated peak and micro-batch plan (peak_estimate.py), for the longest training prompt."""
     cfg = run.cfg
     width = _prompt_lengths(run, log)
     in_memory = run.ref is not None and not run.ref.shares_actor and run.ref.spilled is None and not run.shard
 
     def estimate_with(**settings):
-        return memory.estimate(dataclasses.replace(cfg, **settings), run.actor, width, run.world.size, in_memory)
+        return peak_estimate.estimate(dataclasses.replace(cfg, **settings), run.actor, width, run.world.size, in_memory)
     checkpointing = cfg.gradient_checkpointing
     resolve_memory(cfg, run.device, estimate_with, log)
     if cfg.gradient_checkpointing and not checkpointing:
         checkpoint_activations(run.actor)
-    memory.check(cfg, run.actor, width, run.world.size, in_memory, log, device=run.device)
+    peak_estimate.check(cfg, run.actor, width, run.world.size, in_memory, log, device=run.device)
 
 
 def _run_state(run: Run, resume_from: Path | None, out: Path, log) -> RunState:

@@ -28,9 +28,9 @@ def autocast(cfg, device: torch.device, phase: str | None = None):
 
 
 class Phases:
-    def __init__(self, cfg, device: torch.device, memory, actor=None, reference=None, sharded: bool = False,
+    def __init__(self, cfg, device: torch.device, heap_policy, actor=None, reference=None, sharded: bool = False,
                  watch=None):
-        self.cfg, self.device, self.memory = cfg, device, memory
+        self.cfg, self.device, self.heap_policy = cfg, device, heap_policy
         self.actor, self.reference, self.sharded, self.watch = actor, reference, sharded, watch
         self.times: dict[str, float] = {}
 
@@ -42,7 +42,7 @@ class Phases:
                 stack.enter_context(self.watch(name))
             if name in MODEL_PHASES:
                 stack.enter_context(autocast(self.cfg, self.device, name))
-            stack.enter_context(self.memory(name))
+            stack.enter_context(self.heap_policy(name))
             if name == "generate" and self.sharded:
                 stack.enter_context(fsdp.gathered(self.actor))
             yield

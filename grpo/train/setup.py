@@ -195,7 +195,7 @@ def _final_folder(final: Path, out: Path):
     """A trained model's folder written as a checkpoint is: into a hidden folder, synced, then
     renamed into place (an earlier `final` replaced), so a crash or a full disk never leaves a
     folder with a config and no weights; a full disk is one line that says what was kept."""
-    from ..common import atomic_folder
+    from ..files import atomic_folder
     from ..errors import CheckpointError
     from . import checkpoint
     try:

@@ -34,7 +34,7 @@ from ..rewards.scoring import IDS, completion_ids, wants_ids
 from ..rollout import Rollout, SamplingSettings, decode
 from ..rollout.base import concat
 from . import microbatch
-from .levers import Plugged
+from .plug import Plugged
 from .metrics import step_metrics
 from .phases import Phases
 from .update import single_update, update_policy
@@ -43,7 +43,7 @@ from .update import single_update, update_policy
 @dataclass
 class Run:
     """What a run holds fixed from step to step: settings, models, data, rewards, processes and
-    the pieces the levers plug in (train/levers.py)."""
+    the pieces the levers plug in (train/plug.py)."""
     cfg: Any
     actor: Any
     ref: Any                  # models.reference.Reference, or None
@@ -59,7 +59,7 @@ class Run:
     callbacks: Any = None     # train/inputs.Callbacks: the caller's callbacks (rank 0's; none elsewhere)
 
     def phases(self) -> Phases:
-        return Phases(self.cfg, self.device, self.plugged.memory, self.actor, self.ref, self.shard, self.watch)
+        return Phases(self.cfg, self.device, self.plugged.heap_policy, self.actor, self.ref, self.shard, self.watch)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ except ImportError:
     FewRows = None
 
 
-def _no_memory_policy(phase: str):
+def _no_heap_policy(phase: str):
     return contextlib.nullcontext()
 
 
@@ -36,7 +36,7 @@ class Plugged:
     head: object | None = None                         # models.logprobs.token_stats' `head`
     merged_product: Callable = torch.nn.functional.linear   # models.lora.lora_merged's `product`
     spill: Callable | None = None                      # folder -> Reference.frozen_copy's `spill`
-    memory: Callable = _no_memory_policy               # phase name -> context for its allocations
+    heap_policy: Callable = _no_heap_policy            # phase name -> context for its allocations
 
 
 def plug(levers: Levers, device: torch.device | str = "cpu", engine: str = "auto",
@@ -63,19 +63,19 @@ def plug(levers: Levers, device: torch.device | str = "cpu", engine: str = "auto
     return Plugged(engine=chosen, head=head,
                    merged_product=products.linear if levers.few_rows_max else torch.nn.functional.linear,
                    spill=file_weights.spill_to if levers.reference_in_file else None,
-                   memory=_heap_policy(levers))
+                   heap_policy=_heap_policy(levers))
 
 
 def _heap_policy(levers: Levers) -> Callable:
     """Sampling and the reference pass reuse the heap; the update reuses it and trims it every
     `heap_trim_every` seconds (0: fresh mappings there); scoring keeps the process default."""
     if not levers.heap_reuse:
-        return _no_memory_policy
+        return _no_heap_policy
 
-    def memory(phase: str):
+    def policy(phase: str):
         if phase in ("generate", "reference"):
             return heap.reuse_freed_memory()
         if phase == "policy" and levers.heap_trim_every:
             return heap.reuse_freed_memory(trim_every=levers.heap_trim_every)
         return contextlib.nullcontext()
-    return memory
+    return policy
