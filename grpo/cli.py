@@ -55,20 +55,8 @@ def config_from_args(args: argparse.Namespace, demo: bool | None = None):
     return resolve(yaml_values, overrides, yaml_path=getattr(args, "config", "") or "", demo=demo)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grpo", description="Train language models with GRPO (Group Relative Policy Optimization).")
-    p.add_argument("--debug", action="store_true", help="On an error, also print its traceback (for a bug report; "
-                                                       "also GRPO_DEBUG=1). May be given anywhere on the line.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="Train with GRPO (no --model: the built-in demo).",
-                       description="Train a causal LM with GRPO. Presets: " + ", ".join(PRESETS) +
-                       ". Without --model, trains the built-in demo (tiny Llama, integer addition).")
-    add_config_flags(t)
-    t.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="Data-parallel processes on this machine (each process takes "
-                        "prompts_per_step / N prompts). Several machines: run torchrun yourself (docs/scaling.md).")
-
+def _explain_parser(sub) -> None:
+    """`grpo explain`'s options: the settings, and the inputs of one computation."""
     e = sub.add_parser("explain", help="Walk through one advantage and loss computation, every number shown.",
                        description="Without --rewards: the article's worked example (B=1, G=2, T=(3,4), r=(0.8,0.6)). "
                        "With --all-losses, or --logp or --advantages: the loss on every "
@@ -96,8 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. --component correct=1,0 --component format:0.5=1,1. The reward is their weighted "
                         "sum (give them instead of --rewards); advantage_estimator gdpo normalises them one by one.")
     e.add_argument("--all-losses", action="store_true", help="Show every registered policy loss on every token "
-                   "(implied by --logp, --old-logp, --ref-logp and --advantages).")
+                   "(implied by --logp and --advantages).")
     e.add_argument("--json", action="store_true", help="Print one JSON object instead of the walk-through.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grpo", description="Train language models with GRPO (Group Relative Policy Optimization).")
+    p.add_argument("--debug", action="store_true", help="On an error, also print its traceback (for a bug report; "
+                                                       "also GRPO_DEBUG=1). May be given anywhere on the line.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="Train with GRPO (no --model: the built-in demo).",
+                       description="Train a causal LM with GRPO. Presets: " + ", ".join(PRESETS) +
+                       ". Without --model, trains the built-in demo (tiny Llama, integer addition).")
+    add_config_flags(t)
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="Data-parallel processes on this machine (each process takes "
+                        "prompts_per_step / N prompts). Several machines: run torchrun yourself (docs/scaling.md).")
+
+    _explain_parser(sub)
 
     v = sub.add_parser("eval", help="Held-out accuracy, pass@k and mean reward of a model on a task.",
                        description="Evaluate --model (default: the demo model) on the held-out split of --task or "

@@ -385,7 +385,7 @@ def test_step_gets_the_turn_with_its_special_tokens_less_the_closing_one(tiny_mo
 
 
 def test_an_environment_message_cut_by_the_budget_is_marked_unseen(tiny_model_dir):
-    from grpo.train.step import conversation_text
+    from grpo.train.rollouts import conversation_text
     tok = demo_tokenizer(tiny_model_dir)
     turn = tok("12", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     env = Echo(answer="9" * 30, turns=3)

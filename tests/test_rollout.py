@@ -365,7 +365,7 @@ def test_two_level_sampler_handles_blocks_padding_and_empty_blocks():
 
 def test_logits_holding_nan_draw_a_token_of_the_vocabulary_with_a_nan_log_prob():
     """NaN logits (a broken model) never index past the vocabulary: the token is a valid index and
-    its log-prob NaN, which the step reports (grpo/train/step.py:check_sampled)."""
+    its log-prob NaN, which the step reports (grpo/train/rollouts.py:check_sampled)."""
     from grpo.rollout.base import SamplingSettings
     from grpo.rollout.sampling import draw
     logits = torch.randn(4, 17)

@@ -336,23 +336,29 @@ def to_settings(args: GRPOConfig, train_rows: int, eval_rows: int = 0, world: in
         s["device"] = "cpu"
     if args.sync_ref_model:
         s.update(ref_sync_every=p.steps(args.ref_model_sync_steps, p.max_steps), ref_sync_alpha=args.ref_model_mixup_alpha)
+    s.update(_schedules(args, p, train_rows, eval_rows))
+    reports = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
+    s["report_to"] = _trackers([str(r) for r in reports if r is not None])
+    s["log_completions"] = p.prompts_per_step if args.log_completions else 2
+    s.update(args.grpo_settings)
+    return s, p
+
+
+def _schedules(args: GRPOConfig, p: Plan, train_rows: int, eval_rows: int) -> dict[str, Any]:
+    """When checkpoints and evaluations happen: TRL's save and eval strategies as grpo's steps."""
     steps_per_epoch = max(1, math.ceil(train_rows / p.prompts_per_step))
     if args.save_strategy == "no":
-        s["save_every"] = 0
+        s: dict[str, Any] = {"save_every": 0}
     else:
-        s["save_every"] = steps_per_epoch if args.save_strategy == "epoch" else p.steps(args.save_steps, p.max_steps)
-        s["keep_checkpoints"] = args.save_total_limit or 1_000_000
+        s = {"save_every": steps_per_epoch if args.save_strategy == "epoch" else p.steps(args.save_steps, p.max_steps),
+             "keep_checkpoints": args.save_total_limit or 1_000_000}
     if args.eval_strategy != "no" and eval_rows:
         every = args.eval_steps if args.eval_steps is not None else args.logging_steps
         s.update(eval_size=eval_rows, eval_every=steps_per_epoch if args.eval_strategy == "epoch"
                  else p.steps(every, p.max_steps))
     else:
         s["eval_size"] = 0
-    reports = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
-    s["report_to"] = _trackers([str(r) for r in reports if r is not None])
-    s["log_completions"] = p.prompts_per_step if args.log_completions else 2
-    s.update(args.grpo_settings)
-    return s, p
+    return s
 
 
 def _trackers(names: list[str]) -> list[str]:

@@ -29,14 +29,9 @@ def explain(cfg: TrainConfig, rewards: list[list[float]], lengths: list[list[int
     first). Group indices in `zero_variance_groups` and `dropped_groups` are 0-based. The keys are
     the same for every estimator; the `grpo` pipeline's stages are None under the others, whose own
     stages are in `estimator_steps`."""
-    check_shapes(rewards, lengths)
+    check_shapes(rewards, lengths, components)
     if tokens is not None:
         check_tokens(tokens, rewards, lengths)
-    if components is not None:
-        for name, (scores, _) in components.items():
-            if [len(g) for g in scores] != [len(g) for g in rewards]:
-                raise ConfigError(f"--component {name}: groups of sizes {[len(g) for g in scores]} do not match the "
-                                  f"rewards' {[len(g) for g in rewards]}")
     name = cfg.advantage_estimator
     grpo = name == "grpo"
     B, G = len(rewards), len(rewards[0])
@@ -114,72 +109,72 @@ def _every_loss(cfg: TrainConfig, adv, dropped: torch.Tensor, T: torch.Tensor, t
     given length; the entropy selection's quantile is over this batch."""
     mask = adv.mask                                                       # (N, L) valid tokens
     N, L = mask.shape
-    logp = _pad(tokens.logp, L)
-    old = _pad(tokens.old_logp, L) if tokens.old_logp is not None else logp.clone()   # first update: pi_old = pi_theta
-    ref = _pad(tokens.ref_logp, L) if tokens.ref_logp is not None else None
-    sampler = _pad(tokens.sampler_logp, L) if tokens.sampler_logp is not None else old.clone()
-    entropy = _pad(tokens.entropy, L) if tokens.entropy is not None else None
-    if cfg.ratio_vs == "ref" and ref is None:
-        raise ConfigError("--ref-logp: ratio_vs=ref takes the ratio against pi_ref, so the loss needs its log-probs; "
-                          "give --ref-logp, or --ratio-vs old")
-    if entropy is None and (cfg.entropy_coef > 0 or cfg.top_entropy_quantile < 1.0):
-        raise ConfigError("--entropy: entropy_coef and top_entropy_quantile read each token's entropy; give "
-                          "--entropy, one sequence per completion")
+    t = _token_tensors(cfg, tokens, L)
     if tokens.advantages is not None:
         A = torch.tensor([a for g in tokens.advantages for a in g], dtype=torch.float64)   # (N,)
         A = torch.where(mask, A[:, None].expand(N, L), torch.zeros(N, L, dtype=torch.float64))
     else:
         A = adv.normalized.to(torch.float64)
     loss_mask = mask & ~dropped[:, None]                                  # (N, L)
-    keep = (high_entropy_mask(entropy, loss_mask, cfg.top_entropy_quantile)
+    keep = (high_entropy_mask(t["entropy"], loss_mask, cfg.top_entropy_quantile)
             if cfg.top_entropy_quantile < 1.0 else None)
     # the exact KL over the vocabulary needs the logits: k1 stands in for it, unclamped as the trainer leaves it
-    full_kl = kl_estimate(logp, ref, "k1") if (cfg.kl_estimator == "full" and ref is not None) else None
+    full_kl = kl_estimate(t["logp"], t["ref"], "k1") if (cfg.kl_estimator == "full" and t["ref"] is not None) else None
     losses: dict[str, Any] = {}
     for name in POLICY_LOSSES.names():
-        terms = token_loss(cfg, logp, A, mask, sampler_logp=sampler, beta=cfg.beta, old_logp=old, ref_logp=ref,
-                           full_kl=full_kl, entropy=entropy, keep=keep, bounds=rollout_is_bounds(cfg), loss=name)
+        terms = token_loss(cfg, t["logp"], A, mask, sampler_logp=t["sampler"], beta=cfg.beta, old_logp=t["old"],
+                           ref_logp=t["ref"], full_kl=full_kl, entropy=t["entropy"], keep=keep,
+                           bounds=rollout_is_bounds(cfg), loss=name)
         losses[name] = _loss_entry(cfg, name, terms, mask, loss_mask, T, L)
+    return _every_loss_result(cfg, tokens, t, A, mask, loss_mask, keep, full_kl, dropped, losses, T)
+
+
+def _token_tensors(cfg: TrainConfig, tokens: TokenInputs, L: int) -> dict[str, torch.Tensor | None]:
+    """The per-token inputs as (N, L) float64: pi_old = pi_theta where not given (the first update),
+    the sampler's = pi_old's where not given; the settings that need one refused without it."""
+    logp = _pad(tokens.logp, L)
+    old = _pad(tokens.old_logp, L) if tokens.old_logp is not None else logp.clone()
+    t = {"logp": logp, "old": old, "ref": _pad(tokens.ref_logp, L) if tokens.ref_logp is not None else None,
+         "sampler": _pad(tokens.sampler_logp, L) if tokens.sampler_logp is not None else old.clone(),
+         "entropy": _pad(tokens.entropy, L) if tokens.entropy is not None else None}
+    if cfg.ratio_vs == "ref" and t["ref"] is None:
+        raise ConfigError("--ref-logp: ratio_vs=ref takes the ratio against pi_ref, so the loss needs its log-probs; "
+                          "give --ref-logp, or --ratio-vs old")
+    if t["entropy"] is None and (cfg.entropy_coef > 0 or cfg.top_entropy_quantile < 1.0):
+        raise ConfigError("--entropy: entropy_coef and top_entropy_quantile read each token's entropy; give "
+                          "--entropy, one sequence per completion")
+    return t
+
+
+def _every_loss_result(cfg: TrainConfig, tokens: TokenInputs, t: dict, A, mask, loss_mask, keep, full_kl, dropped,
+                       losses: dict, T) -> dict[str, Any]:
+    """The every-token step's JSON: its inputs, the terms every loss shares, and each loss's entry."""
+    ref = t["ref"]
     first = next(iter(losses.values()))
-    l = logp - (ref if cfg.ratio_vs == "ref" else old)
+    l = t["logp"] - (ref if cfg.ratio_vs == "ref" else t["old"])
     m = mask.to(torch.float64)
     counts = m.sum(1).clamp(min=1.0)
-    kl = None if ref is None else (full_kl if full_kl is not None else _plain_kl(cfg, logp, ref))
+    kl = None if ref is None else (full_kl if full_kl is not None else _plain_kl(cfg, t["logp"], ref))
     return {
-        "builtin": tokens.builtin,
-        "logp": _rows(logp, T),
-        "old_logp": _rows(old, T),
-        "old_logp_given": tokens.old_logp is not None,
-        "ref_logp": None if ref is None else _rows(ref, T),
-        "sampler_logp": _rows(sampler, T),
-        "sampler_logp_given": tokens.sampler_logp is not None,
-        "ratio_vs": cfg.ratio_vs,
-        "log_ratio": _rows(l, T),
-        "advantages": _rows(A, T),
+        "builtin": tokens.builtin, "logp": _rows(t["logp"], T), "old_logp": _rows(t["old"], T),
+        "old_logp_given": tokens.old_logp is not None, "ref_logp": None if ref is None else _rows(ref, T),
+        "sampler_logp": _rows(t["sampler"], T), "sampler_logp_given": tokens.sampler_logp is not None,
+        "ratio_vs": cfg.ratio_vs, "log_ratio": _rows(l, T), "advantages": _rows(A, T),
         "advantages_from": "--advantages" if tokens.advantages is not None else "estimator",
         "sequence_log_ratio_means": ((l * m).sum(1) / counts).tolist(),
         "sequence_advantage_means": ((A * m).sum(1) / counts).tolist(),
-        "rollout_correction": cfg.rollout_correction,
-        "rollout_bounds": list(rollout_is_bounds(cfg)),
-        "rollout_log_ratio": first["mismatch_log_ratio"],
-        "rollout_weights": first["mismatch_weight"],
+        "rollout_correction": cfg.rollout_correction, "rollout_bounds": list(rollout_is_bounds(cfg)),
+        "rollout_log_ratio": first["mismatch_log_ratio"], "rollout_weights": first["mismatch_weight"],
         "rollout_masked": first["mismatch_masked"],
-        "entropy": None if entropy is None else _rows(entropy, T),
+        "entropy": None if t["entropy"] is None else _rows(t["entropy"], T),
         "entropy_kept": None if keep is None else _rows(keep, T),
-        "top_entropy_quantile": cfg.top_entropy_quantile,
-        "entropy_coef": cfg.entropy_coef,
+        "top_entropy_quantile": cfg.top_entropy_quantile, "entropy_coef": cfg.entropy_coef,
         "kl_estimator": None if ref is None else ("k1" if full_kl is not None else cfg.kl_estimator),
-        "kl": None if kl is None else _rows(kl, T),
-        "kl_in_loss": ref is not None and cfg.beta > 0,
-        "kl_ratio_weight": cfg.kl_ratio_weight,
-        "beta": cfg.beta,
-        "kl_clamp": cfg.kl_clamp,
-        "total_differs": (ref is not None and cfg.beta > 0) or (cfg.entropy_coef > 0 and entropy is not None),
-        "aggregation": cfg.loss_aggregation,
-        "in_loss": [not bool(d) for d in dropped],
-        "num_seqs": int(sequence_count(loss_mask)),
-        "num_tokens": int(loss_mask.sum()),
-        "max_new_tokens": L,
+        "kl": None if kl is None else _rows(kl, T), "kl_in_loss": ref is not None and cfg.beta > 0,
+        "kl_ratio_weight": cfg.kl_ratio_weight, "beta": cfg.beta, "kl_clamp": cfg.kl_clamp,
+        "total_differs": (ref is not None and cfg.beta > 0) or (cfg.entropy_coef > 0 and t["entropy"] is not None),
+        "aggregation": cfg.loss_aggregation, "in_loss": [not bool(d) for d in dropped],
+        "num_seqs": int(sequence_count(loss_mask)), "num_tokens": int(loss_mask.sum()), "max_new_tokens": mask.shape[1],
         "losses": {k: {f: v for f, v in lo.items() if not f.startswith("mismatch_")} for k, lo in losses.items()},
     }
 

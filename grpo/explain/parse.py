@@ -150,7 +150,12 @@ class TokenInputs:
                    parse_sequences(DEFAULT_ENTROPY, "--entropy", entropies=True), builtin=True)
 
 
-def check_shapes(rewards: list[list[float]], lengths: list[list[int]]) -> None:
+def check_shapes(rewards: list[list[float]], lengths: list[list[int]], components: dict | None = None) -> None:
+    """--lengths (and each --component's scores) in --rewards' groups; every length a whole number >= 1."""
+    for name, (scores, _) in (components or {}).items():
+        if [len(g) for g in scores] != [len(g) for g in rewards]:
+            raise ConfigError(f"--component {name}: groups of sizes {[len(g) for g in scores]} do not match the "
+                              f"rewards' {[len(g) for g in rewards]}")
     shape_r = [len(g) for g in rewards]
     shape_l = [len(g) for g in lengths]
     if shape_r != shape_l:

@@ -79,6 +79,18 @@ def score(reward_fns: dict[str, tuple[Callable, float]], prompts: list[str], com
 IDS = "completion_ids"     # a column given only to functions that ask for it (wants_completion_ids)
 
 
+def score_rows(reward_fns: dict, rows: list[dict], k: int, texts: list[str], roll, failure: str | None = None):
+    """`score` of k completions of each data row (completion i of row i // k): each row's prompt and
+    its other columns repeated for its completions, with the completions' lengths (for length-aware
+    rewards such as overlong) and, for the functions that ask, their token ids (a rollout.Rollout)."""
+    prompts = [r["prompt"] for r in rows for _ in range(k)]
+    columns = {c: [r[c] for r in rows for _ in range(k)] for c in rows[0] if c != "prompt"}
+    columns["completion_length"] = roll.lengths.tolist()
+    if wants_ids(reward_fns):
+        columns[IDS] = completion_ids(roll)
+    return score(reward_fns, prompts, texts, columns, failure=failure)
+
+
 def wants_ids(reward_fns: dict) -> bool:
     """Whether a function of the run takes each completion's token ids (TRL-style functions do)."""
     return any(getattr(fn, "wants_completion_ids", False) for fn, _ in reward_fns.values())
@@ -133,6 +145,23 @@ def _unknown(name: str, task) -> ConfigError:
                        "a function of your own is given as module:function or path/to/file.py:function")
 
 
+def _add_implied(cfg, fns: RewardFns, add: Callable, device) -> None:
+    """The functions settings other than --reward imply: --reward-model and --overlong-penalty (and
+    a warning for a format_regex no `format` reward reads)."""
+    if cfg.reward_model:
+        from .reward_model import RewardModel      # loads transformers' model classes: only when asked
+        if device is None:
+            device = pick_device(cfg.device)
+        add("reward_model", RewardModel(cfg.reward_model, device, cfg.reward_model_batch_size),
+            cfg.reward_model_weight, "--reward-model")
+    if cfg.overlong_penalty and "overlong" not in fns:
+        add("overlong", overlong_reward(cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty_factor),
+            1.0, "--overlong-penalty")
+    if cfg.format_regex and not any(getattr(fn, "pattern", None) == cfg.format_regex for fn, _ in fns.values()):
+        warnings.warn("format_regex is set but no `format` reward uses it; add --reward format[:WEIGHT]",
+                      stacklevel=3)
+
+
 def build_reward_fns(cfg, task, device=None, extra=()) -> RewardFns:
     """The run's weighted reward functions, in this order: the --reward specs (default: the task's own
     rewards, weight 1, unless `extra` gives functions), then `extra`'s (name, function, weight) (functions
@@ -175,19 +204,7 @@ def build_reward_fns(cfg, task, device=None, extra=()) -> RewardFns:
         add(name, fn, weight, f"the function {name!r}")
         if workers:                      # asked for by number: contained, found again by its module and name
             own[name] = target_of(name, fn)
-
-    if cfg.reward_model:
-        from .reward_model import RewardModel      # loads transformers' model classes: only when asked
-        if device is None:
-            device = pick_device(cfg.device)
-        add("reward_model", RewardModel(cfg.reward_model, device, cfg.reward_model_batch_size),
-            cfg.reward_model_weight, "--reward-model")
-    if cfg.overlong_penalty and "overlong" not in fns:
-        add("overlong", overlong_reward(cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty_factor),
-            1.0, "--overlong-penalty")
-    if cfg.format_regex and not any(getattr(fn, "pattern", None) == cfg.format_regex for fn, _ in fns.values()):
-        warnings.warn("format_regex is set but no `format` reward uses it; add --reward format[:WEIGHT]",
-                      stacklevel=2)
+    _add_implied(cfg, fns, add, device)
     if not fns:
         raise ConfigError(f"reward: no reward function: task {getattr(task, 'name', '?')!r} has none of its own; "
                           "give --reward or --reward-model")

@@ -147,6 +147,20 @@ class StaticEngine:
 
     # ------------------------------------------------------------------ one call
     @torch.no_grad()
+    def _state_for(self, model, shape: "_Shape", device) -> "_State":
+        """The kept buffers, grown to hold `shape` (positions rounded up to 64: aligned mask rows);
+        growing them drops the captured units, which read the old ones."""
+        if self.state is None or not self.state.fits(shape):
+            cfg = model.config
+            kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            grown = shape if self.state is None else _Shape(max(shape.rows, self.state.shape.rows),
+                                                            max(shape.length, self.state.shape.length),
+                                                            max(shape.steps, self.state.shape.steps), shape.vocab)
+            self.state, self.captured, self.pool = None, {}, None
+            self.state = _State(grown, len(model.model.layers), kv_heads, model.model.layers[0].self_attn.head_dim,
+                                self.weights.dtype, device)
+        return self.state
+
     def _generate(self, model, prompt_ids, prompt_mask, sampling: SamplingSettings, generator) -> Rollout:
         device = prompt_ids.device
         B, P = prompt_ids.shape
@@ -154,20 +168,10 @@ class StaticEngine:
         N = B * G
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
                     use_cache=True, logits_to_keep=1)
-        cfg = model.config
-        a0 = model.model.layers[0].self_attn
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         graphs = self.graphs if self.graphs is not None else device.type == "cuda"
         buckets = self.buckets if self.buckets is not None else graphs
         rows = 1 << (N - 1).bit_length() if buckets else N    # a power of two of rows (padded): few graphs
-        shape = _Shape(rows, -(-(P + T) // 64) * 64, T, out.logits.shape[-1])   # positions rounded up: aligned mask rows
-        if self.state is None or not self.state.fits(shape):
-            grown = shape if self.state is None else _Shape(max(rows, self.state.shape.rows),
-                                                            max(shape.length, self.state.shape.length),
-                                                            max(T, self.state.shape.steps), shape.vocab)
-            self.state, self.captured, self.pool = None, {}, None
-            self.state = _State(grown, len(model.model.layers), kv_heads, a0.head_dim, self.weights.dtype, device)
-        st = self.state
+        st = self._state_for(model, _Shape(rows, -(-(P + T) // 64) * 64, T, out.logits.shape[-1]), device)
         S = st.shape.length
         for i, layer in enumerate(out.cache.layers):                   # each prompt's keys to its G rows
             for buf, src in ((st.keys[i], layer.keys), (st.values[i], layer.values)):

@@ -18,8 +18,7 @@ import torch
 
 from ..config import ConfigError
 from ..data.prompts import encode_for_model
-from ..rewards import score
-from ..rewards.scoring import IDS, completion_ids, wants_ids
+from ..rewards.scoring import score_rows
 from ..rollout import HFEngine, RolloutEngine, SamplingSettings, decode
 
 
@@ -52,13 +51,8 @@ def evaluate(model, tokenizer, task, *, n: int, batch_size: int, max_new_tokens:
         ids, mask = encode_for_model(tokenizer, [r["prompt"] for r in part], device,
                                      system_prompt=system_prompt, chat_template=chat_template)
         roll = (engine or HFEngine()).generate(model, ids, mask, sampling, gen)
-        texts = decode(tokenizer, roll)
-        prompts = [r["prompt"] for r in part for _ in range(k)]
-        columns = {c: [r[c] for r in part for _ in range(k)] for c in part[0] if c != "prompt"}
-        columns["completion_length"] = roll.lengths.tolist()
-        if wants_ids(checks):
-            columns[IDS] = completion_ids(roll)
-        total, per_fn, _, _ = score(checks, prompts, texts, columns, failure=getattr(fns, "failure", None))
+        total, per_fn, _, _ = score_rows(checks, part, k, decode(tokenizer, roll), roll,
+                                         failure=getattr(fns, "failure", None))
         totals.append(total)                  # the task verifier, when added, weighs 0
         for name in checks:
             scores[name].append(per_fn[name].view(len(part), k))
