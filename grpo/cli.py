@@ -15,7 +15,7 @@ import sys
 import traceback
 import warnings
 
-from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, field_type, load_yaml, resolve
+from .config import ALGORITHM_FIELDS, DEMO_DEFAULTS, FIELDS, PRESETS, check_split, field_type, load_yaml, resolve
 from .errors import ConfigError, EnvironmentFailure, NonFinite, RewardError, Stopped
 
 
@@ -136,10 +136,7 @@ def cmd_train(args, argv: list[str]) -> int:
         raise ConfigError(f"--nproc: must be >= 1, got {args.nproc}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         cfg = config_from_args(args)             # report a bad setting here, not once per process
-        if cfg.prompts_per_step % args.nproc:
-            raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
-                              f"{args.nproc} processes (each process takes whole groups); "
-                              f"use a multiple of {args.nproc}")
+        check_split(cfg, args.nproc)
         if cfg.device not in ("auto", "cpu"):
             from .device import pick_device
             pick_device(cfg.device)              # a device this machine lacks: one line, before N processes
@@ -205,11 +202,8 @@ def cmd_eval(args) -> int:
     if cfg.env:
         from .envs.load import load_env
         env = load_env(cfg.env, task, cfg)
-    if cfg.model:
-        path = cfg.model
-    else:
-        from .demo import ensure_demo_model, recipe_for
-        path = ensure_demo_model(recipe_for(cfg))
+    from .demo import model_for
+    path = model_for(cfg)
     device = pick_device(cfg.device)
     model, tok = load_model(path, device, cfg.gguf_file)
     greedy = args.greedy if args.greedy is not None else args.samples == 1

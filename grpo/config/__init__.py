@@ -16,7 +16,7 @@ sources merged, YAML in and out), levers.py (the speed and memory levers' settin
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .checks import coerce, field_type, validate
+from .checks import check_split, coerce, field_type, validate
 from .fields import FIELDS, TrainConfig
 from .levers import LEVER_FIELDS, Levers
 from .presets import (ALGORITHM_FIELDS, CALCULATOR_DEMO_DEFAULTS, CALCULATOR_DEMO_ENVS, DEMO_DEFAULTS,
@@ -25,5 +25,5 @@ from .resolve import check_known, load_yaml, resolve, save_yaml, to_dict
 
 __all__ = ["ConfigError", "TrainConfig", "FIELDS", "Levers", "LEVER_FIELDS", "PRESETS", "LOSS_PARAMETERS",
            "ALGORITHM_FIELDS", "DEMO_DEFAULTS", "CALCULATOR_DEMO_DEFAULTS", "CALCULATOR_DEMO_ENVS",
-           "ROLLOUT_IS_BOUNDS", "rollout_is_bounds", "needs_reference", "coerce", "field_type", "validate",
+           "ROLLOUT_IS_BOUNDS", "rollout_is_bounds", "needs_reference", "check_split", "coerce", "field_type", "validate",
            "check_known", "load_yaml", "resolve", "save_yaml", "to_dict"]

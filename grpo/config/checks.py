@@ -109,6 +109,13 @@ def coerce(name: str, value: Any, where: str = "") -> Any:
     return out
 
 
+def check_split(cfg: TrainConfig, processes: int) -> None:
+    """Each of `processes` data-parallel processes takes whole groups: prompts_per_step a multiple."""
+    if cfg.prompts_per_step % processes:
+        raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
+                          f"{processes} processes (each process takes whole groups); use a multiple of {processes}")
+
+
 def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> TrainConfig:
     """Check every numeric bound declared in the field metadata, then cross-field rules.
     `sources` maps a field to where its value came from (a YAML path, "command line")."""

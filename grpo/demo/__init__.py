@@ -141,6 +141,12 @@ def recipe_for(cfg) -> dict:
     return CALCULATOR_RECIPE if getattr(cfg, "env", None) in CALCULATOR_ENVS else RECIPE
 
 
+def model_for(cfg, log=print) -> str | Path:
+    """The model a run or an evaluation takes: --model, else the demo model its settings call for
+    (built once and cached)."""
+    return cfg.model or ensure_demo_model(recipe_for(cfg), log=log)
+
+
 def ensure_demo_model(recipe: dict = RECIPE, log=print) -> Path:
     """Path of the warm-started demo model, building it (once) if it is not cached."""
     path = cache_root() / f"demo-{recipe_key(recipe)}"

@@ -18,10 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..files import json_line
-from ..config import ConfigError, Levers, TrainConfig, save_yaml, to_dict
+from ..config import ConfigError, Levers, TrainConfig, check_split, save_yaml, to_dict
 from ..errors import CheckpointError, NonFinite
 from ..data.tasks import build_task
-from ..demo import ensure_demo_model, recipe_for
+from ..demo import model_for
 from ..models.loading import hf_model
 from ..parallel import fsdp
 from ..parallel.world import World, close, init
@@ -57,9 +57,7 @@ def _train(cfg: TrainConfig, world: World, device, log, watch, inputs: Inputs) -
     t_start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if cfg.prompts_per_step % world.size:
-        raise ConfigError(f"prompts_per_step: {cfg.prompts_per_step} prompts do not split evenly over "
-                          f"{world.size} processes (each process takes whole groups); use a multiple of {world.size}")
+    check_split(cfg, world.size)
     resume_from = checkpoint.find(cfg.resume, cfg.output_dir, log) if cfg.resume else None
     if resume_from is not None:
         checkpoint.check_compatible(resume_from, cfg, log)
@@ -151,7 +149,7 @@ def build_run(cfg: TrainConfig, world: World, device, out: Path, log, inputs: In
                   if env is None or cfg.reward or cfg.reward_model or inputs.rewards else RewardFns())
     if not cfg.model and inputs.model is None and world.active:         # the demo model is built once, by rank 0, if not cached
         if world.main:
-            ensure_demo_model(recipe_for(cfg), log=log)
+            model_for(cfg, log=log)
         world.barrier()
     shard = cfg.fsdp and world.active
     if cfg.fsdp and not shard:

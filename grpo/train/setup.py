@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, TrainConfig, needs_reference
-from ..demo import DEMO_NOTE, RECIPE, ensure_demo_model, recipe_for
+from ..demo import DEMO_NOTE, RECIPE, model_for, recipe_for
 from ..models.loading import hf_model, load_model
 from ..models.logprobs import allow_prefix_under_checkpointing
 from ..models.lora import add_lora
@@ -91,13 +91,9 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
         actor, tokenizer = given_model(model, tokenizer, device, log)
         model_path = cfg.model or getattr(model, "name_or_path", None) or type(model).__name__
     else:
-        if cfg.model:
-            model_path = cfg.model
-        else:
-            recipe = recipe_for(cfg)
-            model_path = ensure_demo_model(recipe, log=log)
-            if recipe is RECIPE:
-                log(DEMO_NOTE.format(preset=cfg.preset))
+        model_path = model_for(cfg, log=log)
+        if not cfg.model and recipe_for(cfg) is RECIPE:
+            log(DEMO_NOTE.format(preset=cfg.preset))
         actor, tokenizer = load_model(model_path, device, cfg.gguf_file, mmap=not shard)
     check_finite(actor, model_path)
     chosen = resolve_precision(cfg, device, sum(p.numel() for p in actor.parameters()), sharded=cfg.fsdp)
