@@ -62,6 +62,25 @@ class StepBatch:
     episodes: dict | None = None                 # --env: episode figures summed over ranks (env seconds: the slowest)
 
 
+def gather_scores(world: World, rewards: torch.Tensor, per_fn: dict, failed: dict, roll: Rollout,
+                  counted: torch.Tensor | None):
+    """Every rank's rewards (b, G), per-function scores and failures, completion lengths,
+    truncation and (`counted`, (n,)) sampled-token counts, in one packed gather, on the CPU: (rewards
+    (B, G), per_fn, failed, lengths, truncated, counted (the lengths where None))."""
+    n = rewards.numel()
+    cols = [rewards.reshape(n), roll.lengths, roll.truncated, *per_fn.values(), *failed.values()]
+    cols += [counted] if counted is not None else []
+    every = world.gather(torch.stack([c.to(world.device, torch.float64).reshape(n) for c in cols], 1)).cpu()
+    col = iter(every.unbind(1))
+    out_rewards = next(col).to(rewards.dtype).contiguous().view(-1, rewards.shape[1])
+    lengths = next(col).to(roll.lengths.dtype).contiguous()
+    truncated = next(col).bool()
+    out_fn = {k: next(col).to(v.dtype).contiguous() for k, v in per_fn.items()}
+    out_failed = {k: next(col).bool() for k in failed}
+    return (out_rewards, out_fn, out_failed, lengths, truncated,
+            lengths if counted is None else next(col).to(counted.dtype).contiguous())
+
+
 def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, first: int,
                 history: list | None = None, failed: dict | None = None, weights: dict | None = None) -> StepBatch:
     """This rank's StepBatch from its sampled and scored rows: the advantage pipeline runs on the
@@ -69,19 +88,15 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     rows; groups left out of the loss (zero-variance filter) are masked out. `ref_logp` is left
     for the reference phase."""
     G, b = cfg.group_size, len(rows)
-    rewards = world.gather(rewards.to(world.device)).cpu()
-    per_fn = {k: world.gather(v.to(world.device)).cpu() for k, v in per_fn.items()}
-    failed = {k: world.gather(v.to(world.device, torch.uint8)).cpu().bool() for k, v in (failed or {}).items()}
-    lengths = world.gather(roll.lengths.to(world.device)).cpu()
-    truncated = world.gather(roll.truncated.to(world.device, torch.uint8)).cpu().bool()
+    tokens = roll.loss_tokens
+    # a trajectory with environment tokens: the advantages are those of its sampled tokens alone
+    # (counts, positions and normalisations over the policy's tokens), then put at their places
+    rewards, per_fn, failed, lengths, truncated, counted = gather_scores(
+        world, rewards, per_fn, failed or {}, roll, None if roll.sampled is None else tokens.sum(1))
     L = roll.completion_ids.shape[1]
     estimate = adv_mod.estimator(cfg.advantage_estimator)
     B = rewards.shape[0]
     components = {k: (v.view(B, -1), weights[k]) for k, v in per_fn.items()} if weights else None
-    tokens = roll.loss_tokens
-    # a trajectory with environment tokens: the advantages are those of its sampled tokens alone
-    # (counts, positions and normalisations over the policy's tokens), then put at their places
-    counted = lengths if roll.sampled is None else world.gather(tokens.sum(1).to(world.device)).cpu()
     width = L if roll.sampled is None else int(tokens.sum(1).max()) if tokens.numel() else 0
     full = estimate(rewards, counted, int(world.max(float(width))), cfg, history=list(history or []),
                     components=components)
