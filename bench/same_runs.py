@@ -2,13 +2,16 @@
 former commit: `git worktree add /tmp/old COMMIT`), their metrics.jsonl and completions.jsonl
 compared row by row, timing fields aside:
 
-    python bench/same_runs.py /tmp/old
+    python bench/same_runs.py /tmp/old [--threads 1]
 
   demo   `grpo train --max-steps 40 --eval-size 100 --seed 0` (the built-in demo)
   lora   a tiny random Llama with LoRA, preset deepseekmath, a dense file reward
   full   the same model fully fine-tuned, preset seed, updates_per_batch 2, minibatches 2
 Each run is its own `python -m grpo` process, importing the package of its checkout. The demo's
-warm start is the cached one (built on first use).
+warm start is the cached one (built on first use). `--threads N` runs every process with N threads
+(OMP_NUM_THREADS): with more than one, the training pass's own figures (entropy, grad_norm,
+mismatch/*) can differ in their last digits between two runs of the same code, so an exact
+comparison runs with one.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ def prepare(work: Path) -> None:
     tok.save_pretrained(work / "tiny")
 
 
-def run(checkout: Path, args: list[str], out: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
+def run(checkout: Path, args: list[str], out: Path, threads: int | None = None) -> None:
+    env = {**os.environ, "PYTHONPATH": str(checkout), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     proc = subprocess.run([sys.executable, "-m", "grpo", "train", *args, "--output-dir", str(out)], cwd=checkout,
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -69,13 +72,14 @@ def rows(path: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("other", help="the other checkout (its root folder)")
+    ap.add_argument("--threads", type=int, default=None, help="threads per run (OMP_NUM_THREADS); default: torch's")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="same-runs-"))
     prepare(work)
     same = True
     for name, argv in runs(work).items():
         for side, checkout in (("other", Path(args.other).resolve()), ("this", HERE)):
-            run(checkout, argv, work / side / name)
+            run(checkout, argv, work / side / name, args.threads)
         for f in ("metrics.jsonl", "completions.jsonl"):
             a, b = rows(work / "other" / name / f), rows(work / "this" / name / f)
             same &= a == b
