@@ -573,6 +573,22 @@ def test_entropy_settings_without_entropies_are_one_line(capsys):
         main(cfg_for("seed", ratio_vs="old", entropy_coef=0.01), "1,0", None, True, logp="-1,-2;-0.5")
 
 
+@pytest.mark.parametrize("overrides", [dict(kl_estimator="k3", kl_clamp=0.001), dict(kl_estimator="k1", kl_clamp=0.05),
+                                       dict(rollout_correction="tis", kl_ratio_weight=True)])
+def test_the_one_token_step_is_the_trainers_loss_too(capsys, overrides):
+    """The article's one-token step gives the token the trainer's loss: the KL clamped by kl_clamp
+    (said in the text), the per-token total the every-token step's at sequence 1, token 1."""
+    cfg = cfg_for("seed", **overrides)
+    one = run_main(capsys, cfg)["loss"]
+    clip = every_loss(capsys, cfg, "0.8,0.6", None, logp="-1.5,-0.8,-2.3;-1.1,-0.5,-2.8,-0.7",
+                      ref_logp="-1.6,-1.3,-2.1;-1.0,-0.6,-1.6,-2.0")["all_losses"]["losses"]["clip"]
+    assert one["total"] == pytest.approx(clip["total"][0][0], rel=1e-12)
+    if cfg.kl_clamp is not None:
+        assert abs(one["kl"]) == pytest.approx(cfg.kl_clamp) and abs(one["kl_estimate"]) > cfg.kl_clamp
+        assert f"clamped to [-{fmt(cfg.kl_clamp)}, {fmt(cfg.kl_clamp)}] (kl_clamp): KL = {fmt(one['kl'])}" in \
+            run_main(capsys, cfg, as_json=False)
+
+
 def test_text_and_json_agree_with_every_loss(capsys):
     cfg = cfg_for("seed")
     res = every_loss(capsys, cfg)

@@ -280,11 +280,15 @@ def _first_token_loss(cfg: TrainConfig, adv, zero_var: torch.Tensor, G: int,
         out.update(ratio=float(terms.ratio), clipped_ratio=None, surrogate=None, clipped_surrogate=None,
                    clip_binds_low=bool(terms.clipped_low), clip_binds_high=bool(terms.clipped_high),
                    policy_loss=float(terms.loss))
-    k1 = float(kl_estimate(logp, ref, "k1"))
-    kl = None if cfg.kl_estimator == "full" else float(kl_estimate(logp, ref, cfg.kl_estimator))
-    out.update(kl=kl, kl_k1=k1, beta=cfg.beta)
-    out["beta_kl"] = cfg.beta * (k1 if kl is None else kl)
-    out["total"] = out["policy_loss"] + out["beta_kl"]
+    # the token's loss as the trainer computes it (first update: pi_old = pi_sampler = pi_theta)
+    full, k1, one = cfg.kl_estimator == "full", kl_estimate(logp, ref, "k1"), (lambda x: x.view(1, 1))
+    terms = token_loss(cfg, one(logp), one(A), torch.ones(1, 1, dtype=torch.bool), sampler_logp=one(logp),
+                       beta=cfg.beta, old_logp=one(logp), ref_logp=one(ref), full_kl=one(k1) if full else None,
+                       bounds=rollout_is_bounds(cfg))
+    out.update(kl=None if full else float(terms.kl), kl_k1=float(k1), beta=cfg.beta,
+               kl_estimate=None if full else float(kl_estimate(logp, ref, cfg.kl_estimator)))   # before kl_clamp
+    out["beta_kl"] = cfg.beta * float(terms.kl)
+    out["total"] = float(terms.per_token)
     out.update(_aggregation_weight(cfg, adv.mask, zero_var, G))
     out["contribution"] = out["weight"] * out["total"]
     return out

@@ -227,14 +227,18 @@ def _render_kl(cfg, lo) -> list[str]:
     if est == "k1":
         lines = [f"  KL (kl_estimator=k1): log pi_theta - log pi_ref = {t} - ({r}) = {k1}"]
     elif est == "k2":
-        lines = [f"  KL (kl_estimator=k2): 1/2 (log pi_theta - log pi_ref)^2 = 0.5 * {_p(lo['kl_k1'])}^2 = {fmt(lo['kl'])}"]
+        lines = [f"  KL (kl_estimator=k2): 1/2 (log pi_theta - log pi_ref)^2 = 0.5 * {_p(lo['kl_k1'])}^2 = "
+                 f"{fmt(lo['kl_estimate'])}"]
     elif est == "k3":
         lines = [f"  KL (kl_estimator=k3): pi_ref/pi_theta - log(pi_ref/pi_theta) - 1 = e^{fmt(-lo['kl_k1'])} "
-                 f"- {_p(-lo['kl_k1'])} - 1 = {fmt(math.exp(-lo['kl_k1']))} + {_p(lo['kl_k1'])} - 1 = {fmt(lo['kl'])}"]
+                 f"- {_p(-lo['kl_k1'])} - 1 = {fmt(math.exp(-lo['kl_k1']))} + {_p(lo['kl_k1'])} - 1 = "
+                 f"{fmt(lo['kl_estimate'])}"]
     else:
         lines = ["  KL (kl_estimator=full): the full-vocabulary KL sum_v pi_theta(v) log(pi_theta(v)/pi_ref(v)) needs the "
                  "whole distribution and cannot be computed from two log-probs;",
                  f"    for reference, k1 = log pi_theta - log pi_ref = {t} - ({r}) = {k1}"]
+    if lo["kl"] is not None and cfg.kl_clamp is not None:
+        lines.append(f"  clamped to [-{fmt(cfg.kl_clamp)}, {fmt(cfg.kl_clamp)}] (kl_clamp): KL = {fmt(lo['kl'])}")
     if cfg.beta == 0:
         lines.append("  beta * KL: the KL term is off (beta = 0), it contributes 0")
     else:
