@@ -34,17 +34,31 @@ def format_prompts(tokenizer, prompts: list, *, system_prompt: str | None = None
     return out
 
 
+def prompt_ids(tokenizer, prompts: list, *, system_prompt: str | None = None,
+               chat_template: bool = True) -> list[list[int]]:
+    """Each prompt's token ids as the model reads it, unpadded: formatted (format_prompts), then
+    tokenised (text a chat template rendered already holds its special tokens; raw text takes the
+    tokenizer's, BOS)."""
+    texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template=chat_template)
+    special = not uses_chat_template(tokenizer, chat_template)
+    return [tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
+
+
 def encode_for_model(tokenizer, prompts: list, device, *, system_prompt: str | None = None,
                      chat_template: bool = True):
     """Format and left-pad a batch of prompts: (ids, mask), each (n, P)."""
-    texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template=chat_template)
-    return encode_prompts(tokenizer, texts, device, add_special_tokens=not uses_chat_template(tokenizer, chat_template))
+    return _pad_left(tokenizer, prompt_ids(tokenizer, prompts, system_prompt=system_prompt,
+                                           chat_template=chat_template), device)
 
 
 def encode_prompts(tokenizer, prompts: list[str], device, add_special_tokens: bool = False):
     """Left-padded ids and mask, so every prompt ends at the same column.  Text rendered by a
     chat template already holds its special tokens; raw text may want the tokenizer's (BOS)."""
-    enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    return _pad_left(tokenizer, [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts],
+                     device)
+
+
+def _pad_left(tokenizer, enc: list[list[int]], device):
     width = max(map(len, enc))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)

@@ -13,6 +13,8 @@ not depend on which others share the call).
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -103,9 +105,6 @@ def checked_opening(name: str, value, where: str):
 def checked_reply(name: str, reply, where: str) -> None:
     """A Reply whose fields have their types (messages a list of messages, rewards finite numbers or
     None, done a bool, the tool counts integers); else an EnvironmentFailure naming what is wrong."""
-    import math
-    import numbers
-
     def fail(what: str):
         raise EnvironmentFailure(f"environment {name}.step returned {what} on {where}")
     if not isinstance(reply, Reply):
@@ -138,17 +137,18 @@ def run_episodes(engine: RolloutEngine, model, tokenizer, envs: list, rows: list
                  type(envs[0]).__name__ if envs else "?", [str(r.get("prompt", "")) for r in rows])
     t_env = time.perf_counter()
     eps = talk.open(envs, rows)
+    eos = set(sampling.eos_ids)
     times = dict(generate=0.0, environment=time.perf_counter() - t_env)
     while active := [i for i, e in enumerate(eps) if not e.done]:
         t0 = time.perf_counter()
-        toks, texts = _model_turn(engine, model, tokenizer, eps, active, sampling, generators, limits, device)
+        toks, texts = _model_turn(engine, model, tokenizer, eps, active, sampling, eos, generators, limits, device)
         times["generate"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         replies = run_calls([partial(eps[i].env.step, text) for i, text in zip(active, texts)], method="step",
                             describe=lambda r: talk.label(active[r], eps[active[r]].turns), **talk.contained)
         times["environment"] += time.perf_counter() - t0
         for row, i in enumerate(active):
-            talk.answer(eps[i], toks[row], replies[row], set(sampling.eos_ids), talk.label(i, eps[i].turns))
+            talk.answer(eps[i], toks[row], replies[row], eos, talk.label(i, eps[i].turns))
     return trajectories(eps, sampling.pad_id, device, record_entropy=sampling.record_entropy), eps, times
 
 
@@ -223,7 +223,7 @@ class _Talk:
 
 
 def _model_turn(engine, model, tokenizer, eps: list[Episode], active: list[int], sampling: SamplingSettings,
-                generators, limits: EpisodeLimits, device) -> tuple[list[list[int]], list[str]]:
+                eos: set[int], generators, limits: EpisodeLimits, device) -> tuple[list[list[int]], list[str]]:
     """One model turn of every running episode, in one engine call: each episode's sampled tokens
     (cut at its token budget) added to it, and the turn's tokens and text."""
     room = [limits.max_tokens - len(eps[i].ids) for i in active]
@@ -235,7 +235,6 @@ def _model_turn(engine, model, tokenizer, eps: list[Episode], active: list[int],
     turn_seeds = None if generators is None else [
         int(torch.randint(1 << 62, (1,), generator=generators[i], device=generators[i].device)) for i in active]
     roll = engine.generate(model, ids, mask, replace(sampling, num_samples=1, max_new_tokens=budget), turn_seeds)
-    eos = set(sampling.eos_ids)
     turn_toks, texts = [], []
     for row, i in enumerate(active):
         e = eps[i]

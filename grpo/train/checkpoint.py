@@ -305,13 +305,21 @@ def load_weights(actor, path: Path) -> None:
                               f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
 
 
+def first_nonfinite(named) -> tuple[str, int, int] | None:
+    """(name, how many values are NaN or infinite, of how many) of the first floating-point tensor
+    of `named` ((name, tensor) pairs) that holds any, or None (tensors on the meta device skipped)."""
+    for name, tensor in named:
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+            return name, int((~torch.isfinite(tensor)).sum()), tensor.numel()
+    return None
+
+
 def _check_finite(path: Path, state: dict) -> None:
     """A CheckpointError naming the first saved weight that holds NaN or infinite values."""
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(f"resume: {path} has non-finite values in weight {name} ({bad} of {tensor.numel()}: "
-                                  "NaN or infinite); resume from an earlier checkpoint (--resume <its folder>)")
+    if bad := first_nonfinite(state.items()):
+        name, n, size = bad
+        raise CheckpointError(f"resume: {path} has non-finite values in weight {name} ({n} of {size}: "
+                              "NaN or infinite); resume from an earlier checkpoint (--resume <its folder>)")
 
 
 def _same_shapes(path: Path, saved: dict, own: dict) -> None:

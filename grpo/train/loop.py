@@ -185,11 +185,9 @@ def _prompt_lengths(run: Run, log) -> int:
     else:
         rng = random.Random(cfg.seed)
         index = sorted({rng.randrange(task.train_size) for _ in range(LENGTH_CHECK_SAMPLE)})
-    from ..data.prompts import format_prompts, uses_chat_template
-    texts = format_prompts(run.tokenizer, [task.row(i, False)["prompt"] for i in index],
-                           system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
-    special = not uses_chat_template(run.tokenizer, cfg.chat_template)
-    lengths = [len(x) for x in run.tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    from ..data.prompts import prompt_ids
+    lengths = [len(x) for x in prompt_ids(run.tokenizer, [task.row(i, False)["prompt"] for i in index],
+                                          system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)]
     if context:
         room = context - cfg.max_new_tokens
         over = [(n, i) for n, i in zip(lengths, index) if n > room]

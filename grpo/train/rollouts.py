@@ -114,7 +114,8 @@ class Conversation(str):
 
 
 def conversation_text(messages: list[dict]) -> Conversation:
-    """A message the token budget kept from the model keeps its `unseen` mark (`role (unseen):`)."""
+    """An episode's messages as a Conversation: the opening is what comes before the model's first
+    turn; a message the token budget kept from the model keeps its `unseen` mark (`role (unseen):`)."""
     first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
     turns = [{"role": m["role"], "content": m["content"], **({"unseen": True} if m.get("unseen") else {})}
              for m in messages[first:]]

@@ -16,6 +16,7 @@ from ..models.loading import hf_model, load_model
 from ..models.logprobs import allow_prefix_under_checkpointing
 from ..models.lora import add_lora
 from ..models.reference import Reference
+from .checkpoint import first_nonfinite
 from .hardware import resolve_precision
 
 
@@ -112,11 +113,10 @@ def build_models(cfg: TrainConfig, device, log=print, spill=None, shard: bool = 
 def check_finite(model, source) -> None:
     """A ConfigError naming the first weight that holds NaN or infinite values (a damaged file or a
     diverged checkpoint would otherwise sample garbage token ids and fail far from the cause)."""
-    for name, p in model.named_parameters():
-        if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
-            bad = int((~torch.isfinite(p)).sum())
-            raise ConfigError(f"model: {source} has non-finite values in weight {name} ({bad} of {p.numel()}: NaN or "
-                              "infinite); the file is damaged or the model diverged: load an earlier checkpoint")
+    if bad := first_nonfinite(model.named_parameters()):
+        name, n, size = bad
+        raise ConfigError(f"model: {source} has non-finite values in weight {name} ({n} of {size}: NaN or "
+                          "infinite); the file is damaged or the model diverged: load an earlier checkpoint")
 
 
 def check_model_object(model) -> None:
@@ -146,11 +146,11 @@ def tokenizer_for(model, tokenizer=None):
 
 
 def given_model(model, tokenizer, device, log=print):
-    """A model object handed in from Python, checked, in fp32 on `device` (the trainer keeps fp32
-    master weights), with its tokenizer (loaded from the model's name_or_path when not given)."""
+    """A model object handed in from Python, checked (its weights' values are checked by
+    build_models, as every model's), in fp32 on `device` (the trainer keeps fp32 master weights),
+    with its tokenizer (loaded from the model's name_or_path when not given)."""
     check_model_object(model)
     tokenizer = tokenizer_for(model, tokenizer)
-    check_finite(model, getattr(model, "name_or_path", None) or "the model given")
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
         log(f"model: its weights are {next(p.dtype for p in model.parameters() if p.dtype != torch.float32)}; "
             "converted to fp32 master weights (bf16 runs through autocast and the bf16 settings)")

@@ -91,13 +91,14 @@ def build_batch(cfg, rows, roll: Rollout, texts, rewards, per_fn, world: World, 
     tokens = roll.loss_tokens
     # a trajectory with environment tokens: the advantages are those of its sampled tokens alone
     # (counts, positions and normalisations over the policy's tokens), then put at their places
-    rewards, per_fn, failed, lengths, truncated, counted = gather_scores(
-        world, rewards, per_fn, failed or {}, roll, None if roll.sampled is None else tokens.sum(1))
+    sampled = None if roll.sampled is None else tokens.sum(1)                       # (n,) the policy's tokens
+    rewards, per_fn, failed, lengths, truncated, counted = gather_scores(world, rewards, per_fn, failed or {}, roll,
+                                                                        sampled)
     L = roll.completion_ids.shape[1]
     estimate = adv_mod.estimator(cfg.advantage_estimator)
     B = rewards.shape[0]
     components = {k: (v.view(B, -1), weights[k]) for k, v in per_fn.items()} if weights else None
-    width = L if roll.sampled is None else int(tokens.sum(1).max()) if tokens.numel() else 0
+    width = L if sampled is None else int(sampled.max()) if tokens.numel() else 0
     full = estimate(rewards, counted, int(world.max(float(width))), cfg, history=list(history or []),
                     components=components)
     keep = (~adv_mod.zero_variance_groups(rewards) if cfg.filter_zero_variance_groups

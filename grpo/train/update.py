@@ -28,7 +28,7 @@ def token_terms(run, batch, micro: torch.Tensor, beta: float, reuse_logp_as_old:
     roll, W = microbatch.trim(batch.rollout.select(micro))
     full_kl = cfg.kl_estimator == "full" and run.ref is not None
     fwd = token_stats(run.actor, roll, temperature=cfg.temperature, chunk=cfg.logprob_chunk,
-                     ref=run.ref if full_kl else None, head=run.plugged.head, entropy_grad=cfg.entropy_coef > 0)
+                      ref=run.ref if full_kl else None, head=run.plugged.head, entropy_grad=cfg.entropy_coef > 0)
     # the trainer's own log-probs under the weights that sampled (pi_old as the trainer computes it):
     # this pass's, detached, on the first and only update; else the old-policy pass's, where one ran
     if reuse_logp_as_old:
