@@ -9,8 +9,9 @@ from typing import Any, Callable
 from ..config import ConfigError, TrainConfig, check_known, coerce, load_yaml, resolve, validate
 from ..train.inputs import EVENTS, Inputs
 
+
 def fit(config: TrainConfig | dict | str | None = None, *, dataset=None, eval_dataset=None, rewards=None,
-          model=None, tokenizer=None, env=None, callbacks=(), log: Callable = print, **settings) -> dict:
+        model=None, tokenizer=None, env=None, callbacks=(), log: Callable = print, **settings) -> dict:
     """Train with GRPO; the run's summary (summary.json: output folder, held-out results, steps, ...).
 
     config:       a TrainConfig, a mapping of settings, or a YAML file's path; `settings` keywords win.
